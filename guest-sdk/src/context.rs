@@ -1,0 +1,142 @@
+//! What an operator can do besides looking at its input: emit events, keep keyed state, log.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::event::Event;
+
+/// Log levels, as weir's log knows them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Level {
+    Trace,
+    Debug,
+    Info,
+    Warn,
+    Error,
+}
+
+/// Where keyed state lives: in weir (inside a component) or in memory (native tests).
+#[derive(Debug)]
+pub(crate) enum StateStore {
+    Host,
+    Memory(BTreeMap<(String, String), Vec<u8>>),
+}
+
+impl StateStore {
+    pub(crate) fn for_target() -> Self {
+        if cfg!(target_arch = "wasm32") {
+            StateStore::Host
+        } else {
+            StateStore::Memory(BTreeMap::new())
+        }
+    }
+
+    fn get(&self, key: &str, name: &str) -> Option<Vec<u8>> {
+        match self {
+            StateStore::Host => crate::host::state_get(key, name),
+            StateStore::Memory(map) => map.get(&(key.to_owned(), name.to_owned())).cloned(),
+        }
+    }
+
+    fn set(&mut self, key: &str, name: &str, value: &[u8]) {
+        match self {
+            StateStore::Host => crate::host::state_set(key, name, value),
+            StateStore::Memory(map) => {
+                map.insert((key.to_owned(), name.to_owned()), value.to_vec());
+            }
+        }
+    }
+
+    fn remove(&mut self, key: &str, name: &str) {
+        match self {
+            StateStore::Host => crate::host::state_remove(key, name),
+            StateStore::Memory(map) => {
+                map.remove(&(key.to_owned(), name.to_owned()));
+            }
+        }
+    }
+}
+
+/// Passed to an operator for each input: collects what it emits and gives access to keyed state
+/// and the log.
+#[derive(Debug)]
+pub struct Context {
+    pub(crate) emitted: Vec<Event>,
+    pub(crate) state: StateStore,
+    pub(crate) logs: Vec<(Level, String)>,
+}
+
+impl Context {
+    pub(crate) fn new(state: StateStore) -> Self {
+        Context {
+            emitted: Vec::new(),
+            state,
+            logs: Vec::new(),
+        }
+    }
+
+    /// Sends `event` on to the next step. Call it once to pass an event through (map), not at all
+    /// to drop it (filter), or several times (flat-map, or a detector's alerts).
+    pub fn emit(&mut self, event: Event) {
+        self.emitted.push(event);
+    }
+
+    /// Keyed state kept by weir for `key`: it survives restarts, crashes and hot swaps of the
+    /// operator, and is rolled back with a batch that fails.
+    pub fn state<'a>(&'a mut self, key: &'a str) -> KeyState<'a> {
+        KeyState {
+            store: &mut self.state,
+            key,
+        }
+    }
+
+    /// Writes a line to weir's log, tagged with this operator's name.
+    pub fn log(&mut self, level: Level, message: impl Into<String>) {
+        let message = message.into();
+        if cfg!(target_arch = "wasm32") {
+            crate::host::log(level, &message);
+        } else {
+            self.logs.push((level, message));
+        }
+    }
+}
+
+/// State stored by weir for one key. Values are stored as JSON, so an operator rewritten in
+/// another language can read them.
+#[derive(Debug)]
+pub struct KeyState<'a> {
+    store: &'a mut StateStore,
+    key: &'a str,
+}
+
+impl KeyState<'_> {
+    /// The value stored under `name`. A value that no longer deserializes as `T` (the operator
+    /// changed its state layout) reads as absent.
+    pub fn get<T: DeserializeOwned>(&self, name: &str) -> Option<T> {
+        let bytes = self.store.get(self.key, name)?;
+        serde_json::from_slice(&bytes).ok()
+    }
+
+    /// Stores `value` under `name`.
+    pub fn set<T: Serialize>(&mut self, name: &str, value: &T) {
+        let bytes = serde_json::to_vec(value).expect("state values serialize to JSON");
+        self.store.set(self.key, name, &bytes);
+    }
+
+    /// Removes what is stored under `name`.
+    pub fn remove(&mut self, name: &str) {
+        self.store.remove(self.key, name);
+    }
+
+    /// The raw bytes stored under `name`.
+    pub fn get_bytes(&self, name: &str) -> Option<Vec<u8>> {
+        self.store.get(self.key, name)
+    }
+
+    /// Stores raw bytes under `name`.
+    pub fn set_bytes(&mut self, name: &str, value: &[u8]) {
+        self.store.set(self.key, name, value);
+    }
+}

@@ -1,0 +1,194 @@
+//! The glue behind the export macros: one call per batch in, one call per event to the operator.
+//! Also used by [`crate::testing`], so native tests run exactly this code.
+
+use std::cell::RefCell;
+use std::thread::LocalKey;
+
+use crate::batch::{Emitted, to_events};
+use crate::context::{Context, StateStore};
+use crate::event::{Event, Message, Value};
+use crate::{Aggregate, Decode, Transform};
+
+pub use crate::bindings::aggregator::exports::weir::operator::aggregate::Guest as AggregateGuest;
+pub use crate::bindings::decoder::exports::weir::operator::decode::Guest as DecodeGuest;
+pub use crate::bindings::transformer::exports::weir::operator::transform::Guest as TransformGuest;
+pub use crate::wit::{Batch, Error, Field, Message as WitMessage, Output};
+
+type Slot<T> = LocalKey<RefCell<Option<T>>>;
+
+/// Deserializes the operator from its JSON config and runs its `init`.
+pub fn configure<T: serde::de::DeserializeOwned>(
+    config: &str,
+    init: fn(&mut T) -> Result<(), String>,
+) -> Result<T, Error> {
+    let config = if config.trim().is_empty() {
+        "{}"
+    } else {
+        config
+    };
+    let mut op: T = serde_json::from_str(config).map_err(|e| Error::Config(e.to_string()))?;
+    init(&mut op).map_err(Error::Config)?;
+    Ok(op)
+}
+
+pub fn init<T: serde::de::DeserializeOwned>(
+    slot: &'static Slot<T>,
+    config: &str,
+    init: fn(&mut T) -> Result<(), String>,
+) -> Result<(), Error> {
+    let op = configure(config, init)?;
+    slot.with(|s| *s.borrow_mut() = Some(op));
+    Ok(())
+}
+
+pub fn with_operator<T, R>(
+    slot: &'static Slot<T>,
+    f: impl FnOnce(&mut T) -> Result<R, Error>,
+) -> Result<R, Error> {
+    slot.with(|s| match s.borrow_mut().as_mut() {
+        Some(op) => f(op),
+        None => Err(Error::Internal("called before init".into())),
+    })
+}
+
+pub fn transform<T: Transform>(op: &mut T, events: Batch) -> Result<Output, Error> {
+    let mut ctx = Context::new(StateStore::for_target());
+    transform_with(op, events, &mut ctx)
+}
+
+pub(crate) fn transform_with<T: Transform>(
+    op: &mut T,
+    events: Batch,
+    ctx: &mut Context,
+) -> Result<Output, Error> {
+    let events = to_events(events).map_err(Error::BadInput)?;
+    let mut out = Emitted::new(events.len());
+    for (index, event) in events.into_iter().enumerate() {
+        let result = op.process(event, ctx);
+        let emitted = std::mem::take(&mut ctx.emitted);
+        out.add(index, result, emitted);
+    }
+    Ok(Output {
+        events: out.builder.finish(),
+        rejected: out.rejected,
+    })
+}
+
+pub fn decode<T: Decode>(op: &mut T, messages: Vec<WitMessage>) -> Result<Output, Error> {
+    let mut ctx = Context::new(StateStore::for_target());
+    decode_with(op, messages, &mut ctx)
+}
+
+pub(crate) fn decode_with<T: Decode>(
+    op: &mut T,
+    messages: Vec<WitMessage>,
+    ctx: &mut Context,
+) -> Result<Output, Error> {
+    let mut out = Emitted::new(messages.len());
+    for (index, m) in messages.into_iter().enumerate() {
+        let message = Message {
+            topic: m.topic,
+            payload: m.payload,
+            received_ms: m.received_ms,
+        };
+        let result = op.decode(message, ctx);
+        let emitted = std::mem::take(&mut ctx.emitted);
+        out.add(index, result, emitted);
+    }
+    Ok(Output {
+        events: out.builder.finish(),
+        rejected: out.rejected,
+    })
+}
+
+fn load_acc<T: Aggregate>(bytes: &[u8]) -> Result<T::Acc, Error> {
+    if bytes.is_empty() {
+        return Ok(T::Acc::default());
+    }
+    postcard::from_bytes(bytes)
+        .map_err(|e| Error::BadInput(format!("accumulator does not decode: {e}")))
+}
+
+fn save_acc<T: Aggregate>(acc: &T::Acc) -> Vec<u8> {
+    postcard::to_allocvec(acc).expect("accumulators serialize")
+}
+
+pub fn create<T: Aggregate>() -> Vec<u8> {
+    save_acc::<T>(&T::Acc::default())
+}
+
+pub fn add<T: Aggregate>(
+    op: &mut T,
+    accumulators: Vec<Vec<u8>>,
+    events: Batch,
+    group: Vec<u32>,
+) -> Result<Vec<Vec<u8>>, Error> {
+    let mut accs = accumulators
+        .iter()
+        .map(|a| load_acc::<T>(a))
+        .collect::<Result<Vec<_>, _>>()?;
+    let events = to_events(events).map_err(Error::BadInput)?;
+    if group.len() != events.len() {
+        return Err(Error::BadInput(format!(
+            "{} group indexes for {} events",
+            group.len(),
+            events.len()
+        )));
+    }
+    for (event, g) in events.iter().zip(group) {
+        let acc = accs.get_mut(g as usize).ok_or_else(|| {
+            Error::BadInput(format!("group {g} is out of range ({} accumulators)", accumulators.len()))
+        })?;
+        op.add(acc, event);
+    }
+    Ok(accs.iter().map(save_acc::<T>).collect())
+}
+
+pub fn merge<T: Aggregate>(op: &mut T, a: Vec<u8>, b: Vec<u8>) -> Result<Vec<u8>, Error> {
+    let mut a = load_acc::<T>(&a)?;
+    let b = load_acc::<T>(&b)?;
+    op.merge(&mut a, b);
+    Ok(save_acc::<T>(&a))
+}
+
+pub fn finish<T: Aggregate>(op: &mut T, accumulators: Vec<Vec<u8>>) -> Result<Vec<Vec<Field>>, Error> {
+    accumulators
+        .iter()
+        .map(|a| {
+            let acc = load_acc::<T>(a)?;
+            Ok(op
+                .finish(&acc)
+                .into_iter()
+                .map(|(name, value)| Field {
+                    name,
+                    value: to_wit_value(value),
+                })
+                .collect())
+        })
+        .collect()
+}
+
+pub(crate) fn to_wit_value(v: Value) -> crate::wit::Value {
+    match v {
+        Value::Float(x) => crate::wit::Value::Float(x),
+        Value::Int(x) => crate::wit::Value::Int(x),
+        Value::Text(x) => crate::wit::Value::Text(x),
+        Value::Flag(x) => crate::wit::Value::Flag(x),
+    }
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+pub(crate) fn from_wit_value(v: crate::wit::Value) -> Value {
+    match v {
+        crate::wit::Value::Float(x) => Value::Float(x),
+        crate::wit::Value::Int(x) => Value::Int(x),
+        crate::wit::Value::Text(x) => Value::Text(x),
+        crate::wit::Value::Flag(x) => Value::Flag(x),
+    }
+}
+
+/// Events back from a batch (used by the test harness).
+#[cfg(not(target_arch = "wasm32"))]
+pub(crate) fn events_of(batch: Batch) -> Vec<Event> {
+    to_events(batch).expect("batches built by this crate are well formed")
+}

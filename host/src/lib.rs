@@ -1,0 +1,1 @@
+//! weir: a streaming host for edge gateways.
