@@ -6,7 +6,7 @@ use std::thread::LocalKey;
 
 use crate::batch::{Emitted, to_events};
 use crate::context::{Context, StateStore};
-use crate::event::{Event, Message, Value};
+use crate::event::{Message, Value};
 use crate::{Aggregate, Decode, Transform};
 
 pub use crate::bindings::aggregator::exports::weir::operator::aggregate::Guest as AggregateGuest;
@@ -189,6 +189,6 @@ pub(crate) fn from_wit_value(v: crate::wit::Value) -> Value {
 
 /// Events back from a batch (used by the test harness).
 #[cfg(not(target_arch = "wasm32"))]
-pub(crate) fn events_of(batch: Batch) -> Vec<Event> {
+pub(crate) fn events_of(batch: Batch) -> Vec<crate::event::Event> {
     to_events(batch).expect("batches built by this crate are well formed")
 }
