@@ -1,1 +1,8 @@
 //! weir: a streaming host for edge gateways.
+//!
+//! weir subscribes to sensor data, runs user operators compiled to WebAssembly components, and
+//! forwards what it computes upstream. See `ARCHITECTURE.md` for the map.
+
+pub mod batch;
+pub mod cli;
+pub mod runtime;

@@ -1,0 +1,528 @@
+//! Batches of events as they flow through weir: columnar, with dictionary-encoded keys. The type
+//! is the contract's own (`weir:operator/types.batch`), so passing a batch to a plugin copies it
+//! straight into the plugin's memory with no conversion.
+
+use std::collections::HashMap;
+
+pub use crate::runtime::bindings::{Batch, Column, Value, Values};
+
+impl Batch {
+    /// An empty batch.
+    pub fn empty() -> Self {
+        Batch {
+            keys: Vec::new(),
+            key: Vec::new(),
+            ts_ms: Vec::new(),
+            columns: Vec::new(),
+        }
+    }
+
+    /// Number of events.
+    pub fn len(&self) -> usize {
+        self.key.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.key.is_empty()
+    }
+
+    /// The key of event `i`.
+    pub fn key_of(&self, i: usize) -> &str {
+        &self.keys[self.key[i] as usize]
+    }
+
+    /// The column called `name`.
+    pub fn column(&self, name: &str) -> Option<&Values> {
+        self.columns
+            .iter()
+            .find(|c| c.name == name)
+            .map(|c| &c.values)
+    }
+
+    /// Checks that the batch is well formed: every per-event list as long as the batch, every
+    /// key index in range, column names distinct.
+    pub fn validate(&self) -> Result<(), String> {
+        let n = self.len();
+        if self.ts_ms.len() != n {
+            return Err(format!("{n} keys but {} timestamps", self.ts_ms.len()));
+        }
+        if let Some(k) = self.key.iter().find(|&&k| k as usize >= self.keys.len()) {
+            return Err(format!(
+                "key index {k} is out of range ({} keys)",
+                self.keys.len()
+            ));
+        }
+        for (i, c) in self.columns.iter().enumerate() {
+            if c.values.len() != n {
+                return Err(format!(
+                    "column {:?} has {} values for {n} events",
+                    c.name,
+                    c.values.len()
+                ));
+            }
+            if self.columns[..i].iter().any(|d| d.name == c.name) {
+                return Err(format!("column {:?} appears twice", c.name));
+            }
+        }
+        Ok(())
+    }
+
+    /// The events at `indices`, in that order, as a new batch (keys re-encoded).
+    pub fn take(&self, indices: &[usize]) -> Batch {
+        let mut remap: HashMap<u32, u32> = HashMap::new();
+        let mut keys = Vec::new();
+        let key = indices
+            .iter()
+            .map(|&i| {
+                let k = self.key[i];
+                *remap.entry(k).or_insert_with(|| {
+                    keys.push(self.keys[k as usize].clone());
+                    (keys.len() - 1) as u32
+                })
+            })
+            .collect();
+        Batch {
+            keys,
+            key,
+            ts_ms: indices.iter().map(|&i| self.ts_ms[i]).collect(),
+            columns: self
+                .columns
+                .iter()
+                .map(|c| Column {
+                    name: c.name.clone(),
+                    values: c.values.take(indices),
+                })
+                .collect(),
+        }
+    }
+
+    /// Splits the batch into parts of at most `max` events.
+    pub fn split(self, max: usize) -> Vec<Batch> {
+        let max = max.max(1);
+        if self.len() <= max {
+            return vec![self];
+        }
+        (0..self.len())
+            .step_by(max)
+            .map(|start| {
+                let end = (start + max).min(self.len());
+                self.take(&(start..end).collect::<Vec<_>>())
+            })
+            .collect()
+    }
+
+    /// Appends `other`'s events. A column missing on one side is filled with `None`; a column
+    /// with different types on the two sides is kept apart under a `name#type` suffix rather
+    /// than mixed (nothing is dropped).
+    pub fn append(&mut self, other: Batch) {
+        if other.is_empty() {
+            return;
+        }
+        if self.is_empty() && self.columns.is_empty() {
+            *self = other;
+            return;
+        }
+        let before = self.len();
+        let mut remap: HashMap<u32, u32> = HashMap::new();
+        let mut index: HashMap<String, u32> = self
+            .keys
+            .iter()
+            .enumerate()
+            .map(|(i, k)| (k.clone(), i as u32))
+            .collect();
+        for &k in &other.key {
+            let id = *remap.entry(k).or_insert_with(|| {
+                let name = &other.keys[k as usize];
+                *index.entry(name.clone()).or_insert_with(|| {
+                    self.keys.push(name.clone());
+                    (self.keys.len() - 1) as u32
+                })
+            });
+            self.key.push(id);
+        }
+        self.ts_ms.extend_from_slice(&other.ts_ms);
+        let added = other.len();
+        for col in other.columns {
+            let mut name = col.name;
+            let at = match self.columns.iter().position(|c| c.name == name) {
+                Some(at) if self.columns[at].values.kind() == col.values.kind() => Some(at),
+                Some(_) => {
+                    name = format!("{name}#{}", col.values.kind());
+                    self.columns.iter().position(|c| c.name == name)
+                }
+                None => None,
+            };
+            match at {
+                Some(at) => self.columns[at].values.extend(col.values),
+                None => {
+                    let mut values = col.values.nones(before);
+                    values.extend(col.values);
+                    self.columns.push(Column { name, values });
+                }
+            }
+        }
+        let total = before + added;
+        for c in &mut self.columns {
+            c.values.pad_to(total);
+        }
+    }
+
+    /// Rough size in bytes, as the output limit counts it.
+    pub fn approx_bytes(&self) -> usize {
+        let keys: usize = self.keys.iter().map(|k| k.len() + 8).sum();
+        let cols: usize = self
+            .columns
+            .iter()
+            .map(|c| c.name.len() + c.values.approx_bytes())
+            .sum();
+        keys + self.len() * 12 + cols
+    }
+}
+
+impl Values {
+    /// Number of entries.
+    pub fn len(&self) -> usize {
+        match self {
+            Values::Float(v) => v.len(),
+            Values::Int(v) => v.len(),
+            Values::Text(v) => v.len(),
+            Values::Flag(v) => v.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The type name: `float`, `int`, `text` or `flag`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Values::Float(_) => "float",
+            Values::Int(_) => "int",
+            Values::Text(_) => "text",
+            Values::Flag(_) => "flag",
+        }
+    }
+
+    /// Entry `i` as a value, if present.
+    pub fn get(&self, i: usize) -> Option<Value> {
+        match self {
+            Values::Float(v) => v[i].map(Value::Float),
+            Values::Int(v) => v[i].map(Value::Int),
+            Values::Text(v) => v[i].clone().map(Value::Text),
+            Values::Flag(v) => v[i].map(Value::Flag),
+        }
+    }
+
+    fn take(&self, indices: &[usize]) -> Values {
+        fn pick<T: Clone>(v: &[Option<T>], indices: &[usize]) -> Vec<Option<T>> {
+            indices.iter().map(|&i| v[i].clone()).collect()
+        }
+        match self {
+            Values::Float(v) => Values::Float(pick(v, indices)),
+            Values::Int(v) => Values::Int(pick(v, indices)),
+            Values::Text(v) => Values::Text(pick(v, indices)),
+            Values::Flag(v) => Values::Flag(pick(v, indices)),
+        }
+    }
+
+    /// A column of the same type with `n` missing entries.
+    fn nones(&self, n: usize) -> Values {
+        Values::empty_of(self.kind(), n)
+    }
+
+    /// A column of type `kind` with `n` missing entries.
+    fn empty_of(kind: &str, n: usize) -> Values {
+        match kind {
+            "float" => Values::Float(vec![None; n]),
+            "int" => Values::Int(vec![None; n]),
+            "text" => Values::Text(vec![None; n]),
+            _ => Values::Flag(vec![None; n]),
+        }
+    }
+
+    /// Sets entry `i` to `value`, which has this column's type.
+    fn set(&mut self, i: usize, value: Value) {
+        match (self, value) {
+            (Values::Float(v), Value::Float(x)) => v[i] = Some(x),
+            (Values::Int(v), Value::Int(x)) => v[i] = Some(x),
+            (Values::Text(v), Value::Text(x)) => v[i] = Some(x),
+            (Values::Flag(v), Value::Flag(x)) => v[i] = Some(x),
+            (v, x) => unreachable!("set a {} entry to a {}", v.kind(), x.kind()),
+        }
+    }
+
+    /// Appends `other`, which has the same type.
+    fn extend(&mut self, other: Values) {
+        match (self, other) {
+            (Values::Float(a), Values::Float(b)) => a.extend(b),
+            (Values::Int(a), Values::Int(b)) => a.extend(b),
+            (Values::Text(a), Values::Text(b)) => a.extend(b),
+            (Values::Flag(a), Values::Flag(b)) => a.extend(b),
+            (a, b) => unreachable!("extend {} with {}", a.kind(), b.kind()),
+        }
+    }
+
+    fn pad_to(&mut self, n: usize) {
+        match self {
+            Values::Float(v) => v.resize(n, None),
+            Values::Int(v) => v.resize(n, None),
+            Values::Text(v) => v.resize(n, None),
+            Values::Flag(v) => v.resize(n, None),
+        }
+    }
+
+    fn approx_bytes(&self) -> usize {
+        match self {
+            Values::Float(v) => v.len() * 9,
+            Values::Int(v) => v.len() * 9,
+            Values::Text(v) => v
+                .iter()
+                .map(|s| 1 + s.as_ref().map_or(0, |s| s.len()))
+                .sum(),
+            Values::Flag(v) => v.len() * 2,
+        }
+    }
+}
+
+/// Builds a batch one event at a time.
+#[derive(Debug, Default)]
+pub struct Builder {
+    batch: Batch,
+    key_index: HashMap<String, u32>,
+}
+
+impl Default for Batch {
+    fn default() -> Self {
+        Batch::empty()
+    }
+}
+
+impl Builder {
+    pub fn new() -> Self {
+        Builder::default()
+    }
+
+    /// Adds an event. A field whose type differs from the same field in earlier events is stored
+    /// under `name#type` (see [`Batch::append`]), so nothing is lost.
+    pub fn push<'a>(
+        &mut self,
+        key: &str,
+        ts_ms: i64,
+        fields: impl IntoIterator<Item = (&'a str, Value)>,
+    ) {
+        let row = self.batch.len();
+        let id = match self.key_index.get(key) {
+            Some(&id) => id,
+            None => {
+                let id = self.batch.keys.len() as u32;
+                self.batch.keys.push(key.to_owned());
+                self.key_index.insert(key.to_owned(), id);
+                id
+            }
+        };
+        self.batch.key.push(id);
+        self.batch.ts_ms.push(ts_ms);
+        for (name, value) in fields {
+            let kind = value.kind();
+            let columns = &mut self.batch.columns;
+            let target = match columns.iter().find(|c| c.name == name) {
+                Some(c) if c.values.kind() != kind => format!("{name}#{kind}"),
+                _ => name.to_owned(),
+            };
+            let at = match columns.iter().position(|c| c.name == target) {
+                Some(at) => at,
+                None => {
+                    let values = Values::empty_of(kind, row + 1);
+                    columns.push(Column {
+                        name: target,
+                        values,
+                    });
+                    columns.len() - 1
+                }
+            };
+            let values = &mut self.batch.columns[at].values;
+            values.pad_to(row + 1);
+            values.set(row, value);
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.batch.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.batch.is_empty()
+    }
+
+    pub fn finish(mut self) -> Batch {
+        let n = self.batch.len();
+        for c in &mut self.batch.columns {
+            c.values.pad_to(n);
+        }
+        self.batch
+    }
+}
+
+impl Value {
+    /// The type name: `float`, `int`, `text` or `flag`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Value::Float(_) => "float",
+            Value::Int(_) => "int",
+            Value::Text(_) => "text",
+            Value::Flag(_) => "flag",
+        }
+    }
+
+    /// As JSON.
+    pub fn to_json(&self) -> serde_json::Value {
+        match self {
+            Value::Float(x) => serde_json::json!(x),
+            Value::Int(x) => serde_json::json!(x),
+            Value::Text(x) => serde_json::json!(x),
+            Value::Flag(x) => serde_json::json!(x),
+        }
+    }
+
+    /// From a JSON scalar; `None` for null, arrays and objects.
+    pub fn from_json(v: &serde_json::Value) -> Option<Value> {
+        match v {
+            serde_json::Value::Bool(b) => Some(Value::Flag(*b)),
+            serde_json::Value::Number(n) => Some(match n.as_i64() {
+                Some(i) if !n.is_f64() => Value::Int(i),
+                _ => Value::Float(n.as_f64()?),
+            }),
+            serde_json::Value::String(s) => Some(Value::Text(s.clone())),
+            _ => None,
+        }
+    }
+}
+
+impl Batch {
+    /// Event `i` as a JSON object: `{"key", "ts_ms", "fields": {...}}`.
+    pub fn event_json(&self, i: usize) -> serde_json::Value {
+        let fields: serde_json::Map<String, serde_json::Value> = self
+            .columns
+            .iter()
+            .filter_map(|c| Some((c.name.clone(), c.values.get(i)?.to_json())))
+            .collect();
+        serde_json::json!({ "key": self.key_of(i), "ts_ms": self.ts_ms[i], "fields": fields })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batch(keys: &[&str], temps: &[Option<f64>]) -> Batch {
+        let mut b = Batch::empty();
+        for (i, k) in keys.iter().enumerate() {
+            let id = match b.keys.iter().position(|x| x == k) {
+                Some(id) => id,
+                None => {
+                    b.keys.push(k.to_string());
+                    b.keys.len() - 1
+                }
+            };
+            b.key.push(id as u32);
+            b.ts_ms.push(i as i64);
+        }
+        b.columns.push(Column {
+            name: "temp".into(),
+            values: Values::Float(temps.to_vec()),
+        });
+        b
+    }
+
+    #[test]
+    fn builder_keeps_fields_of_a_clashing_type_apart() {
+        let mut b = Builder::new();
+        b.push("s1", 1, [("temp", Value::Float(20.5))]);
+        b.push(
+            "s2",
+            2,
+            [("temp", Value::Text("n/a".into())), ("rh", Value::Int(40))],
+        );
+        b.push("s1", 3, [("temp", Value::Float(21.0))]);
+        let batch = b.finish();
+        batch.validate().unwrap();
+        assert_eq!(batch.keys, vec!["s1", "s2"]);
+        assert_eq!(
+            batch.column("temp").unwrap().get(2),
+            Some(Value::Float(21.0))
+        );
+        assert_eq!(
+            batch.column("temp#text").unwrap().get(1),
+            Some(Value::Text("n/a".into()))
+        );
+        assert_eq!(batch.column("rh").unwrap().get(0), None);
+        assert_eq!(
+            batch.event_json(1),
+            serde_json::json!({"key": "s2", "ts_ms": 2, "fields": {"temp#text": "n/a", "rh": 40}})
+        );
+    }
+
+    #[test]
+    fn take_split_and_append_keep_every_event_and_its_key() {
+        let b = batch(
+            &["a", "b", "a", "c"],
+            &[Some(1.0), None, Some(3.0), Some(4.0)],
+        );
+        let parts = b.clone().split(3);
+        assert_eq!(parts.len(), 2);
+        let mut joined = Batch::empty();
+        for p in parts {
+            p.validate().unwrap();
+            joined.append(p);
+        }
+        joined.validate().unwrap();
+        assert_eq!(joined.len(), 4);
+        for i in 0..4 {
+            assert_eq!(joined.key_of(i), b.key_of(i));
+            assert_eq!(joined.ts_ms[i], b.ts_ms[i]);
+            assert_eq!(
+                joined.column("temp").unwrap().get(i),
+                b.column("temp").unwrap().get(i)
+            );
+        }
+        let picked = b.take(&[3, 0]);
+        assert_eq!(picked.keys, vec!["c", "a"]);
+        assert_eq!(
+            picked.column("temp").unwrap().get(0),
+            Some(Value::Float(4.0))
+        );
+    }
+
+    #[test]
+    fn append_keeps_columns_of_different_types_apart() {
+        let mut a = batch(&["a"], &[Some(1.0)]);
+        let mut b = batch(&["b"], &[None]);
+        b.columns[0].values = Values::Text(vec![Some("hot".into())]);
+        a.append(b);
+        a.validate().unwrap();
+        assert_eq!(a.column("temp").unwrap().get(1), None);
+        assert_eq!(
+            a.column("temp#text").unwrap().get(1),
+            Some(Value::Text("hot".into()))
+        );
+    }
+
+    #[test]
+    fn validate_names_what_is_wrong() {
+        let mut b = batch(&["a", "b"], &[Some(1.0), Some(2.0)]);
+        b.key[1] = 7;
+        assert_eq!(
+            b.validate().unwrap_err(),
+            "key index 7 is out of range (2 keys)"
+        );
+        let mut b = batch(&["a", "b"], &[Some(1.0)]);
+        assert_eq!(
+            b.validate().unwrap_err(),
+            "column \"temp\" has 1 values for 2 events"
+        );
+        b.columns.clear();
+        b.ts_ms.pop();
+        assert_eq!(b.validate().unwrap_err(), "2 keys but 1 timestamps");
+    }
+}

@@ -1,0 +1,56 @@
+//! The command line: one module per subcommand.
+
+mod bench;
+mod plugin;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// weir: a streaming host for edge gateways.
+#[derive(Debug, Parser)]
+#[command(name = "weir", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Inspect and run operator plugins.
+    #[command(subcommand)]
+    Plugin(PluginCommand),
+    /// Measure the cost of running operators as Wasm components against native Rust.
+    Bench(bench::BenchArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum PluginCommand {
+    /// Load a plugin and say what it is: world, contract version, sha256, load time.
+    Check {
+        /// The component (.wasm).
+        file: PathBuf,
+        /// Refuse the file unless its sha256 is this.
+        #[arg(long)]
+        sha256: Option<String>,
+    },
+    /// Run JSON lines through a plugin and print what comes out, as JSON lines.
+    ///
+    /// Transformers and aggregators read events, `{"key": "s1", "ts_ms": 1700000000000,
+    /// "fields": {"temp": 21.5}}`; decoders read messages, `{"topic": "farm/s1", "payload":
+    /// <JSON>}` or `{"topic": ..., "payload_base64": "..."}`. Each output line carries its
+    /// output, `main` or `dead-letter`. An aggregator aggregates all input per key.
+    Run(plugin::RunArgs),
+}
+
+/// Runs a parsed command line.
+pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Plugin(PluginCommand::Check { file, sha256 }) => {
+            plugin::check(&file, sha256.as_deref())
+        }
+        Command::Plugin(PluginCommand::Run(args)) => plugin::run(args),
+        Command::Bench(args) => bench::run(args),
+    }
+}

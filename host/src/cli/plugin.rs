@@ -1,0 +1,200 @@
+//! `weir plugin check` and `weir plugin run`.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use base64::Engine as _;
+
+use crate::batch::{Batch, Builder, Value};
+use crate::runtime::{
+    DeadInput, Limits, Operator, OperatorSpec, Outcome, Permissions, Runtime, RuntimeConfig, World,
+    bindings::Message, config_json,
+};
+
+pub(super) fn check(file: &Path, sha256: Option<&str>) -> anyhow::Result<ExitCode> {
+    let runtime = Runtime::new(RuntimeConfig::default())?;
+    let plugin = runtime.load(file, sha256)?;
+    println!("{}", plugin.path.display());
+    println!(
+        "  world     {} ({}@{})",
+        plugin.world,
+        crate::runtime::PACKAGE,
+        plugin.version
+    );
+    println!("  sha256    {}", plugin.sha256);
+    println!("  size      {} bytes", plugin.size_bytes);
+    println!("  compiled  in {:.1?}", plugin.load_time);
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Debug, clap::Args)]
+pub(super) struct RunArgs {
+    /// The component (.wasm).
+    file: PathBuf,
+    /// The step's config, as a TOML inline table: '{ field = "humidity", min = 0.0 }'.
+    #[arg(long, default_value = "{}")]
+    config: String,
+    /// Read input from this file instead of standard input.
+    #[arg(long)]
+    input: Option<PathBuf>,
+    /// Events (or messages) per call into the plugin.
+    #[arg(long, default_value_t = 1024)]
+    batch: usize,
+}
+
+pub(super) fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let config: toml::Table = toml::from_str(&format!("config = {}", args.config))
+        .context("--config is not a TOML inline table")?;
+    let config = config_json(&config["config"]);
+    let runtime = Runtime::new(RuntimeConfig::default())?;
+    let plugin = runtime.load(&args.file, None)?;
+    let step = plugin
+        .path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let spec = OperatorSpec {
+        runtime,
+        step: step.into(),
+        world: plugin.world,
+        limits: Limits::default(),
+        permissions: Permissions::default(),
+    };
+    let mut op = Operator::start(spec, plugin.clone(), &config)?;
+    let input: Box<dyn BufRead> = match &args.input {
+        Some(path) => Box::new(std::io::BufReader::new(
+            std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?,
+        )),
+        None => Box::new(std::io::stdin().lock()),
+    };
+    let mut out = std::io::stdout().lock();
+    let mut lines = Vec::new();
+    for (n, line) in input.lines().enumerate() {
+        let line = line?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let value: serde_json::Value = serde_json::from_str(&line)
+            .with_context(|| format!("input line {} is not JSON", n + 1))?;
+        lines.push((n + 1, value));
+        if lines.len() >= args.batch.max(1) && plugin.world != World::Aggregator {
+            run_batch(&mut op, plugin.world, std::mem::take(&mut lines), &mut out)?;
+        }
+    }
+    if plugin.world == World::Aggregator {
+        aggregate(&mut op, lines, &mut out)?;
+    } else if !lines.is_empty() {
+        run_batch(&mut op, plugin.world, lines, &mut out)?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn events(lines: &[(usize, serde_json::Value)]) -> anyhow::Result<Batch> {
+    let mut b = Builder::new();
+    for (n, v) in lines {
+        let key = v["key"]
+            .as_str()
+            .with_context(|| format!("line {n}: no \"key\" string"))?;
+        let ts_ms = v["ts_ms"]
+            .as_i64()
+            .with_context(|| format!("line {n}: no \"ts_ms\" integer"))?;
+        let fields = match v.get("fields") {
+            Some(serde_json::Value::Object(m)) => m
+                .iter()
+                .filter_map(|(k, v)| Some((k.as_str(), Value::from_json(v)?)))
+                .collect(),
+            None => Vec::new(),
+            Some(_) => bail!("line {n}: \"fields\" is not an object"),
+        };
+        b.push(key, ts_ms, fields);
+    }
+    Ok(b.finish())
+}
+
+fn messages(lines: &[(usize, serde_json::Value)]) -> anyhow::Result<Vec<Message>> {
+    lines
+        .iter()
+        .map(|(n, v)| {
+            let topic = v["topic"]
+                .as_str()
+                .with_context(|| format!("line {n}: no \"topic\" string"))?;
+            let payload = match (v.get("payload"), v.get("payload_base64")) {
+                (_, Some(b)) => base64::engine::general_purpose::STANDARD
+                    .decode(b.as_str().unwrap_or_default())
+                    .with_context(|| format!("line {n}: \"payload_base64\" is not base64"))?,
+                (Some(p), None) => serde_json::to_vec(p)?,
+                (None, None) => bail!("line {n}: no \"payload\" or \"payload_base64\""),
+            };
+            Ok(Message {
+                topic: topic.to_owned(),
+                payload,
+                received_ms: v["received_ms"].as_i64().unwrap_or(0),
+            })
+        })
+        .collect()
+}
+
+fn run_batch(
+    op: &mut Operator,
+    world: World,
+    lines: Vec<(usize, serde_json::Value)>,
+    out: &mut impl Write,
+) -> anyhow::Result<()> {
+    let outcome = match world {
+        World::Transformer => op.transform(events(&lines)?),
+        World::Decoder => op.decode(messages(&lines)?),
+        World::Aggregator => unreachable!("aggregators run through `aggregate`"),
+    };
+    print_outcome(&outcome, out)
+}
+
+fn print_outcome(outcome: &Outcome, out: &mut impl Write) -> anyhow::Result<()> {
+    for i in 0..outcome.events.len() {
+        let mut e = outcome.events.event_json(i);
+        e["output"] = "main".into();
+        writeln!(out, "{e}")?;
+    }
+    for d in &outcome.dead_letters {
+        let input: Vec<serde_json::Value> = match &d.input {
+            DeadInput::Events(b) => (0..b.len()).map(|i| b.event_json(i)).collect(),
+            DeadInput::Messages(m) => m
+                .iter()
+                .map(|m| serde_json::json!({"topic": m.topic, "payload_base64": base64::engine::general_purpose::STANDARD.encode(&m.payload)}))
+                .collect(),
+        };
+        let line = serde_json::json!({
+            "output": "dead-letter", "step": &*d.step, "reason": d.reason, "detail": d.detail, "input": input,
+        });
+        writeln!(out, "{line}")?;
+    }
+    Ok(())
+}
+
+fn aggregate(
+    op: &mut Operator,
+    lines: Vec<(usize, serde_json::Value)>,
+    out: &mut impl Write,
+) -> anyhow::Result<()> {
+    let batch = events(&lines)?;
+    let keys = batch.keys.clone();
+    let acc = op.create_accumulator()?;
+    let accs = vec![acc; keys.len()];
+    let accs = op.add_to_accumulators(&accs, &batch, &batch.key)?;
+    let results = op.finish_accumulators(&accs)?;
+    let by_key: BTreeMap<&String, _> = keys.iter().zip(results).collect();
+    for (key, fields) in by_key {
+        let fields: serde_json::Map<String, serde_json::Value> = fields
+            .into_iter()
+            .map(|f| (f.name, f.value.to_json()))
+            .collect();
+        writeln!(
+            out,
+            "{}",
+            serde_json::json!({"output": "main", "key": key, "fields": fields})
+        )?;
+    }
+    Ok(())
+}

@@ -1,0 +1,136 @@
+//! Runs user operators: WebAssembly components checked against the `weir:operator` contract.
+//!
+//! - [`Runtime`] owns the wasmtime engine, the linker (WASI with no capabilities, plus weir's
+//!   `state` and `log` imports), the compiled-plugin cache and the epoch ticker that enforces
+//!   time budgets.
+//! - [`Plugin`] is a loaded, checked, compiled component ([`Runtime::load`]).
+//! - [`Operator`] runs one plugin for one pipeline step: limits, dead letters, rebuilds after a
+//!   trap, quarantine, keyed state and hot swap. [`OperatorHandle`] runs an operator on a thread
+//!   of its own, for async callers.
+//!
+//! **Architecture invariant**: guest code runs only inside [`Operator`] calls, each under a time
+//! budget, and never on an async executor's worker thread unless through [`Operator`] directly
+//! by a caller that accepts that budget. A trap or a limit hit becomes a dead letter, never a
+//! panic of the host.
+
+pub mod bindings;
+mod cache;
+mod epoch;
+mod instance;
+mod limits;
+pub mod metrics;
+mod operator;
+mod plugin;
+mod state;
+mod stdio;
+mod worker;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use wasmtime::component::{HasSelf, Linker};
+use wasmtime::{Config, Engine};
+
+pub use cache::CacheOutcome;
+pub use limits::{DirGrant, Limits, Permissions};
+pub use metrics::{OperatorMetrics, OperatorMetricsSnapshot};
+pub use operator::{
+    DeadInput, DeadLetter, Failure, Operator, OperatorSpec, Outcome, Prepared, Reason, StartError,
+    SwapReport,
+};
+pub use plugin::{LoadError, PACKAGE, Plugin, SUPPORTED_VERSIONS, World, sha256_hex};
+pub use state::KeyedState;
+pub use worker::OperatorHandle;
+
+pub(crate) use instance::StoreData;
+
+/// How the runtime is set up.
+#[derive(Clone, Debug)]
+pub struct RuntimeConfig {
+    /// Where compiled plugins are cached; `None` compiles on every load.
+    pub cache_dir: Option<PathBuf>,
+    /// How often the epoch advances while a plugin runs: the resolution of time budgets.
+    pub epoch_tick: Duration,
+    /// Enforce time budgets (epoch interruption). Only benchmarks turn this off, to measure
+    /// what it costs.
+    pub time_budgets: bool,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        RuntimeConfig {
+            cache_dir: None,
+            epoch_tick: Duration::from_millis(1),
+            time_budgets: true,
+        }
+    }
+}
+
+/// The shared part of weir that runs plugins. Cheap to clone.
+#[derive(Clone)]
+pub struct Runtime {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    engine: Engine,
+    linker: Linker<StoreData>,
+    cache: cache::ComponentCache,
+    ticker: Option<epoch::Ticker>,
+    epoch_tick: Duration,
+}
+
+impl std::fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runtime").finish_non_exhaustive()
+    }
+}
+
+impl Runtime {
+    pub fn new(config: RuntimeConfig) -> anyhow::Result<Self> {
+        let mut wasm = Config::new();
+        wasm.wasm_component_model(true)
+            .epoch_interruption(config.time_budgets)
+            .cranelift_opt_level(wasmtime::OptLevel::Speed);
+        let engine = Engine::new(&wasm)?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
+        bindings::transformer::Transformer::add_to_linker::<_, HasSelf<StoreData>>(
+            &mut linker,
+            |data| data,
+        )?;
+        let cache = cache::ComponentCache::new(&engine, config.cache_dir);
+        let ticker = config
+            .time_budgets
+            .then(|| epoch::Ticker::start(engine.clone(), config.epoch_tick));
+        Ok(Runtime {
+            inner: Arc::new(Inner {
+                engine,
+                linker,
+                cache,
+                ticker,
+                epoch_tick: config.epoch_tick,
+            }),
+        })
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.inner.engine
+    }
+
+    /// Epoch ticks for a time budget: the call is stopped within the budget.
+    pub(crate) fn deadline_ticks(&self, budget: Duration) -> u64 {
+        (budget.as_nanos() / self.inner.epoch_tick.as_nanos().max(1)).max(1) as u64
+    }
+
+    /// Marks a call into a plugin as running, so the ticker advances the epoch.
+    pub(crate) fn running(&self) -> Option<epoch::Running<'_>> {
+        self.inner.ticker.as_ref().map(epoch::Ticker::enter)
+    }
+}
+
+/// A step's config (a TOML value, usually a table) as the JSON text a plugin's `init` receives.
+pub fn config_json(config: &toml::Value) -> String {
+    serde_json::to_string(config).expect("TOML values serialize to JSON")
+}

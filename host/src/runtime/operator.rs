@@ -1,0 +1,672 @@
+//! One pipeline step running a plugin, supervised: limits, dead letters, rebuilds, quarantine,
+//! keyed state and hot swap.
+//!
+//! Every input reaches exactly one place: the output of the call that processed it, or the
+//! dead-letter output with a reason. A call that fails as a whole (the plugin returned an error,
+//! trapped, ran out of time or memory, or returned too much) sends its whole input to the
+//! dead-letter output and leaves the keyed state as it was before the call. After a trap the
+//! instance is thrown away and a fresh one is built for the next call. A plugin that fails
+//! `quarantine_after_failures` calls in a row is quarantined: for a backoff period its inputs go
+//! straight to the dead-letter output; then one call is tried, and a failure quarantines it again
+//! for twice as long.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::Runtime;
+use super::bindings::{Batch, Field, GuestError, Message, Output};
+use super::instance::{Bound, InitFailure, Instance, guest_error_text};
+use super::limits::{Limits, Permissions};
+use super::metrics::{OperatorMetrics, add};
+use super::plugin::{LoadError, Plugin, World};
+use super::state::KeyedState;
+
+/// Why a call failed as a whole.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Failure {
+    /// The plugin returned an error for the whole batch.
+    Guest(String),
+    /// The plugin trapped (panicked, hit `unreachable`, accessed memory out of bounds, ...).
+    Trap(String),
+    /// The call ran past its time budget and was stopped.
+    TimeLimit { budget: Duration },
+    /// The plugin tried to grow its memory past the cap.
+    MemoryLimit { max_bytes: u64 },
+    /// The plugin returned more than the output limits allow.
+    OutputLimit(String),
+    /// The plugin returned a malformed batch.
+    BadOutput(String),
+    /// The plugin is quarantined after repeated failures.
+    Quarantined { remaining: Duration },
+    /// No instance could be started (the plugin fails in `init` or instantiation).
+    Unavailable(String),
+}
+
+impl Failure {
+    /// The reason category, as counted in metrics and written on dead letters.
+    pub fn reason(&self) -> Reason {
+        match self {
+            Failure::Guest(_) => Reason::Failed,
+            Failure::Trap(_) => Reason::Trap,
+            Failure::TimeLimit { .. } => Reason::TimeLimit,
+            Failure::MemoryLimit { .. } => Reason::MemoryLimit,
+            Failure::OutputLimit(_) => Reason::OutputLimit,
+            Failure::BadOutput(_) => Reason::BadOutput,
+            Failure::Quarantined { .. } => Reason::Quarantined,
+            Failure::Unavailable(_) => Reason::Unavailable,
+        }
+    }
+
+    /// Whether the instance is unusable afterwards and must be rebuilt.
+    fn breaks_instance(&self) -> bool {
+        matches!(
+            self,
+            Failure::Trap(_) | Failure::TimeLimit { .. } | Failure::MemoryLimit { .. }
+        )
+    }
+}
+
+impl std::error::Error for Failure {}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Failure::Guest(m) => write!(f, "the plugin failed the batch: {m}"),
+            Failure::Trap(m) => write!(f, "the plugin trapped: {m}"),
+            Failure::TimeLimit { budget } => {
+                write!(
+                    f,
+                    "the plugin ran past its time budget of {budget:?} and was stopped"
+                )
+            }
+            Failure::MemoryLimit { max_bytes } => write!(
+                f,
+                "the plugin tried to use more than its memory cap of {} MiB",
+                max_bytes >> 20
+            ),
+            Failure::OutputLimit(m) => write!(f, "the plugin's output is over the limit: {m}"),
+            Failure::BadOutput(m) => write!(f, "the plugin returned a malformed batch: {m}"),
+            Failure::Quarantined { remaining } => write!(
+                f,
+                "the plugin is quarantined after repeated failures for another {remaining:?}"
+            ),
+            Failure::Unavailable(m) => write!(f, "the plugin cannot be started: {m}"),
+        }
+    }
+}
+
+/// Why an input went to the dead-letter output.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Reason {
+    /// The plugin rejected this input (and only this one).
+    Rejected,
+    Failed,
+    Trap,
+    TimeLimit,
+    MemoryLimit,
+    OutputLimit,
+    BadOutput,
+    Quarantined,
+    Unavailable,
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = serde_json::to_value(self).expect("reasons serialize");
+        f.write_str(s.as_str().expect("reasons serialize as strings"))
+    }
+}
+
+/// What went to the dead-letter output: the inputs, and why.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DeadLetter {
+    /// The step that sent it.
+    pub step: Arc<str>,
+    pub reason: Reason,
+    /// A sentence saying what happened.
+    pub detail: String,
+    pub input: DeadInput,
+}
+
+/// The inputs of a dead letter.
+#[derive(Clone, Debug, PartialEq)]
+pub enum DeadInput {
+    Events(Batch),
+    Messages(Vec<Message>),
+}
+
+impl DeadInput {
+    pub fn len(&self) -> usize {
+        match self {
+            DeadInput::Events(b) => b.len(),
+            DeadInput::Messages(m) => m.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// What a batch turned into.
+#[derive(Debug)]
+pub struct Outcome {
+    pub events: Batch,
+    pub dead_letters: Vec<DeadLetter>,
+}
+
+impl Outcome {
+    fn new() -> Self {
+        Outcome {
+            events: Batch::empty(),
+            dead_letters: Vec::new(),
+        }
+    }
+
+    /// Number of inputs that went to the dead-letter output.
+    pub fn dead_lettered(&self) -> usize {
+        self.dead_letters.iter().map(|d| d.input.len()).sum()
+    }
+}
+
+/// Why an operator (or a new version of it) could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    #[error("plugin {path} rejected its config for step {step}: {reason}")]
+    Config {
+        step: String,
+        path: String,
+        reason: String,
+    },
+    #[error("plugin {path} failed to start for step {step}: {reason}")]
+    Init {
+        step: String,
+        path: String,
+        reason: String,
+    },
+}
+
+/// What an operator is, apart from the plugin it runs: its step name, world, limits and
+/// permissions. Cheap to clone, so a new version can be prepared on another thread.
+#[derive(Clone, Debug)]
+pub struct OperatorSpec {
+    pub runtime: Runtime,
+    /// The pipeline step, e.g. `farm/transform[1]`: names the operator in logs and dead letters.
+    pub step: Arc<str>,
+    pub world: World,
+    pub limits: Limits,
+    pub permissions: Permissions,
+}
+
+/// A plugin version instantiated and initialised, ready to be swapped in.
+pub struct Prepared {
+    version: Version,
+    instance: Instance,
+    prepare_time: Duration,
+}
+
+impl fmt::Debug for Prepared {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Prepared")
+            .field("plugin", &self.version.plugin)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a swap did.
+#[derive(Clone, Debug)]
+pub struct SwapReport {
+    /// sha256 of the version swapped out and of the one swapped in.
+    pub from_sha256: String,
+    pub to_sha256: String,
+    /// Time spent preparing the new version (off the data path).
+    pub prepare_time: Duration,
+    /// Time the data path was held for the switch itself.
+    pub pause: Duration,
+}
+
+#[derive(Clone)]
+struct Version {
+    plugin: Arc<Plugin>,
+    /// The step's config, as JSON.
+    config: String,
+}
+
+impl OperatorSpec {
+    /// Loads nothing: instantiates `plugin` with `config` (JSON) and runs its `init`, off the
+    /// data path, so that it can be swapped in.
+    pub fn prepare(&self, plugin: Arc<Plugin>, config: &str) -> Result<Prepared, StartError> {
+        let started = Instant::now();
+        if plugin.world != self.world {
+            return Err(LoadError::WrongWorld {
+                path: plugin.path.clone(),
+                found: plugin.world,
+                expected: self.world,
+            }
+            .into());
+        }
+        let instance = Instance::start(
+            &self.runtime,
+            &plugin,
+            self.step.clone(),
+            &self.limits,
+            &self.permissions,
+            config,
+        )
+        .map_err(|e| self.start_error(&plugin, e))?;
+        Ok(Prepared {
+            version: Version {
+                plugin,
+                config: config.to_owned(),
+            },
+            instance,
+            prepare_time: started.elapsed(),
+        })
+    }
+
+    fn start_error(&self, plugin: &Plugin, e: InitFailure) -> StartError {
+        let step = self.step.to_string();
+        let path = plugin.path.display().to_string();
+        match e {
+            InitFailure::Config(reason) => StartError::Config { step, path, reason },
+            InitFailure::Other(reason) => StartError::Init { step, path, reason },
+        }
+    }
+}
+
+/// Health: failures in a row, and quarantine.
+#[derive(Debug, Default)]
+struct Health {
+    failures_in_row: u32,
+    quarantines_in_row: u32,
+    quarantined_until: Option<Instant>,
+    /// The last quarantine just ended: the next failure quarantines again at once.
+    probation: bool,
+}
+
+/// A plugin running for one pipeline step. Calls are synchronous and run guest code on the
+/// calling thread, each under the time budget; see [`super::OperatorHandle`] to run it on a
+/// thread of its own.
+pub struct Operator {
+    spec: OperatorSpec,
+    current: Version,
+    previous: Option<Version>,
+    /// `None` after a trap, until the next call rebuilds it.
+    instance: Option<Instance>,
+    state: KeyedState,
+    health: Health,
+    metrics: Arc<OperatorMetrics>,
+}
+
+impl fmt::Debug for Operator {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Operator")
+            .field("step", &self.spec.step)
+            .field("plugin", &self.current.plugin)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Operator {
+    /// Starts `plugin` for a step, with its config as JSON. Errors in the config (as the plugin
+    /// judges it) are reported here, before any data flows.
+    pub fn start(
+        spec: OperatorSpec,
+        plugin: Arc<Plugin>,
+        config: &str,
+    ) -> Result<Self, StartError> {
+        let prepared = spec.prepare(plugin, config)?;
+        Ok(Operator {
+            spec,
+            current: prepared.version,
+            previous: None,
+            instance: Some(prepared.instance),
+            state: KeyedState::default(),
+            health: Health::default(),
+            metrics: Arc::default(),
+        })
+    }
+
+    pub fn spec(&self) -> &OperatorSpec {
+        &self.spec
+    }
+
+    /// The plugin version running now.
+    pub fn plugin(&self) -> &Arc<Plugin> {
+        &self.current.plugin
+    }
+
+    pub fn metrics(&self) -> &Arc<OperatorMetrics> {
+        &self.metrics
+    }
+
+    /// The step's keyed state.
+    pub fn state(&self) -> &KeyedState {
+        &self.state
+    }
+
+    /// Replaces the step's keyed state (when restoring a checkpoint).
+    pub fn restore_state(&mut self, state: KeyedState) {
+        self.state = state;
+    }
+
+    /// Until when the plugin is quarantined, if it is.
+    pub fn quarantined_until(&self) -> Option<Instant> {
+        self.health.quarantined_until
+    }
+
+    /// Switches to a prepared version, between two calls. The keyed state carries over; the
+    /// version swapped out is kept for [`Operator::rollback`].
+    pub fn swap(&mut self, prepared: Prepared) -> SwapReport {
+        let started = Instant::now();
+        let from_sha256 = self.current.plugin.sha256.clone();
+        let old = std::mem::replace(&mut self.current, prepared.version);
+        self.previous = Some(old);
+        let old_instance = self.instance.replace(prepared.instance);
+        self.health = Health::default();
+        let pause = started.elapsed();
+        add(&self.metrics.swaps, 1);
+        drop(old_instance);
+        tracing::info!(
+            step = %self.spec.step,
+            from = %short(&from_sha256),
+            to = %short(&self.current.plugin.sha256),
+            ?pause,
+            "plugin swapped"
+        );
+        SwapReport {
+            from_sha256,
+            to_sha256: self.current.plugin.sha256.clone(),
+            prepare_time: prepared.prepare_time,
+            pause,
+        }
+    }
+
+    /// Swaps back to the version that was running before the last swap.
+    pub fn rollback(&mut self) -> Result<SwapReport, StartError> {
+        let Some(previous) = self.previous.clone() else {
+            return Err(StartError::Init {
+                step: self.spec.step.to_string(),
+                path: self.current.plugin.path.display().to_string(),
+                reason: "there is no previous version to roll back to".into(),
+            });
+        };
+        let prepared = self.spec.prepare(previous.plugin, &previous.config)?;
+        Ok(self.swap(prepared))
+    }
+
+    /// Runs a batch of events through a transformer.
+    pub fn transform(&mut self, events: Batch) -> Outcome {
+        let mut outcome = Outcome::new();
+        for part in events.split(self.spec.limits.max_batch_events) {
+            let n = part.len();
+            let result = self.invoke(n, |store, bound| match bound {
+                Bound::Transformer(b) => b.weir_operator_transform().call_transform(store, &part),
+                _ => unreachable!("a transformer operator runs a transformer"),
+            });
+            self.settle(result, DeadInput::Events(part), &mut outcome);
+        }
+        outcome
+    }
+
+    /// Decodes a batch of raw messages.
+    pub fn decode(&mut self, messages: Vec<Message>) -> Outcome {
+        let mut outcome = Outcome::new();
+        let max = self.spec.limits.max_batch_events.max(1);
+        let mut rest = messages;
+        while !rest.is_empty() {
+            let tail = rest.split_off(max.min(rest.len()));
+            let part = std::mem::replace(&mut rest, tail);
+            let result = self.invoke(part.len(), |store, bound| match bound {
+                Bound::Decoder(b) => b.weir_operator_decode().call_decode(store, &part),
+                _ => unreachable!("a decoder operator runs a decoder"),
+            });
+            self.settle(result, DeadInput::Messages(part), &mut outcome);
+        }
+        outcome
+    }
+
+    /// A new, empty accumulator from an aggregator.
+    pub fn create_accumulator(&mut self) -> Result<Vec<u8>, Failure> {
+        let acc = self.invoke(0, |store, bound| match bound {
+            Bound::Aggregator(b) => b.weir_operator_aggregate().call_create(store).map(Ok),
+            _ => unreachable!("an aggregator operator runs an aggregator"),
+        })?;
+        self.succeed();
+        Ok(acc)
+    }
+
+    /// Adds events to accumulators: `group[i]` is the accumulator event `i` goes to.
+    pub fn add_to_accumulators(
+        &mut self,
+        accumulators: &[Vec<u8>],
+        events: &Batch,
+        group: &[u32],
+    ) -> Result<Vec<Vec<u8>>, Failure> {
+        let out = self.invoke(events.len(), |store, bound| match bound {
+            Bound::Aggregator(b) => {
+                b.weir_operator_aggregate()
+                    .call_add(store, accumulators, events, group)
+            }
+            _ => unreachable!("an aggregator operator runs an aggregator"),
+        })?;
+        if out.len() != accumulators.len() {
+            return Err(self.fail(Failure::BadOutput(format!(
+                "{} accumulators back for {} passed",
+                out.len(),
+                accumulators.len()
+            ))));
+        }
+        self.succeed();
+        Ok(out)
+    }
+
+    /// Merges two accumulators.
+    pub fn merge_accumulators(&mut self, a: &[u8], b: &[u8]) -> Result<Vec<u8>, Failure> {
+        let merged = self.invoke(0, |store, bound| match bound {
+            Bound::Aggregator(x) => x.weir_operator_aggregate().call_merge(store, a, b),
+            _ => unreachable!("an aggregator operator runs an aggregator"),
+        })?;
+        self.succeed();
+        Ok(merged)
+    }
+
+    /// The results of accumulators.
+    pub fn finish_accumulators(
+        &mut self,
+        accumulators: &[Vec<u8>],
+    ) -> Result<Vec<Vec<Field>>, Failure> {
+        let out = self.invoke(0, |store, bound| match bound {
+            Bound::Aggregator(b) => b.weir_operator_aggregate().call_finish(store, accumulators),
+            _ => unreachable!("an aggregator operator runs an aggregator"),
+        })?;
+        if out.len() != accumulators.len() {
+            return Err(self.fail(Failure::BadOutput(format!(
+                "{} results for {} accumulators",
+                out.len(),
+                accumulators.len()
+            ))));
+        }
+        self.succeed();
+        Ok(out)
+    }
+
+    /// One call into the plugin, with everything around it: quarantine, a rebuilt instance if
+    /// the last one broke, the keyed state moved in, metrics. A failure is recorded here; on
+    /// success the caller checks the result and then calls [`Operator::succeed`].
+    fn invoke<R>(
+        &mut self,
+        inputs: usize,
+        call: impl FnOnce(
+            &mut wasmtime::Store<super::StoreData>,
+            &Bound,
+        ) -> wasmtime::Result<Result<R, GuestError>>,
+    ) -> Result<R, Failure> {
+        add(&self.metrics.events_in, inputs as u64);
+        if let Some(until) = self.health.quarantined_until {
+            let now = Instant::now();
+            if now < until {
+                return Err(Failure::Quarantined {
+                    remaining: until - now,
+                });
+            }
+            self.health.quarantined_until = None;
+            self.health.probation = true;
+        }
+        if self.instance.is_none() {
+            match Instance::start(
+                &self.spec.runtime,
+                &self.current.plugin,
+                self.spec.step.clone(),
+                &self.spec.limits,
+                &self.spec.permissions,
+                &self.current.config,
+            ) {
+                Ok(instance) => {
+                    add(&self.metrics.rebuilds, 1);
+                    self.instance = Some(instance);
+                }
+                Err(InitFailure::Config(m) | InitFailure::Other(m)) => {
+                    return Err(self.fail(Failure::Unavailable(m)));
+                }
+            }
+        }
+        let instance = self.instance.as_mut().expect("built above");
+        instance.store.data_mut().state = std::mem::take(&mut self.state);
+        let started = Instant::now();
+        add(&self.metrics.calls, 1);
+        let result = instance.call(&self.spec.runtime, self.spec.limits.time_budget, call);
+        add(&self.metrics.call_ns, started.elapsed().as_nanos() as u64);
+        self.state = std::mem::take(&mut instance.store.data_mut().state);
+        let result = match result {
+            Ok(Ok(r)) => Ok(r),
+            Ok(Err(e)) => Err(Failure::Guest(guest_error_text(&e))),
+            Err(failure) => Err(failure),
+        };
+        result.map_err(|failure| self.fail(failure))
+    }
+
+    /// Records a successful call: its state writes become permanent.
+    fn succeed(&mut self) {
+        self.state.commit();
+        self.health.failures_in_row = 0;
+        self.health.quarantines_in_row = 0;
+        self.health.probation = false;
+    }
+
+    /// Records a failed call: metrics, a rebuild if the instance broke, quarantine if the
+    /// plugin keeps failing.
+    fn fail(&mut self, failure: Failure) -> Failure {
+        self.state.rollback();
+        let m = &self.metrics;
+        add(&m.failed_calls, 1);
+        match &failure {
+            Failure::Trap(_) => add(&m.traps, 1),
+            Failure::TimeLimit { .. } => add(&m.time_limit_hits, 1),
+            Failure::MemoryLimit { .. } => add(&m.memory_limit_hits, 1),
+            Failure::OutputLimit(_) => add(&m.output_limit_hits, 1),
+            _ => {}
+        }
+        if failure.breaks_instance() {
+            self.instance = None;
+        }
+        tracing::warn!(step = %self.spec.step, reason = %failure.reason(), "{failure}");
+        let limits = &self.spec.limits;
+        self.health.failures_in_row += 1;
+        if self.health.probation || self.health.failures_in_row >= limits.quarantine_after_failures
+        {
+            let factor = 1u32 << self.health.quarantines_in_row.min(16);
+            let backoff = limits
+                .quarantine_backoff
+                .saturating_mul(factor)
+                .min(limits.quarantine_backoff_max);
+            self.health.quarantined_until = Some(Instant::now() + backoff);
+            self.health.quarantines_in_row += 1;
+            self.health.failures_in_row = 0;
+            self.health.probation = false;
+            add(&m.quarantines, 1);
+            tracing::warn!(
+                step = %self.spec.step,
+                ?backoff,
+                "plugin quarantined after repeated failures; its input goes to the dead-letter output until it recovers"
+            );
+        }
+        failure
+    }
+
+    /// Sorts the result of a decode or transform call into output and dead letters.
+    fn settle(&mut self, result: Result<Output, Failure>, input: DeadInput, outcome: &mut Outcome) {
+        let result = result.and_then(|output| self.check_output(output, input.len()));
+        match result {
+            Ok(Output { events, rejected }) => {
+                self.succeed();
+                add(&self.metrics.events_out, events.len() as u64);
+                if !rejected.is_empty() {
+                    add(&self.metrics.rejected, rejected.len() as u64);
+                    for r in rejected {
+                        let index = r.index as usize;
+                        let one = match &input {
+                            DeadInput::Events(b) => DeadInput::Events(b.take(&[index])),
+                            DeadInput::Messages(m) => DeadInput::Messages(vec![m[index].clone()]),
+                        };
+                        outcome.dead_letters.push(DeadLetter {
+                            step: self.spec.step.clone(),
+                            reason: Reason::Rejected,
+                            detail: r.reason,
+                            input: one,
+                        });
+                    }
+                }
+                outcome.events.append(events);
+            }
+            Err(failure) => {
+                add(&self.metrics.dead_lettered, input.len() as u64);
+                outcome.dead_letters.push(DeadLetter {
+                    step: self.spec.step.clone(),
+                    reason: failure.reason(),
+                    detail: failure.to_string(),
+                    input,
+                });
+            }
+        }
+    }
+
+    /// Checks an output against the limits and for well-formedness.
+    fn check_output(&mut self, output: Output, inputs: usize) -> Result<Output, Failure> {
+        let limits = &self.spec.limits;
+        let problem = if output.events.len() > limits.max_output_events {
+            Some(Failure::OutputLimit(format!(
+                "{} events, more than max_output_events ({})",
+                output.events.len(),
+                limits.max_output_events
+            )))
+        } else if output.events.approx_bytes() > limits.max_output_bytes {
+            Some(Failure::OutputLimit(format!(
+                "about {} bytes, more than max_output_bytes ({})",
+                output.events.approx_bytes(),
+                limits.max_output_bytes
+            )))
+        } else if let Err(m) = output.events.validate() {
+            Some(Failure::BadOutput(m))
+        } else if let Some(r) = output.rejected.iter().find(|r| r.index as usize >= inputs) {
+            Some(Failure::BadOutput(format!(
+                "rejected input {} of a batch of {inputs}",
+                r.index
+            )))
+        } else {
+            None
+        };
+        match problem {
+            Some(failure) => Err(self.fail(failure)),
+            None => Ok(output),
+        }
+    }
+}
+
+fn short(sha256: &str) -> &str {
+    &sha256[..sha256.len().min(12)]
+}

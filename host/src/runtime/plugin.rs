@@ -1,0 +1,301 @@
+//! Loading a plugin: read it, check it is a component of a supported world and version, compile
+//! it (or take it from the cache) and prepare it for instantiation.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use wasmtime::component::Component;
+use wasmtime::component::types::ComponentItem;
+
+use super::StoreData;
+use super::bindings::{
+    aggregator::AggregatorPre, decoder::DecoderPre, transformer::TransformerPre,
+};
+use super::cache::CacheOutcome;
+
+/// The contract package this weir implements.
+pub const PACKAGE: &str = "weir:operator";
+/// The contract versions this weir can run.
+pub const SUPPORTED_VERSIONS: &[&str] = &["0.1.0"];
+
+/// The kind of operator a plugin is: which world of the contract it implements.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum World {
+    Decoder,
+    Transformer,
+    Aggregator,
+}
+
+impl World {
+    /// The interface a component of this world exports.
+    fn export(self) -> &'static str {
+        match self {
+            World::Decoder => "decode",
+            World::Transformer => "transform",
+            World::Aggregator => "aggregate",
+        }
+    }
+
+    fn from_export(interface: &str) -> Option<World> {
+        [World::Decoder, World::Transformer, World::Aggregator]
+            .into_iter()
+            .find(|w| w.export() == interface)
+    }
+}
+
+impl fmt::Display for World {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            World::Decoder => "decoder",
+            World::Transformer => "transformer",
+            World::Aggregator => "aggregator",
+        })
+    }
+}
+
+/// Why a plugin could not be loaded. Each message names the file and says what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("cannot read plugin {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "plugin {path} is {what}, not a WebAssembly component; build it for the wasm32-wasip2 target \
+         (or with componentize-py / componentize-js)"
+    )]
+    NotComponent { path: PathBuf, what: &'static str },
+    #[error(
+        "plugin {path} has sha256 {actual}, but the config pins {expected}; check which file is deployed"
+    )]
+    HashMismatch {
+        path: PathBuf,
+        expected: String,
+        actual: String,
+    },
+    #[error("plugin {path} does not compile: {reason}")]
+    Compile { path: PathBuf, reason: String },
+    #[error(
+        "plugin {path} exports no weir operator (it exports: {exports}); an operator exports \
+         {PACKAGE}/decode, /transform or /aggregate, version {}",
+        SUPPORTED_VERSIONS.join(" or ")
+    )]
+    NoOperator { path: PathBuf, exports: String },
+    #[error(
+        "plugin {path} is built for {PACKAGE}@{found}, but this weir supports {PACKAGE}@{}; \
+         rebuild it against a supported weir-guest (or WIT package) version",
+        SUPPORTED_VERSIONS.join(", @")
+    )]
+    UnsupportedVersion { path: PathBuf, found: String },
+    #[error(
+        "plugin {path} imports {import}, which weir does not provide; operators may import {PACKAGE}/state, {PACKAGE}/log and WASI 0.2"
+    )]
+    UnknownImport { path: PathBuf, import: String },
+    #[error("plugin {path} does not match the {world} world of {PACKAGE}@{version}: {reason}")]
+    TypeCheck {
+        path: PathBuf,
+        world: World,
+        version: String,
+        reason: String,
+    },
+    #[error("plugin {path} is a {found}, but this step needs a {expected}")]
+    WrongWorld {
+        path: PathBuf,
+        found: World,
+        expected: World,
+    },
+}
+
+/// A compiled, checked plugin, ready to be instantiated any number of times.
+pub struct Plugin {
+    /// The file it was loaded from (or a name, for plugins loaded from bytes).
+    pub path: PathBuf,
+    /// sha256 of the component, in hex.
+    pub sha256: String,
+    pub world: World,
+    /// The contract version it was built for.
+    pub version: String,
+    /// Size of the component file.
+    pub size_bytes: usize,
+    /// Whether it came from the compiled-plugin cache.
+    pub cache: CacheOutcome,
+    /// How long compiling (or loading from the cache) took.
+    pub load_time: Duration,
+    pub(crate) pre: Pre,
+}
+
+impl fmt::Debug for Plugin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Plugin")
+            .field("path", &self.path)
+            .field("sha256", &self.sha256)
+            .field("world", &self.world)
+            .field("version", &self.version)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A plugin pre-instantiated for its world, with its exports type-checked.
+#[derive(Clone)]
+pub(crate) enum Pre {
+    Decoder(DecoderPre<StoreData>),
+    Transformer(TransformerPre<StoreData>),
+    Aggregator(AggregatorPre<StoreData>),
+}
+
+/// sha256 of `bytes`, in hex.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    let digest = Sha256::digest(bytes);
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl super::Runtime {
+    /// Loads the plugin at `path`. With `pinned_sha256`, refuses a file with another hash.
+    pub fn load(&self, path: &Path, pinned_sha256: Option<&str>) -> Result<Arc<Plugin>, LoadError> {
+        let bytes = std::fs::read(path).map_err(|source| LoadError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        self.load_bytes(path, &bytes, pinned_sha256)
+    }
+
+    /// Loads a plugin from its bytes; `path` names it in messages.
+    pub fn load_bytes(
+        &self,
+        path: &Path,
+        bytes: &[u8],
+        pinned_sha256: Option<&str>,
+    ) -> Result<Arc<Plugin>, LoadError> {
+        let path = path.to_owned();
+        check_header(&path, bytes)?;
+        let sha256 = sha256_hex(bytes);
+        if let Some(expected) = pinned_sha256
+            && !expected.eq_ignore_ascii_case(&sha256)
+        {
+            return Err(LoadError::HashMismatch {
+                path,
+                expected: expected.to_owned(),
+                actual: sha256,
+            });
+        }
+        let engine = &self.inner.engine;
+        let (component, cache, load_time) =
+            self.inner
+                .cache
+                .load(engine, bytes, &sha256)
+                .map_err(|e| LoadError::Compile {
+                    path: path.clone(),
+                    reason: format!("{e:#}"),
+                })?;
+        let (world, version) = operator_export(&path, engine, &component)?;
+        let instance_pre = self
+            .inner
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|e| import_error(&path, e))?;
+        let type_check = |e: wasmtime::Error| LoadError::TypeCheck {
+            path: path.clone(),
+            world,
+            version: version.clone(),
+            reason: format!("{e:#}"),
+        };
+        let pre = match world {
+            World::Decoder => Pre::Decoder(DecoderPre::new(instance_pre).map_err(type_check)?),
+            World::Transformer => {
+                Pre::Transformer(TransformerPre::new(instance_pre).map_err(type_check)?)
+            }
+            World::Aggregator => {
+                Pre::Aggregator(AggregatorPre::new(instance_pre).map_err(type_check)?)
+            }
+        };
+        tracing::debug!(path = %path.display(), %world, ?cache, ?load_time, "plugin loaded");
+        Ok(Arc::new(Plugin {
+            path,
+            sha256,
+            world,
+            version,
+            size_bytes: bytes.len(),
+            cache,
+            load_time,
+            pre,
+        }))
+    }
+}
+
+/// Refuses what is plainly not a component, with a useful word on what it is instead.
+fn check_header(path: &Path, bytes: &[u8]) -> Result<(), LoadError> {
+    let what = match bytes {
+        [0x00, b'a', b's', b'm', 0x0d, 0x00, 0x01, 0x00, ..] => return Ok(()),
+        [0x00, b'a', b's', b'm', 0x01, 0x00, 0x00, 0x00, ..] => {
+            "a core WebAssembly module (built for wasm32-unknown-unknown or wasm32-wasip1?)"
+        }
+        [0x00, b'a', b's', b'm', ..] => "WebAssembly of an unknown version",
+        [] => "empty",
+        _ => "not WebAssembly",
+    };
+    Err(LoadError::NotComponent {
+        path: path.to_owned(),
+        what,
+    })
+}
+
+/// Finds the operator interface the component exports, and its version.
+fn operator_export(
+    path: &Path,
+    engine: &wasmtime::Engine,
+    component: &Component,
+) -> Result<(World, String), LoadError> {
+    let ty = component.component_type();
+    let mut names = Vec::new();
+    for (name, item) in ty.exports(engine) {
+        names.push(name.to_owned());
+        let Some(rest) = name.strip_prefix(PACKAGE).and_then(|r| r.strip_prefix('/')) else {
+            continue;
+        };
+        if !matches!(item.ty, ComponentItem::ComponentInstance(_)) {
+            continue;
+        }
+        let (interface, version) = rest.split_once('@').unwrap_or((rest, ""));
+        let Some(world) = World::from_export(interface) else {
+            continue;
+        };
+        if !SUPPORTED_VERSIONS.contains(&version) {
+            return Err(LoadError::UnsupportedVersion {
+                path: path.to_owned(),
+                found: if version.is_empty() {
+                    "no version".to_owned()
+                } else {
+                    version.to_owned()
+                },
+            });
+        }
+        return Ok((world, version.to_owned()));
+    }
+    Err(LoadError::NoOperator {
+        path: path.to_owned(),
+        exports: if names.is_empty() {
+            "nothing".to_owned()
+        } else {
+            names.join(", ")
+        },
+    })
+}
+
+fn import_error(path: &Path, e: wasmtime::Error) -> LoadError {
+    let reason = format!("{e:#}");
+    // wasmtime: "component imports instance `x`, but a matching implementation was not found
+    // in the linker" (or a function of an instance).
+    let import = reason
+        .split('`')
+        .nth(1)
+        .map(str::to_owned)
+        .unwrap_or(reason.clone());
+    LoadError::UnknownImport {
+        path: path.to_owned(),
+        import,
+    }
+}
