@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use wasmtime::Store;
 use wasmtime::component::ResourceTable;
+use wasmtime_wasi::sockets::SocketAddrUse;
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use super::Runtime;
@@ -95,8 +96,13 @@ fn wasi_ctx(perms: &Permissions, output: &GuestOutput) -> Result<WasiCtx, String
     b.allow_ip_name_lookup(false).allow_udp(false);
     b.allow_tcp(!perms.connect.is_empty());
     let allowed = perms.connect.clone();
-    b.socket_addr_check(move |addr, _use| {
-        let ok = allowed.contains(&addr);
+    b.socket_addr_check(move |addr, usage| {
+        let ok = match usage {
+            SocketAddrUse::TcpConnect => allowed.contains(&addr),
+            // The implicit bind to an ephemeral port that precedes a connect.
+            SocketAddrUse::TcpBind => addr.ip().is_unspecified() && addr.port() == 0,
+            _ => false,
+        };
         Box::pin(async move { ok })
     });
     for (k, v) in &perms.env {

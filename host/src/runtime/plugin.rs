@@ -102,7 +102,7 @@ pub enum LoadError {
         version: String,
         reason: String,
     },
-    #[error("plugin {path} is a {found}, but this step needs a {expected}")]
+    #[error("plugin {path} implements the {found} world, but this step needs a plugin of the {expected} world")]
     WrongWorld {
         path: PathBuf,
         found: World,

@@ -53,7 +53,8 @@ mod tests {
 
     #[test]
     fn rejects_a_range_upside_down_at_load_time() {
-        let err = Harness::<RangeFilter>::transform("field = \"h\"\nmin = 5.0\nmax = 1.0").unwrap_err();
+        let err =
+            Harness::<RangeFilter>::transform("field = \"h\"\nmin = 5.0\nmax = 1.0").unwrap_err();
         assert_eq!(err, "min (5) is above max (1)");
     }
 

@@ -1,0 +1,237 @@
+//! Hostile and broken plugins: every limit is hit by a real component, the host stays up, the
+//! input goes to the dead-letter output with the reason, and other plugins keep running.
+
+use std::time::{Duration, Instant};
+
+use weir::batch::{Batch, Value};
+use weir::runtime::{
+    CacheOutcome, DirGrant, Limits, LoadError, Operator, Permissions, Reason, Runtime,
+    RuntimeConfig, StartError,
+};
+use weir_tests::{batch, json_config, load, operator, operator_with, plugin_path, spec};
+
+fn readings(n: i64) -> Batch {
+    batch((0..n).map(|i| ("s1", i, vec![("temp", Value::Float(i as f64))])))
+}
+
+fn assert_all_dead(out: &weir::runtime::Outcome, n: usize, reason: Reason) -> String {
+    assert!(out.events.is_empty(), "no output from a failed call");
+    assert_eq!(out.dead_letters.len(), 1);
+    let d = &out.dead_letters[0];
+    assert_eq!(d.reason, reason, "{}", d.detail);
+    assert_eq!(d.input.len(), n, "the whole batch is dead-lettered");
+    d.detail.clone()
+}
+
+#[test]
+fn an_infinite_loop_is_stopped_within_its_budget_and_the_plugin_recovers() {
+    let limits = Limits {
+        time_budget: Duration::from_millis(100),
+        ..Limits::default()
+    };
+    let mut op = operator_with("hostile_loop", "{}", limits);
+    let started = Instant::now();
+    let out = op.transform(readings(3));
+    let took = started.elapsed();
+    let detail = assert_all_dead(&out, 3, Reason::TimeLimit);
+    assert!(detail.contains("time budget of 100ms"), "{detail}");
+    assert!(took < Duration::from_secs(5), "stopped, not left running ({took:?})");
+    // A second batch gets a fresh instance, which is stopped the same way.
+    let again = op.transform(readings(2));
+    assert_all_dead(&again, 2, Reason::TimeLimit);
+    let m = op.metrics().snapshot();
+    assert_eq!((m.time_limit_hits, m.rebuilds, m.dead_lettered), (2, 1, 5));
+}
+
+#[test]
+fn a_memory_bomb_hits_the_cap_without_hurting_the_host() {
+    let limits = Limits {
+        max_memory_bytes: 16 << 20,
+        ..Limits::default()
+    };
+    let mut op = operator_with("hostile_memory", "{}", limits);
+    let out = op.transform(readings(1));
+    let detail = assert_all_dead(&out, 1, Reason::MemoryLimit);
+    assert!(detail.contains("memory cap of 16 MiB"), "{detail}");
+    assert_eq!(op.metrics().snapshot().memory_limit_hits, 1);
+}
+
+#[test]
+fn a_panic_dead_letters_its_batch_with_the_message_and_the_next_batch_runs_on_a_new_instance() {
+    let mut op = operator("hostile_panic", "{}");
+    let mut filter = operator("range_filter", r#"{ field = "temp", min = 0.0, max = 10.0 }"#);
+    let boom = batch([("s1", 1, vec![("boom", Value::Flag(true))]), ("s1", 2, vec![])]);
+    let detail = assert_all_dead(&op.transform(boom), 2, Reason::Trap);
+    assert!(detail.contains("event has field \"boom\""), "the panic message is kept: {detail}");
+    // Other plugins were not affected, and this one runs again.
+    assert_eq!(filter.transform(readings(20)).events.len(), 11);
+    let fine = op.transform(readings(4));
+    assert!(fine.dead_letters.is_empty());
+    assert_eq!(fine.events.len(), 4);
+    let m = op.metrics().snapshot();
+    assert_eq!((m.traps, m.rebuilds), (1, 1));
+}
+
+#[test]
+fn an_oversized_output_is_refused() {
+    let mut op = operator("hostile_flood", "{ copies = 100000 }");
+    let detail = assert_all_dead(&op.transform(readings(1)), 1, Reason::OutputLimit);
+    assert!(detail.contains("max_output_events (65536)"), "{detail}");
+    assert_eq!(op.metrics().snapshot().output_limit_hits, 1);
+}
+
+#[test]
+fn a_plugin_cannot_read_files_open_sockets_or_see_the_environment_unless_granted() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let dir = std::env::temp_dir().join(format!("weir-escape-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("calibration.csv"), "s1,0.5\n").unwrap();
+    let config = format!(r#"{{ file = "/data/calibration.csv", connect = "{addr}" }}"#);
+
+    let mut denied = operator("hostile_escape", &config);
+    let out = denied.transform(readings(1));
+    let text = |name| match weir_tests::value(&out.events, name, 0) {
+        Some(Value::Text(t)) => t,
+        other => panic!("{name}: {other:?}"),
+    };
+    assert!(text("file").starts_with("denied"), "{}", text("file"));
+    assert!(text("socket").starts_with("denied"), "{}", text("socket"));
+    assert_eq!(weir_tests::value(&out.events, "env", 0), Some(Value::Int(0)));
+
+    let plugin = load("hostile_escape");
+    let mut granted_spec = spec("escape", &plugin, Limits::default());
+    granted_spec.permissions = Permissions {
+        dirs: vec![DirGrant {
+            host: dir.clone(),
+            guest: "/data".into(),
+            writable: false,
+        }],
+        env: vec![("FARM".into(), "north".into())],
+        connect: vec![addr],
+    };
+    let mut granted = Operator::start(granted_spec, plugin, &json_config(&config)).unwrap();
+    let out = granted.transform(readings(1));
+    assert_eq!(weir_tests::value(&out.events, "file", 0), Some(Value::Text("read 7 bytes".into())));
+    assert_eq!(weir_tests::value(&out.events, "socket", 0), Some(Value::Text("connected".into())));
+    assert_eq!(weir_tests::value(&out.events, "env", 0), Some(Value::Int(1)));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_plugin_that_keeps_failing_is_quarantined_with_backoff() {
+    let limits = Limits {
+        quarantine_after_failures: 2,
+        quarantine_backoff: Duration::from_millis(50),
+        ..Limits::default()
+    };
+    let mut op = operator_with("hostile_panic", "{}", limits);
+    let boom = || batch([("s1", 1, vec![("boom", Value::Int(1))])]);
+    assert_all_dead(&op.transform(boom()), 1, Reason::Trap);
+    assert!(op.quarantined_until().is_none(), "one failure is not enough");
+    assert_all_dead(&op.transform(boom()), 1, Reason::Trap);
+    let until = op.quarantined_until().expect("quarantined after two failures");
+    // While quarantined, even good batches are dead-lettered without calling the plugin.
+    let calls = op.metrics().snapshot().calls;
+    assert_all_dead(&op.transform(readings(3)), 3, Reason::Quarantined);
+    assert_eq!(op.metrics().snapshot().calls, calls);
+    // After the backoff, one failure quarantines it again, for twice as long.
+    std::thread::sleep(until.saturating_duration_since(Instant::now()));
+    assert_all_dead(&op.transform(boom()), 1, Reason::Trap);
+    let again = op.quarantined_until().expect("quarantined again at once");
+    let period = again.saturating_duration_since(Instant::now());
+    assert!(period > Duration::from_millis(60), "the backoff doubled: {period:?}");
+    std::thread::sleep(again.saturating_duration_since(Instant::now()));
+    // Then a good batch goes through and the plugin is healthy.
+    assert_eq!(op.transform(readings(3)).events.len(), 3);
+    assert!(op.quarantined_until().is_none());
+    assert_eq!(op.metrics().snapshot().quarantines, 2);
+}
+
+fn load_error(path: &std::path::Path) -> String {
+    weir_tests::runtime().load(path, None).unwrap_err().to_string()
+}
+
+#[test]
+fn plugins_of_another_contract_version_kind_or_format_are_refused_with_what_to_do() {
+    let future = plugin_path("future_version");
+    assert_eq!(
+        load_error(&future),
+        format!(
+            "plugin {} is built for weir:operator@0.2.0, but this weir supports weir:operator@0.1.0; \
+             rebuild it against a supported weir-guest (or WIT package) version",
+            future.display()
+        )
+    );
+
+    let dir = std::env::temp_dir().join(format!("weir-bad-plugins-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let core = dir.join("core.wasm");
+    std::fs::write(&core, b"\0asm\x01\0\0\0").unwrap();
+    assert!(load_error(&core).contains("is a core WebAssembly module"), "{}", load_error(&core));
+    let text = dir.join("notes.wasm");
+    std::fs::write(&text, b"hello").unwrap();
+    assert!(load_error(&text).contains("is not WebAssembly, not a WebAssembly component; build it for the wasm32-wasip2 target"));
+    let missing = dir.join("missing.wasm");
+    assert!(load_error(&missing).starts_with(&format!("cannot read plugin {}", missing.display())));
+    std::fs::remove_dir_all(&dir).unwrap();
+
+    let p95 = load("p95_aggregator");
+    let mut s = spec("farm/transform[0]", &p95, Limits::default());
+    s.world = weir::runtime::World::Transformer;
+    let err = Operator::start(s, p95, "{}").unwrap_err();
+    assert!(
+        err.to_string().ends_with("implements the aggregator world, but this step needs a plugin of the transformer world"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_pinned_hash_that_does_not_match_is_refused() {
+    let path = plugin_path("range_filter");
+    let err = weir_tests::runtime().load(&path, Some(&"0".repeat(64))).unwrap_err();
+    assert!(matches!(err, LoadError::HashMismatch { .. }), "{err}");
+    let real = weir::runtime::sha256_hex(&std::fs::read(&path).unwrap());
+    assert!(weir_tests::runtime().load(&path, Some(&real)).is_ok());
+}
+
+#[test]
+fn config_errors_are_reported_at_load_time_naming_the_plugin() {
+    let plugin = load("range_filter");
+    let err = Operator::start(
+        spec("farm/transform[0]", &plugin, Limits::default()),
+        plugin.clone(),
+        &json_config(r#"{ field = "h", min = 5.0, max = 1.0 }"#),
+    )
+    .unwrap_err();
+    assert!(matches!(err, StartError::Config { .. }));
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "plugin {} rejected its config for step farm/transform[0]: min (5) is above max (1)",
+            plugin.path.display()
+        )
+    );
+}
+
+#[test]
+fn compiled_plugins_are_cached_by_content_and_a_corrupt_cache_entry_is_replaced() {
+    let dir = std::env::temp_dir().join(format!("weir-cache-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let new_runtime = || {
+        Runtime::new(RuntimeConfig {
+            cache_dir: Some(dir.clone()),
+            ..RuntimeConfig::default()
+        })
+        .unwrap()
+    };
+    let path = plugin_path("range_filter");
+    assert_eq!(new_runtime().load(&path, None).unwrap().cache, CacheOutcome::Compiled);
+    assert_eq!(new_runtime().load(&path, None).unwrap().cache, CacheOutcome::Hit);
+    let entry = std::fs::read_dir(&dir).unwrap().next().unwrap().unwrap().path();
+    std::fs::write(&entry, b"not a compiled component").unwrap();
+    let plugin = new_runtime().load(&path, None).unwrap();
+    assert_eq!(plugin.cache, CacheOutcome::Compiled, "recompiled over the corrupt entry");
+    assert_eq!(new_runtime().load(&path, None).unwrap().cache, CacheOutcome::Hit);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
