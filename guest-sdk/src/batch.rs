@@ -2,51 +2,108 @@
 //! sees one at a time.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::rc::Rc;
 
 use crate::event::{Event, Str, Value};
 use crate::wit::{Batch, Column, Rejected, Values};
 
-/// Turns a columnar batch into events. Fails, naming the problem, when the batch is malformed
-/// (lists of different lengths, a key index out of range).
+/// The events of a columnar batch, produced one at a time so that each event's field list can
+/// reuse the allocation of the one before.
+pub(crate) struct Rows {
+    keys: Vec<Str>,
+    key: std::vec::IntoIter<u32>,
+    ts_ms: std::vec::IntoIter<i64>,
+    columns: Vec<(Str, ColumnIter)>,
+}
+
+enum ColumnIter {
+    Float(std::vec::IntoIter<Option<f64>>),
+    Int(std::vec::IntoIter<Option<i64>>),
+    Text(std::vec::IntoIter<Option<String>>),
+    Flag(std::vec::IntoIter<Option<bool>>),
+}
+
+impl ColumnIter {
+    fn next_value(&mut self) -> Option<Value> {
+        match self {
+            ColumnIter::Float(v) => v.next().flatten().map(Value::Float),
+            ColumnIter::Int(v) => v.next().flatten().map(Value::Int),
+            ColumnIter::Text(v) => v.next().flatten().map(Value::Text),
+            ColumnIter::Flag(v) => v.next().flatten().map(Value::Flag),
+        }
+    }
+}
+
+impl Rows {
+    /// Checks the batch (lists of one length, key indexes in range) and prepares to read it.
+    pub(crate) fn new(batch: Batch) -> Result<Rows, String> {
+        let Batch {
+            keys,
+            key,
+            ts_ms,
+            columns,
+        } = batch;
+        let n = key.len();
+        if ts_ms.len() != n {
+            return Err(format!("batch has {n} keys but {} timestamps", ts_ms.len()));
+        }
+        if let Some(k) = key.iter().find(|&&k| k as usize >= keys.len()) {
+            return Err(format!(
+                "key index {k} is out of range ({} keys)",
+                keys.len()
+            ));
+        }
+        let mut iters = Vec::with_capacity(columns.len());
+        for Column { name, values } in columns {
+            let len = values_len(&values);
+            if len != n {
+                return Err(format!("column {name:?} has {len} values for {n} events"));
+            }
+            let iter = match values {
+                Values::Float(v) => ColumnIter::Float(v.into_iter()),
+                Values::Int(v) => ColumnIter::Int(v.into_iter()),
+                Values::Text(v) => ColumnIter::Text(v.into_iter()),
+                Values::Flag(v) => ColumnIter::Flag(v.into_iter()),
+            };
+            iters.push((Str::from(name), iter));
+        }
+        Ok(Rows {
+            keys: keys.into_iter().map(Str::from).collect(),
+            key: key.into_iter(),
+            ts_ms: ts_ms.into_iter(),
+            columns: iters,
+        })
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.key.len()
+    }
+
+    /// The next event, with its fields in `fields` (emptied first).
+    pub(crate) fn next_event(&mut self, mut fields: Vec<(Str, Value)>) -> Option<Event> {
+        let k = self.key.next()?;
+        let ts_ms = self.ts_ms.next()?;
+        fields.clear();
+        for (name, column) in &mut self.columns {
+            if let Some(value) = column.next_value() {
+                fields.push((name.clone(), value));
+            }
+        }
+        Some(Event {
+            key: self.keys[k as usize].clone(),
+            ts_ms,
+            fields,
+        })
+    }
+}
+
+/// All the events of a columnar batch (for tests and aggregators).
 pub(crate) fn to_events(batch: Batch) -> Result<Vec<Event>, String> {
-    let Batch {
-        keys,
-        key,
-        ts_ms,
-        columns,
-    } = batch;
-    let n = key.len();
-    if ts_ms.len() != n {
-        return Err(format!(
-            "batch has {n} keys but {} timestamps",
-            ts_ms.len()
-        ));
-    }
-    let keys: Vec<Str> = keys.into_iter().map(Str::from).collect();
-    let mut events = Vec::with_capacity(n);
-    for (k, ts) in key.into_iter().zip(ts_ms) {
-        let key = keys
-            .get(k as usize)
-            .ok_or_else(|| format!("key index {k} is out of range ({} keys)", keys.len()))?;
-        events.push(Event {
-            key: key.clone(),
-            ts_ms: ts,
-            fields: Vec::with_capacity(columns.len()),
-        });
-    }
-    for Column { name, values } in columns {
-        let name: Str = Str::from(name);
-        let len = values_len(&values);
-        if len != n {
-            return Err(format!("column {name:?} has {len} values for {n} events"));
-        }
-        match values {
-            Values::Float(v) => fill(&mut events, &name, v, Value::Float),
-            Values::Int(v) => fill(&mut events, &name, v, Value::Int),
-            Values::Text(v) => fill(&mut events, &name, v, Value::Text),
-            Values::Flag(v) => fill(&mut events, &name, v, Value::Flag),
-        }
+    let mut rows = Rows::new(batch)?;
+    let mut events = Vec::with_capacity(rows.len());
+    while let Some(e) = rows.next_event(Vec::new()) {
+        events.push(e);
     }
     Ok(events)
 }
@@ -57,14 +114,6 @@ fn values_len(values: &Values) -> usize {
         Values::Int(v) => v.len(),
         Values::Text(v) => v.len(),
         Values::Flag(v) => v.len(),
-    }
-}
-
-fn fill<T>(events: &mut [Event], name: &Str, values: Vec<Option<T>>, wrap: fn(T) -> Value) {
-    for (event, value) in events.iter_mut().zip(values) {
-        if let Some(value) = value {
-            event.fields.push((name.clone(), wrap(value)));
-        }
     }
 }
 
@@ -149,8 +198,12 @@ impl ColumnBuf {
 /// Builds a columnar batch from events, one event at a time.
 pub(crate) struct BatchBuilder {
     keys: Vec<String>,
-    key_index: HashMap<Str, u32>,
-    last_key: Option<(Str, u32)>,
+    /// Key ids by the address of the key's string. Events mostly carry the very `Str`s of the
+    /// input batch's dictionary, so this finds them without hashing their text. The map holds a
+    /// clone of each `Str`, so an address cannot be freed and reused while it is in the map.
+    by_address: HashMap<usize, (Str, u32), BuildHasherDefault<AddressHasher>>,
+    /// Key ids by text, for keys the operator made itself.
+    by_text: HashMap<Str, u32>,
     key: Vec<u32>,
     ts_ms: Vec<i64>,
     columns: Vec<(Str, ColumnBuf)>,
@@ -160,8 +213,8 @@ impl BatchBuilder {
     pub(crate) fn with_capacity(events: usize) -> Self {
         BatchBuilder {
             keys: Vec::new(),
-            key_index: HashMap::new(),
-            last_key: None,
+            by_address: HashMap::default(),
+            by_text: HashMap::new(),
             key: Vec::with_capacity(events),
             ts_ms: Vec::with_capacity(events),
             columns: Vec::new(),
@@ -169,33 +222,33 @@ impl BatchBuilder {
     }
 
     fn key_id(&mut self, key: &Str) -> u32 {
-        if let Some((last, id)) = &self.last_key
-            && (Rc::ptr_eq(last, key) || last == key)
-        {
+        let address = Rc::as_ptr(key) as *const u8 as usize;
+        if let Some((_, id)) = self.by_address.get(&address) {
             return *id;
         }
-        let id = match self.key_index.get(key) {
+        let id = match self.by_text.get(key) {
             Some(&id) => id,
             None => {
                 let id = self.keys.len() as u32;
                 self.keys.push(key.to_string());
-                self.key_index.insert(key.clone(), id);
+                self.by_text.insert(key.clone(), id);
                 id
             }
         };
-        self.last_key = Some((key.clone(), id));
+        self.by_address.insert(address, (key.clone(), id));
         id
     }
 
-    /// Adds one event. An event whose field has a different type than the same field of earlier
-    /// events in the batch is refused with the reason (the batch is left as it was).
-    pub(crate) fn push(&mut self, event: Event) -> Result<(), String> {
+    /// Adds one event, taking its fields (`event.fields` is left empty, its allocation free for
+    /// reuse). An event whose field has a different type than the same field of earlier events
+    /// in the batch is refused with the reason (the batch is left as it was).
+    pub(crate) fn push(&mut self, event: &mut Event) -> Result<(), String> {
         let row = self.key.len();
         for col in self.columns.iter_mut() {
             col.1.push_none();
         }
         let mut failed = None;
-        for (name, value) in event.fields {
+        for (name, value) in event.fields.drain(..) {
             let at = match self
                 .columns
                 .iter()
@@ -271,22 +324,125 @@ impl Emitted {
         }
     }
 
-    /// Adds what one input produced; a failure rejects input `index` with the reason.
-    pub(crate) fn add(&mut self, index: usize, result: Result<(), String>, events: Vec<Event>) {
+    /// Adds what input `index` produced (taken from `emitted`, which is left empty); a failure
+    /// rejects the input with the reason. Returns an emptied field list to reuse.
+    pub(crate) fn add(
+        &mut self,
+        index: usize,
+        result: Result<(), String>,
+        emitted: &mut Vec<Event>,
+    ) -> Vec<(Str, Value)> {
+        let mut spare = Vec::new();
         if let Err(reason) = result {
+            emitted.clear();
             self.rejected.push(Rejected {
                 index: index as u32,
                 reason,
             });
-            return;
+            return spare;
         }
-        for event in events {
-            if let Err(reason) = self.builder.push(event) {
+        for mut event in emitted.drain(..) {
+            if let Err(reason) = self.builder.push(&mut event) {
                 self.rejected.push(Rejected {
                     index: index as u32,
                     reason,
                 });
             }
+            spare = event.fields;
         }
+        spare
+    }
+}
+
+/// Hashes an address: the address itself, spread by a multiplication.
+#[derive(Default)]
+pub(crate) struct AddressHasher(u64);
+
+impl Hasher for AddressHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 << 8 | u64::from(*b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+
+    fn write_usize(&mut self, n: usize) {
+        self.0 = (n as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn round_trip(events: Vec<Event>) -> (Vec<Event>, Vec<String>) {
+        let mut builder = BatchBuilder::with_capacity(events.len());
+        let mut refused = Vec::new();
+        for mut e in events {
+            if let Err(reason) = builder.push(&mut e) {
+                refused.push(reason);
+            }
+        }
+        (to_events(builder.finish()).unwrap(), refused)
+    }
+
+    #[test]
+    fn events_survive_the_trip_through_columns() {
+        let events = vec![
+            Event::new("a", 1).with("temp", 20.5).with("ok", true),
+            Event::new("b", 2).with("note", "dusty"),
+            Event::new("a", 3).with("temp", 21.0).with("count", 4_i64),
+        ];
+        let (back, refused) = round_trip(events.clone());
+        assert!(refused.is_empty());
+        assert_eq!(back, events);
+    }
+
+    #[test]
+    fn a_field_of_another_type_refuses_that_event_only() {
+        let (back, refused) = round_trip(vec![
+            Event::new("a", 1).with("temp", 20.5),
+            Event::new("a", 2).with("temp", "hot").with("new", 1_i64),
+            Event::new("a", 3).with("temp", 7_i64),
+        ]);
+        assert_eq!(
+            refused,
+            ["field \"temp\" is text here but float in other events of the batch"]
+        );
+        assert_eq!(back.len(), 2);
+        assert_eq!(
+            back[1].get("temp"),
+            Some(&Value::Float(7.0)),
+            "ints widen into a float column"
+        );
+        assert_eq!(back[1].get("new"), None);
+    }
+
+    #[test]
+    fn malformed_batches_are_refused_with_the_reason() {
+        let batch = |key: Vec<u32>, ts: Vec<i64>| Batch {
+            keys: vec!["a".into()],
+            key,
+            ts_ms: ts,
+            columns: vec![Column {
+                name: "t".into(),
+                values: Values::Float(vec![None]),
+            }],
+        };
+        assert_eq!(
+            Rows::new(batch(vec![0], vec![])).err().unwrap(),
+            "batch has 1 keys but 0 timestamps"
+        );
+        assert_eq!(
+            Rows::new(batch(vec![3], vec![1])).err().unwrap(),
+            "key index 3 is out of range (1 keys)"
+        );
+        assert_eq!(
+            Rows::new(batch(vec![0, 0], vec![1, 2])).err().unwrap(),
+            "column \"t\" has 1 values for 2 events"
+        );
     }
 }

@@ -64,6 +64,7 @@ impl StateStore {
 #[derive(Debug)]
 pub struct Context {
     pub(crate) emitted: Vec<Event>,
+    pub(crate) rejected: Vec<crate::wit::Rejected>,
     pub(crate) state: StateStore,
     pub(crate) logs: Vec<(Level, String)>,
 }
@@ -72,6 +73,7 @@ impl Context {
     pub(crate) fn new(state: StateStore) -> Self {
         Context {
             emitted: Vec::new(),
+            rejected: Vec::new(),
             state,
             logs: Vec::new(),
         }
@@ -81,6 +83,15 @@ impl Context {
     /// to drop it (filter), or several times (flat-map, or a detector's alerts).
     pub fn emit(&mut self, event: Event) {
         self.emitted.push(event);
+    }
+
+    /// Sends input `index` of the batch to the dead-letter output with `reason` (for
+    /// [`crate::Transform::process_batch`]; `process` rejects an event by returning an error).
+    pub fn reject(&mut self, index: usize, reason: impl Into<String>) {
+        self.rejected.push(crate::wit::Rejected {
+            index: index as u32,
+            reason: reason.into(),
+        });
     }
 
     /// Keyed state kept by weir for `key`: it survives restarts, crashes and hot swaps of the

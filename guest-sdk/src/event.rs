@@ -110,7 +110,7 @@ impl Event {
     }
 
     /// This event with `name` set to `value` (builder style).
-    pub fn with(mut self, name: impl Into<Str>, value: impl Into<Value>) -> Self {
+    pub fn with(mut self, name: impl AsRef<str> + Into<Str>, value: impl Into<Value>) -> Self {
         self.set(name, value);
         self
     }
@@ -133,13 +133,13 @@ impl Event {
         self.get(name).and_then(Value::as_str)
     }
 
-    /// Sets field `name`, replacing any value it had.
-    pub fn set(&mut self, name: impl Into<Str>, value: impl Into<Value>) {
-        let name = name.into();
+    /// Sets field `name`, replacing any value it had. Replacing a field's value allocates
+    /// nothing; a new field's name is allocated once unless it is passed as a [`Str`].
+    pub fn set(&mut self, name: impl AsRef<str> + Into<Str>, value: impl Into<Value>) {
         let value = value.into();
-        match self.fields.iter_mut().find(|(n, _)| *n == name) {
+        match self.fields.iter_mut().find(|(n, _)| **n == *name.as_ref()) {
             Some((_, v)) => *v = value,
-            None => self.fields.push((name, value)),
+            None => self.fields.push((name.into(), value)),
         }
     }
 

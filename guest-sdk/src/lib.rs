@@ -146,6 +146,7 @@
 //! `wit/weir-operator.wit` in the weir repository (package `weir:operator@0.1.0`).
 
 mod batch;
+pub mod columns;
 mod context;
 mod event;
 #[doc(hidden)]
@@ -155,12 +156,16 @@ pub mod testing;
 
 pub use context::{Context, KeyState, Level};
 pub use event::{Event, Message, Str, Value};
+pub use rt::each_event;
 pub use serde;
-pub use weir_guest_macros::operator;
+pub use weir_guest_macros::{accumulator, operator};
 
 /// What an operator needs, in one import.
 pub mod prelude {
-    pub use crate::{Aggregate, Context, Decode, Event, Level, Message, Transform, Value, operator};
+    pub use crate::{
+        Aggregate, Context, Decode, Event, Level, Message, Str, Transform, Value, accumulator,
+        operator,
+    };
     pub use serde::{Deserialize, Serialize};
 }
 
@@ -177,6 +182,18 @@ pub trait Transform: serde::de::DeserializeOwned + 'static {
     /// Handles one event: emit what should go on through `ctx`, or return an error to send the
     /// event to the dead-letter output.
     fn process(&mut self, event: Event, ctx: &mut Context) -> Result<(), String>;
+
+    /// Handles a whole batch, by column, and returns the events that go on. The default calls
+    /// [`Transform::process`] for each event. Override it where working on columns is simpler
+    /// or faster (a filter or map of one field is a loop over one list): see [`columns`].
+    /// Reject single inputs with [`Context::reject`]; an `Err` fails the whole batch.
+    fn process_batch(
+        &mut self,
+        events: columns::Batch,
+        ctx: &mut Context,
+    ) -> Result<columns::Batch, String> {
+        each_event(self, events, ctx)
+    }
 }
 
 /// Turns raw messages into events.
@@ -197,7 +214,8 @@ pub trait Decode: serde::de::DeserializeOwned + 'static {
 ///
 /// weir keeps one accumulator per window and key (serialized; it is checkpointed with the
 /// window), adds events to it as they arrive, merges two when session windows merge, and asks
-/// for the result when the window fires. Export an implementation with [`export_aggregate!`].
+/// for the result when the window fires. Mark the accumulator type with `#[accumulator]`.
+/// Export an implementation with [`export_aggregate!`].
 pub trait Aggregate: serde::de::DeserializeOwned + 'static {
     /// The state of one window's aggregation.
     type Acc: serde::Serialize + serde::de::DeserializeOwned + Default;

@@ -4,7 +4,7 @@
 use std::cell::RefCell;
 use std::thread::LocalKey;
 
-use crate::batch::{Emitted, to_events};
+use crate::batch::{Emitted, Rows, to_events};
 use crate::context::{Context, StateStore};
 use crate::event::{Message, Value};
 use crate::{Aggregate, Decode, Transform};
@@ -61,17 +61,32 @@ pub(crate) fn transform_with<T: Transform>(
     events: Batch,
     ctx: &mut Context,
 ) -> Result<Output, Error> {
-    let events = to_events(events).map_err(Error::BadInput)?;
-    let mut out = Emitted::new(events.len());
-    for (index, event) in events.into_iter().enumerate() {
-        let result = op.process(event, ctx);
-        let emitted = std::mem::take(&mut ctx.emitted);
-        out.add(index, result, emitted);
-    }
+    ctx.rejected.clear();
+    let events = op.process_batch(events, ctx).map_err(Error::BadInput)?;
     Ok(Output {
-        events: out.builder.finish(),
-        rejected: out.rejected,
+        events,
+        rejected: std::mem::take(&mut ctx.rejected),
     })
+}
+
+/// The default [`Transform::process_batch`]: the batch one event at a time through
+/// [`Transform::process`]. An operator that overrides `process_batch` can fall back on it.
+pub fn each_event<T: Transform>(
+    op: &mut T,
+    events: Batch,
+    ctx: &mut Context,
+) -> Result<Batch, String> {
+    let mut rows = Rows::new(events)?;
+    let mut out = Emitted::new(rows.len());
+    let mut spare = Vec::new();
+    let mut index = 0;
+    while let Some(event) = rows.next_event(spare) {
+        let result = op.process(event, ctx);
+        spare = out.add(index, result, &mut ctx.emitted);
+        index += 1;
+    }
+    ctx.rejected.append(&mut out.rejected);
+    Ok(out.builder.finish())
 }
 
 pub fn decode<T: Decode>(op: &mut T, messages: Vec<WitMessage>) -> Result<Output, Error> {
@@ -92,8 +107,7 @@ pub(crate) fn decode_with<T: Decode>(
             received_ms: m.received_ms,
         };
         let result = op.decode(message, ctx);
-        let emitted = std::mem::take(&mut ctx.emitted);
-        out.add(index, result, emitted);
+        out.add(index, result, &mut ctx.emitted);
     }
     Ok(Output {
         events: out.builder.finish(),
@@ -137,7 +151,10 @@ pub fn add<T: Aggregate>(
     }
     for (event, g) in events.iter().zip(group) {
         let acc = accs.get_mut(g as usize).ok_or_else(|| {
-            Error::BadInput(format!("group {g} is out of range ({} accumulators)", accumulators.len()))
+            Error::BadInput(format!(
+                "group {g} is out of range ({} accumulators)",
+                accumulators.len()
+            ))
         })?;
         op.add(acc, event);
     }
@@ -151,7 +168,10 @@ pub fn merge<T: Aggregate>(op: &mut T, a: Vec<u8>, b: Vec<u8>) -> Result<Vec<u8>
     Ok(save_acc::<T>(&a))
 }
 
-pub fn finish<T: Aggregate>(op: &mut T, accumulators: Vec<Vec<u8>>) -> Result<Vec<Vec<Field>>, Error> {
+pub fn finish<T: Aggregate>(
+    op: &mut T,
+    accumulators: Vec<Vec<u8>>,
+) -> Result<Vec<Vec<Field>>, Error> {
     accumulators
         .iter()
         .map(|a| {

@@ -15,7 +15,9 @@ pub struct Harness<T> {
 
 impl<T> std::fmt::Debug for Harness<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Harness").field("ctx", &self.ctx).finish_non_exhaustive()
+        f.debug_struct("Harness")
+            .field("ctx", &self.ctx)
+            .finish_non_exhaustive()
     }
 }
 
@@ -60,6 +62,14 @@ impl<T> Harness<T> {
         &mut self.op
     }
 
+    /// Stores raw bytes for `key` under `name`, as an earlier version of the operator (or an
+    /// earlier batch) would have.
+    pub fn set_state(&mut self, key: &str, name: &str, value: &[u8]) {
+        if let StateStore::Memory(map) = &mut self.ctx.state {
+            map.insert((key.to_owned(), name.to_owned()), value.to_vec());
+        }
+    }
+
     /// The state stored for `key` under `name`, as raw bytes.
     pub fn state(&self, key: &str, name: &str) -> Option<Vec<u8>> {
         match &self.ctx.state {
@@ -94,8 +104,10 @@ impl<T: Transform> Harness<T> {
     /// Runs one batch of events through the transformer.
     pub fn run(&mut self, events: Vec<Event>) -> Outcome {
         let mut builder = BatchBuilder::with_capacity(events.len());
-        for e in events {
-            builder.push(e).expect("test events have consistent field types");
+        for mut e in events {
+            builder
+                .push(&mut e)
+                .expect("test events have consistent field types");
         }
         let out = rt::transform_with(&mut self.op, builder.finish(), &mut self.ctx);
         self.outcome(out)
@@ -146,8 +158,10 @@ impl<T: Aggregate> Harness<T> {
     fn accumulate(&mut self, events: Vec<Event>) -> Vec<u8> {
         let group = vec![0; events.len()];
         let mut builder = BatchBuilder::with_capacity(events.len());
-        for e in events {
-            builder.push(e).expect("test events have consistent field types");
+        for mut e in events {
+            builder
+                .push(&mut e)
+                .expect("test events have consistent field types");
         }
         let acc = rt::create::<T>();
         let mut accs = rt::add(&mut self.op, vec![acc], builder.finish(), group)
@@ -157,7 +171,9 @@ impl<T: Aggregate> Harness<T> {
     }
 
     fn finish(&mut self, acc: Vec<u8>) -> Vec<(String, Value)> {
-        let mut out = rt::finish(&mut self.op, vec![acc]).map_err(config_error).unwrap();
+        let mut out = rt::finish(&mut self.op, vec![acc])
+            .map_err(config_error)
+            .unwrap();
         out.remove(0)
             .into_iter()
             .map(|f| (f.name, rt::from_wit_value(f.value)))

@@ -10,7 +10,10 @@ fn f(x: f64) -> Value {
 
 #[test]
 fn range_filter_drops_impossible_readings() {
-    let mut op = operator("range_filter", r#"{ field = "humidity", min = 0.0, max = 100.0 }"#);
+    let mut op = operator(
+        "range_filter",
+        r#"{ field = "humidity", min = 0.0, max = 100.0 }"#,
+    );
     let out = op.transform(batch([
         ("s1", 1, vec![("humidity", f(55.0))]),
         ("s2", 2, vec![("humidity", f(-4.0))]),
@@ -29,7 +32,10 @@ fn range_filter_drops_impossible_readings() {
 
 #[test]
 fn unit_converter_converts_fahrenheit_to_celsius_into_a_new_field() {
-    let mut op = operator("unit_converter", r#"{ field = "temp", from = "f", to = "c", into = "temp_c" }"#);
+    let mut op = operator(
+        "unit_converter",
+        r#"{ field = "temp", from = "f", to = "c", into = "temp_c" }"#,
+    );
     let out = op.transform(batch([
         ("s1", 1, vec![("temp", f(212.0))]),
         ("s1", 2, vec![("temp", f(32.0))]),
@@ -65,7 +71,12 @@ fn frame_decoder_decodes_the_documented_frame_and_rejects_broken_ones_one_by_one
         payload,
         received_ms: 5,
     };
-    let out = op.decode(vec![msg(good.clone()), msg(b"short".to_vec()), msg(bad_crc), msg(good)]);
+    let out = op.decode(vec![
+        msg(good.clone()),
+        msg(b"short".to_vec()),
+        msg(bad_crc),
+        msg(good),
+    ]);
     assert_eq!(out.events.len(), 2);
     assert_eq!(out.events.key_of(0), "north/4711");
     assert_eq!(out.events.ts_ms[0], 1_700_000_000_123);
@@ -74,7 +85,11 @@ fn frame_decoder_decodes_the_documented_frame_and_rejects_broken_ones_one_by_one
     assert_eq!(floats(&out.events, "soil_moisture")[0], Some(31.07));
     assert_eq!(value(&out.events, "seq", 0), Some(Value::Int(65535)));
     assert_eq!(out.dead_letters.len(), 2);
-    for (d, expected) in out.dead_letters.iter().zip(["frame too short", "bad checksum"]) {
+    for (d, expected) in out
+        .dead_letters
+        .iter()
+        .zip(["frame too short", "bad checksum"])
+    {
         assert_eq!(d.reason, Reason::Rejected);
         assert!(d.detail.contains(expected), "{}", d.detail);
         let DeadInput::Messages(m) = &d.input else {
@@ -87,15 +102,32 @@ fn frame_decoder_decodes_the_documented_frame_and_rejects_broken_ones_one_by_one
 
 #[test]
 fn frost_detector_keeps_its_count_per_sensor_across_batches() {
-    let mut op = operator("frost_detector", r#"{ threshold_c = 0.0, consecutive = 3 }"#);
+    let mut op = operator(
+        "frost_detector",
+        r#"{ threshold_c = 0.0, consecutive = 3 }"#,
+    );
     let cold = |k, ts| (k, ts, vec![("temp", f(-1.5))]);
     let first = op.transform(batch([cold("a", 1), cold("a", 2), cold("b", 3)]));
-    assert!(first.events.is_empty(), "no sensor had three frost readings yet");
-    let second = op.transform(batch([cold("b", 4), cold("a", 5), ("b", 6, vec![("temp", f(2.0))])]));
-    assert_eq!(second.events.len(), 1, "a reached three in a row; b was reset");
+    assert!(
+        first.events.is_empty(),
+        "no sensor had three frost readings yet"
+    );
+    let second = op.transform(batch([
+        cold("b", 4),
+        cold("a", 5),
+        ("b", 6, vec![("temp", f(2.0))]),
+    ]));
+    assert_eq!(
+        second.events.len(),
+        1,
+        "a reached three in a row; b was reset"
+    );
     assert_eq!(second.events.key_of(0), "a");
     assert_eq!(second.events.ts_ms[0], 5);
-    assert_eq!(value(&second.events, "alert", 0), Some(Value::Text("frost".into())));
+    assert_eq!(
+        value(&second.events, "alert", 0),
+        Some(Value::Text("frost".into()))
+    );
     let third = op.transform(batch([cold("a", 7)]));
     assert!(third.events.is_empty(), "one alert per frost spell");
     // a is in its spell; b's state was cleared when its temperature rose.
@@ -115,12 +147,20 @@ fn p95_aggregator_accumulates_merges_and_finishes_per_group() {
         .unwrap();
     let merged = op.merge_accumulators(&accs[0], &accs[1]).unwrap();
     let results = op.finish_accumulators(&[merged]).unwrap();
-    let get = |name: &str| results[0].iter().find(|f| f.name == name).map(|f| f.value.clone());
+    let get = |name: &str| {
+        results[0]
+            .iter()
+            .find(|f| f.name == name)
+            .map(|f| f.value.clone())
+    };
     assert_eq!(get("count"), Some(Value::Int(1000)));
     let Some(Value::Float(p95)) = get("p95") else {
         panic!("p95 is a float: {results:?}")
     };
-    assert!((p95 - 950.0).abs() / 950.0 < 0.02, "p95 {p95} is within 2 % of 950");
+    assert!(
+        (p95 - 950.0).abs() / 950.0 < 0.02,
+        "p95 {p95} is within 2 % of 950"
+    );
 }
 
 #[test]
@@ -138,7 +178,11 @@ fn python_dew_point_enriches_and_rejects_impossible_humidity() {
     assert_eq!(dew[1], None);
     assert_eq!(out.dead_letters.len(), 1);
     assert_eq!(out.dead_letters[0].reason, Reason::Rejected);
-    assert!(out.dead_letters[0].detail.contains("180"), "{}", out.dead_letters[0].detail);
+    assert!(
+        out.dead_letters[0].detail.contains("180"),
+        "{}",
+        out.dead_letters[0].detail
+    );
 }
 
 #[test]
@@ -147,7 +191,10 @@ fn python_config_errors_are_reported_at_load_time() {
     let spec = weir_tests::spec("dew", &plugin, Default::default());
     let err = weir::runtime::Operator::start(spec, plugin, r#"{"humdity": "rh"}"#).unwrap_err();
     let text = err.to_string();
-    assert!(text.contains("rejected its config") && text.contains("humdity"), "{text}");
+    assert!(
+        text.contains("rejected its config") && text.contains("humdity"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -158,15 +205,31 @@ fn javascript_delta_uses_host_state_across_batches() {
         ("tank2", 2, vec![("level", f(50.0))]),
         ("tank1", 3, vec![("level", f(12.5))]),
     ]));
-    assert_eq!(floats(&first.events, "level_delta"), [None, None, Some(2.5)]);
+    assert_eq!(
+        floats(&first.events, "level_delta"),
+        [None, None, Some(2.5)]
+    );
     let second = op.transform(batch([
         ("tank2", 4, vec![("level", f(45.0))]),
         ("tank1", 5, vec![("level", f(12.0))]),
     ]));
-    assert_eq!(floats(&second.events, "level_delta"), [Some(-5.0), Some(-0.5)]);
+    assert_eq!(
+        floats(&second.events, "level_delta"),
+        [Some(-5.0), Some(-0.5)]
+    );
     // The state lives in the host, in JSON another language can read.
-    let stored: Vec<_> = op.state().iter().map(|(k, _, v)| (k.to_owned(), v.to_vec())).collect();
-    assert!(stored.contains(&("tank1".to_owned(), b"12".to_vec())) || stored.iter().any(|(k, v)| k == "tank1" && String::from_utf8_lossy(v).trim() == "12"), "{stored:?}");
+    let stored: Vec<_> = op
+        .state()
+        .iter()
+        .map(|(k, _, v)| (k.to_owned(), v.to_vec()))
+        .collect();
+    assert!(
+        stored.contains(&("tank1".to_owned(), b"12".to_vec()))
+            || stored
+                .iter()
+                .any(|(k, v)| k == "tank1" && String::from_utf8_lossy(v).trim() == "12"),
+        "{stored:?}"
+    );
 }
 
 #[test]
@@ -175,7 +238,11 @@ fn batches_over_the_limit_are_split_and_nothing_is_lost() {
         max_batch_events: 10,
         ..Default::default()
     };
-    let mut op = weir_tests::operator_with("range_filter", r#"{ field = "h", min = 0.0, max = 100.0 }"#, limits);
+    let mut op = weir_tests::operator_with(
+        "range_filter",
+        r#"{ field = "h", min = 0.0, max = 100.0 }"#,
+        limits,
+    );
     let out = op.transform(batch((0..35).map(|i| ("k", i, vec![("h", f(50.0))]))));
     assert_eq!(out.events.len(), 35);
     assert_eq!(out.events.ts_ms, (0..35).collect::<Vec<_>>());

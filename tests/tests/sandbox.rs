@@ -35,7 +35,10 @@ fn an_infinite_loop_is_stopped_within_its_budget_and_the_plugin_recovers() {
     let took = started.elapsed();
     let detail = assert_all_dead(&out, 3, Reason::TimeLimit);
     assert!(detail.contains("time budget of 100ms"), "{detail}");
-    assert!(took < Duration::from_secs(5), "stopped, not left running ({took:?})");
+    assert!(
+        took < Duration::from_secs(5),
+        "stopped, not left running ({took:?})"
+    );
     // A second batch gets a fresh instance, which is stopped the same way.
     let again = op.transform(readings(2));
     assert_all_dead(&again, 2, Reason::TimeLimit);
@@ -59,10 +62,19 @@ fn a_memory_bomb_hits_the_cap_without_hurting_the_host() {
 #[test]
 fn a_panic_dead_letters_its_batch_with_the_message_and_the_next_batch_runs_on_a_new_instance() {
     let mut op = operator("hostile_panic", "{}");
-    let mut filter = operator("range_filter", r#"{ field = "temp", min = 0.0, max = 10.0 }"#);
-    let boom = batch([("s1", 1, vec![("boom", Value::Flag(true))]), ("s1", 2, vec![])]);
+    let mut filter = operator(
+        "range_filter",
+        r#"{ field = "temp", min = 0.0, max = 10.0 }"#,
+    );
+    let boom = batch([
+        ("s1", 1, vec![("boom", Value::Flag(true))]),
+        ("s1", 2, vec![]),
+    ]);
     let detail = assert_all_dead(&op.transform(boom), 2, Reason::Trap);
-    assert!(detail.contains("event has field \"boom\""), "the panic message is kept: {detail}");
+    assert!(
+        detail.contains("event has field \"boom\""),
+        "the panic message is kept: {detail}"
+    );
     // Other plugins were not affected, and this one runs again.
     assert_eq!(filter.transform(readings(20)).events.len(), 11);
     let fine = op.transform(readings(4));
@@ -97,7 +109,10 @@ fn a_plugin_cannot_read_files_open_sockets_or_see_the_environment_unless_granted
     };
     assert!(text("file").starts_with("denied"), "{}", text("file"));
     assert!(text("socket").starts_with("denied"), "{}", text("socket"));
-    assert_eq!(weir_tests::value(&out.events, "env", 0), Some(Value::Int(0)));
+    assert_eq!(
+        weir_tests::value(&out.events, "env", 0),
+        Some(Value::Int(0))
+    );
 
     let plugin = load("hostile_escape");
     let mut granted_spec = spec("escape", &plugin, Limits::default());
@@ -112,9 +127,18 @@ fn a_plugin_cannot_read_files_open_sockets_or_see_the_environment_unless_granted
     };
     let mut granted = Operator::start(granted_spec, plugin, &json_config(&config)).unwrap();
     let out = granted.transform(readings(1));
-    assert_eq!(weir_tests::value(&out.events, "file", 0), Some(Value::Text("read 7 bytes".into())));
-    assert_eq!(weir_tests::value(&out.events, "socket", 0), Some(Value::Text("connected".into())));
-    assert_eq!(weir_tests::value(&out.events, "env", 0), Some(Value::Int(1)));
+    assert_eq!(
+        weir_tests::value(&out.events, "file", 0),
+        Some(Value::Text("read 7 bytes".into()))
+    );
+    assert_eq!(
+        weir_tests::value(&out.events, "socket", 0),
+        Some(Value::Text("connected".into()))
+    );
+    assert_eq!(
+        weir_tests::value(&out.events, "env", 0),
+        Some(Value::Int(1))
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -128,9 +152,14 @@ fn a_plugin_that_keeps_failing_is_quarantined_with_backoff() {
     let mut op = operator_with("hostile_panic", "{}", limits);
     let boom = || batch([("s1", 1, vec![("boom", Value::Int(1))])]);
     assert_all_dead(&op.transform(boom()), 1, Reason::Trap);
-    assert!(op.quarantined_until().is_none(), "one failure is not enough");
+    assert!(
+        op.quarantined_until().is_none(),
+        "one failure is not enough"
+    );
     assert_all_dead(&op.transform(boom()), 1, Reason::Trap);
-    let until = op.quarantined_until().expect("quarantined after two failures");
+    let until = op
+        .quarantined_until()
+        .expect("quarantined after two failures");
     // While quarantined, even good batches are dead-lettered without calling the plugin.
     let calls = op.metrics().snapshot().calls;
     assert_all_dead(&op.transform(readings(3)), 3, Reason::Quarantined);
@@ -140,7 +169,10 @@ fn a_plugin_that_keeps_failing_is_quarantined_with_backoff() {
     assert_all_dead(&op.transform(boom()), 1, Reason::Trap);
     let again = op.quarantined_until().expect("quarantined again at once");
     let period = again.saturating_duration_since(Instant::now());
-    assert!(period > Duration::from_millis(60), "the backoff doubled: {period:?}");
+    assert!(
+        period > Duration::from_millis(60),
+        "the backoff doubled: {period:?}"
+    );
     std::thread::sleep(again.saturating_duration_since(Instant::now()));
     // Then a good batch goes through and the plugin is healthy.
     assert_eq!(op.transform(readings(3)).events.len(), 3);
@@ -149,7 +181,10 @@ fn a_plugin_that_keeps_failing_is_quarantined_with_backoff() {
 }
 
 fn load_error(path: &std::path::Path) -> String {
-    weir_tests::runtime().load(path, None).unwrap_err().to_string()
+    weir_tests::runtime()
+        .load(path, None)
+        .unwrap_err()
+        .to_string()
 }
 
 #[test]
@@ -168,10 +203,16 @@ fn plugins_of_another_contract_version_kind_or_format_are_refused_with_what_to_d
     std::fs::create_dir_all(&dir).unwrap();
     let core = dir.join("core.wasm");
     std::fs::write(&core, b"\0asm\x01\0\0\0").unwrap();
-    assert!(load_error(&core).contains("is a core WebAssembly module"), "{}", load_error(&core));
+    assert!(
+        load_error(&core).contains("is a core WebAssembly module"),
+        "{}",
+        load_error(&core)
+    );
     let text = dir.join("notes.wasm");
     std::fs::write(&text, b"hello").unwrap();
-    assert!(load_error(&text).contains("is not WebAssembly, not a WebAssembly component; build it for the wasm32-wasip2 target"));
+    assert!(load_error(&text).contains(
+        "is not WebAssembly, not a WebAssembly component; build it for the wasm32-wasip2 target"
+    ));
     let missing = dir.join("missing.wasm");
     assert!(load_error(&missing).starts_with(&format!("cannot read plugin {}", missing.display())));
     std::fs::remove_dir_all(&dir).unwrap();
@@ -181,7 +222,9 @@ fn plugins_of_another_contract_version_kind_or_format_are_refused_with_what_to_d
     s.world = weir::runtime::World::Transformer;
     let err = Operator::start(s, p95, "{}").unwrap_err();
     assert!(
-        err.to_string().ends_with("implements the aggregator world, but this step needs a plugin of the transformer world"),
+        err.to_string().ends_with(
+            "implements the aggregator world, but this step needs a plugin of the transformer world"
+        ),
         "{err}"
     );
 }
@@ -189,7 +232,9 @@ fn plugins_of_another_contract_version_kind_or_format_are_refused_with_what_to_d
 #[test]
 fn a_pinned_hash_that_does_not_match_is_refused() {
     let path = plugin_path("range_filter");
-    let err = weir_tests::runtime().load(&path, Some(&"0".repeat(64))).unwrap_err();
+    let err = weir_tests::runtime()
+        .load(&path, Some(&"0".repeat(64)))
+        .unwrap_err();
     assert!(matches!(err, LoadError::HashMismatch { .. }), "{err}");
     let real = weir::runtime::sha256_hex(&std::fs::read(&path).unwrap());
     assert!(weir_tests::runtime().load(&path, Some(&real)).is_ok());
@@ -226,12 +271,30 @@ fn compiled_plugins_are_cached_by_content_and_a_corrupt_cache_entry_is_replaced(
         .unwrap()
     };
     let path = plugin_path("range_filter");
-    assert_eq!(new_runtime().load(&path, None).unwrap().cache, CacheOutcome::Compiled);
-    assert_eq!(new_runtime().load(&path, None).unwrap().cache, CacheOutcome::Hit);
-    let entry = std::fs::read_dir(&dir).unwrap().next().unwrap().unwrap().path();
+    assert_eq!(
+        new_runtime().load(&path, None).unwrap().cache,
+        CacheOutcome::Compiled
+    );
+    assert_eq!(
+        new_runtime().load(&path, None).unwrap().cache,
+        CacheOutcome::Hit
+    );
+    let entry = std::fs::read_dir(&dir)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
     std::fs::write(&entry, b"not a compiled component").unwrap();
     let plugin = new_runtime().load(&path, None).unwrap();
-    assert_eq!(plugin.cache, CacheOutcome::Compiled, "recompiled over the corrupt entry");
-    assert_eq!(new_runtime().load(&path, None).unwrap().cache, CacheOutcome::Hit);
+    assert_eq!(
+        plugin.cache,
+        CacheOutcome::Compiled,
+        "recompiled over the corrupt entry"
+    );
+    assert_eq!(
+        new_runtime().load(&path, None).unwrap().cache,
+        CacheOutcome::Hit
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -11,7 +11,10 @@ const KEYS: [&str; 3] = ["north", "south", "east"];
 
 /// Batch `n` of the stream: one event per key, sequence numbers in `ts_ms`.
 fn nth_batch(n: i64) -> weir::batch::Batch {
-    batch(KEYS.iter().map(|&k| (k, n, vec![("temp", Value::Float(1.0))])))
+    batch(
+        KEYS.iter()
+            .map(|&k| (k, n, vec![("temp", Value::Float(1.0))])),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -38,7 +41,12 @@ async fn swapping_while_batches_flow_processes_every_event_once_and_keeps_state(
     let report = handle.swap(load("counter_v2"), "{}").await.unwrap();
     assert_ne!(report.from_sha256, report.to_sha256);
     let refused = handle.swap(load("broken_init"), "{}").await.unwrap_err();
-    assert!(refused.to_string().contains("this version refuses to start"), "{refused:#}");
+    assert!(
+        refused
+            .to_string()
+            .contains("this version refuses to start"),
+        "{refused:#}"
+    );
     let outputs = feeder.await.unwrap();
 
     // Every event came out exactly once, in order, each by one version, the switch at a batch
@@ -46,22 +54,45 @@ async fn swapping_while_batches_flow_processes_every_event_once_and_keeps_state(
     let mut seen: BTreeMap<String, Vec<i64>> = BTreeMap::new();
     let mut versions = Vec::new();
     for (n, events) in outputs.iter().enumerate() {
-        assert_eq!(events.len(), KEYS.len(), "batch {n} lost or duplicated events");
-        let v: Vec<_> = (0..events.len()).map(|i| value(events, "version", i)).collect();
-        assert!(v.windows(2).all(|w| w[0] == w[1]), "batch {n} mixed versions: {v:?}");
+        assert_eq!(
+            events.len(),
+            KEYS.len(),
+            "batch {n} lost or duplicated events"
+        );
+        let v: Vec<_> = (0..events.len())
+            .map(|i| value(events, "version", i))
+            .collect();
+        assert!(
+            v.windows(2).all(|w| w[0] == w[1]),
+            "batch {n} mixed versions: {v:?}"
+        );
         versions.push(v[0].clone());
         for i in 0..events.len() {
             assert_eq!(events.ts_ms[i], n as i64);
-            let Some(Value::Int(count)) = value(events, "seen", i) else { panic!() };
-            seen.entry(events.key_of(i).to_owned()).or_default().push(count);
+            let Some(Value::Int(count)) = value(events, "seen", i) else {
+                panic!()
+            };
+            seen.entry(events.key_of(i).to_owned())
+                .or_default()
+                .push(count);
         }
     }
-    let switch = versions.iter().position(|v| *v == Some(Value::Int(2))).expect("v2 ran");
+    let switch = versions
+        .iter()
+        .position(|v| *v == Some(Value::Int(2)))
+        .expect("v2 ran");
     assert!(switch >= 50, "swapped only once the stream was under way");
     assert!(versions[..switch].iter().all(|v| *v == Some(Value::Int(1))));
-    assert!(versions[switch..].iter().all(|v| *v == Some(Value::Int(2))), "the refused version never ran");
+    assert!(
+        versions[switch..].iter().all(|v| *v == Some(Value::Int(2))),
+        "the refused version never ran"
+    );
     for (key, counts) in seen {
-        assert_eq!(counts, (1..=BATCHES).collect::<Vec<_>>(), "state of {key} carried over");
+        assert_eq!(
+            counts,
+            (1..=BATCHES).collect::<Vec<_>>(),
+            "state of {key} carried over"
+        );
     }
     assert_eq!(handle.metrics().snapshot().swaps, 1);
 }
@@ -72,7 +103,10 @@ fn a_version_that_fails_to_load_or_start_is_refused_and_the_old_one_keeps_runnin
     op.transform(nth_batch(0));
     let spec = op.spec().clone();
     assert!(spec.prepare(load("broken_init"), "{}").is_err());
-    assert!(spec.prepare(load("p95_aggregator"), "{}").is_err(), "wrong world");
+    assert!(
+        spec.prepare(load("p95_aggregator"), "{}").is_err(),
+        "wrong world"
+    );
     let future = weir_tests::runtime().load(&weir_tests::plugin_path("future_version"), None);
     assert!(future.is_err(), "wrong contract version");
     let out = op.transform(nth_batch(1));
@@ -84,7 +118,10 @@ fn a_version_that_fails_to_load_or_start_is_refused_and_the_old_one_keeps_runnin
 fn rollback_restores_the_previous_version_with_the_state() {
     let mut op = operator("counter_v1", "{}");
     op.transform(nth_batch(0));
-    let v2 = op.spec().prepare(load("counter_v2"), &json_config("{}")).unwrap();
+    let v2 = op
+        .spec()
+        .prepare(load("counter_v2"), &json_config("{}"))
+        .unwrap();
     op.swap(v2);
     let out = op.transform(nth_batch(1));
     assert_eq!(value(&out.events, "version", 0), Some(Value::Int(2)));
@@ -107,7 +144,11 @@ fn a_failed_batch_leaves_keyed_state_as_it_was() {
         ("east", 1, vec![("boom", Value::Flag(true))]),
     ]));
     assert_eq!(out.dead_lettered(), 3);
-    assert!(out.dead_letters[0].detail.contains("boom after counting 2 for east"));
+    assert!(
+        out.dead_letters[0]
+            .detail
+            .contains("boom after counting 2 for east")
+    );
     assert_eq!(op.state(), &before);
     let out = op.transform(nth_batch(2));
     assert_eq!(value(&out.events, "seen", 0), Some(Value::Int(2)));

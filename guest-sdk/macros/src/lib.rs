@@ -18,3 +18,21 @@ pub fn operator(args: TokenStream, item: TokenStream) -> TokenStream {
     out.extend(item);
     out
 }
+
+/// Marks a struct as an aggregator's accumulator: serializable (weir stores it with the window)
+/// and `Default` (a new window starts from it), through the serde that `weir-guest` re-exports.
+#[proc_macro_attribute]
+pub fn accumulator(args: TokenStream, item: TokenStream) -> TokenStream {
+    if !args.is_empty() {
+        return r##"compile_error!("#[accumulator] takes no arguments");"##
+            .parse()
+            .expect("valid tokens");
+    }
+    let mut out: TokenStream = "#[derive(::weir_guest::serde::Serialize, \
+                                ::weir_guest::serde::Deserialize, ::core::default::Default)] \
+                                #[serde(crate = \"::weir_guest::serde\")]"
+        .parse()
+        .expect("valid tokens");
+    out.extend(item);
+    out
+}

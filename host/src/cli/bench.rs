@@ -1,5 +1,248 @@
-pub(super) fn run(_: BenchArgs) -> anyhow::Result<std::process::ExitCode> {
-    todo!()
-}
+//! `weir bench`: what running an operator as a Wasm component costs, measured against the same
+//! operator in native Rust, in one run on this machine.
+//!
+//! The operator filters events on a field and maps it (`plugins/bench-filter-map`). Each figure
+//! is the median over `--runs` runs; ratios are taken within one run of the command, so a noisy
+//! machine shifts both sides alike.
+
+use std::hint::black_box;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+
+use crate::batch::{Batch, Builder, Value, Values};
+use crate::runtime::{
+    CacheOutcome, Limits, Operator, OperatorSpec, Permissions, Runtime, RuntimeConfig,
+};
+
 #[derive(Debug, clap::Args)]
-pub(super) struct BenchArgs {}
+pub(super) struct BenchArgs {
+    /// The filter+map component.
+    #[arg(long, default_value = "plugins/target/wasm/bench_filter_map.wasm")]
+    plugin: PathBuf,
+    /// Events per measurement (batch size 1 uses a tenth of them).
+    #[arg(long, default_value_t = 200_000)]
+    events: usize,
+    /// Distinct keys among the events.
+    #[arg(long, default_value_t = 100)]
+    keys: usize,
+    /// Runs per figure; the median is reported.
+    #[arg(long, default_value_t = 5)]
+    runs: usize,
+    /// Other components whose load time to measure (cold compile vs from the cache).
+    #[arg(long = "load")]
+    load: Vec<PathBuf>,
+}
+
+const MIN: f64 = -1000.0;
+const MAX: f64 = 1000.0;
+const SCALE: f64 = 1.8;
+const OFFSET: f64 = 32.0;
+const FIELD: &str = "value";
+
+/// The operator, natively, on the same columnar batches the host hands to a plugin.
+fn native_filter_map(batch: &Batch) -> Batch {
+    let Some(Values::Float(values)) = batch.column(FIELD) else {
+        return Batch::empty();
+    };
+    let keep: Vec<usize> = values
+        .iter()
+        .enumerate()
+        .filter(|(_, x)| matches!(x, Some(x) if (MIN..=MAX).contains(x)))
+        .map(|(i, _)| i)
+        .collect();
+    let mut out = batch.take(&keep);
+    for c in &mut out.columns {
+        if c.name == FIELD
+            && let Values::Float(v) = &mut c.values
+        {
+            for x in v.iter_mut().flatten() {
+                *x = *x * SCALE + OFFSET;
+            }
+        }
+    }
+    out
+}
+
+/// Deterministic readings: `n` events over `keys` sensors, about one in six out of range.
+fn readings(n: usize, keys: usize) -> Vec<Batch> {
+    let mut seed: u64 = 0x5eed;
+    let mut b = Builder::new();
+    let names: Vec<String> = (0..keys.max(1)).map(|k| format!("sensor-{k:04}")).collect();
+    for i in 0..n {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let value = (seed % 2400) as f64 - 1200.0 + 0.25;
+        b.push(
+            &names[i % names.len()],
+            1_700_000_000_000 + i as i64,
+            [(FIELD, Value::Float(value)), ("seq", Value::Int(i as i64))],
+        );
+    }
+    vec![b.finish()]
+}
+
+fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    xs[xs.len() / 2]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+fn runtime(time_budgets: bool, cache_dir: Option<PathBuf>) -> anyhow::Result<Runtime> {
+    Runtime::new(RuntimeConfig {
+        cache_dir,
+        time_budgets,
+        ..RuntimeConfig::default()
+    })
+}
+
+fn operator(runtime: Runtime, path: &Path, max_batch: usize, config: &str) -> anyhow::Result<Operator> {
+    let plugin = runtime.load(path, None)?;
+    let spec = OperatorSpec {
+        runtime,
+        step: "bench".into(),
+        world: plugin.world,
+        limits: Limits {
+            max_batch_events: max_batch,
+            ..Limits::default()
+        },
+        permissions: Permissions::default(),
+    };
+    Ok(Operator::start(spec, plugin, config)?)
+}
+
+/// ns per event of `f` over `batches`, best of nothing: one pass, timed.
+fn time_per_event(batches: &[Batch], mut f: impl FnMut(Batch) -> usize) -> f64 {
+    let events: usize = batches.iter().map(Batch::len).sum();
+    let inputs: Vec<Batch> = batches.to_vec();
+    let started = Instant::now();
+    let mut kept = 0;
+    for b in inputs {
+        kept += f(b);
+    }
+    black_box(kept);
+    started.elapsed().as_nanos() as f64 / events as f64
+}
+
+pub(super) fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
+    let path = &args.plugin;
+    anyhow::ensure!(
+        path.exists(),
+        "{} does not exist: build the plugins first (bash plugins/build)",
+        path.display()
+    );
+    let runs = args.runs.max(1);
+    println!(
+        "weir bench: filter+map over {} events ({} keys), median of {runs} runs",
+        args.events, args.keys
+    );
+    println!("native: the operator in Rust on the host's batch; by column / by event: the same");
+    println!("operator as a Wasm component, written over columns or event by event (the SDK's loop)");
+    println!();
+    println!(
+        "{:>6} {:>8} | {:>9} {:>7} {:>12} | {:>9} {:>7} | {:>11}",
+        "batch", "native", "by column", "added", "events/s", "by event", "added", "budget cost"
+    );
+    let with_budget = runtime(true, None)?;
+    let without_budget = runtime(false, None)?;
+    const BY_COLUMN: &str = r#"{"columnar": true}"#;
+    const BY_EVENT: &str = r#"{"columnar": false}"#;
+    for batch in [1usize, 100, 1000] {
+        let n = if batch == 1 { args.events / 10 } else { args.events };
+        let batches: Vec<Batch> = readings(n, args.keys)
+            .into_iter()
+            .flat_map(|b| b.split(batch))
+            .collect();
+        let mut columns = operator(with_budget.clone(), path, batch, BY_COLUMN)?;
+        let mut events = operator(with_budget.clone(), path, batch, BY_EVENT)?;
+        let mut unbudgeted = operator(without_budget.clone(), path, batch, BY_COLUMN)?;
+        // Check once that every path agrees with the native operator, then warm up.
+        for b in batches.iter().take(50) {
+            let native = native_filter_map(b);
+            for op in [&mut columns, &mut events, &mut unbudgeted] {
+                let out = op.transform(b.clone());
+                anyhow::ensure!(
+                    out.dead_letters.is_empty(),
+                    "bench plugin failed: {}",
+                    out.dead_letters[0].detail
+                );
+                let same = out.events.len() == native.len()
+                    && (0..native.len()).all(|i| out.events.event_json(i) == native.event_json(i));
+                anyhow::ensure!(same, "wasm and native results differ");
+            }
+        }
+        let mut t: [Vec<f64>; 4] = Default::default();
+        for _ in 0..runs {
+            t[0].push(time_per_event(&batches, |b| native_filter_map(&b).len()));
+            t[1].push(time_per_event(&batches, |b| columns.transform(b).events.len()));
+            t[2].push(time_per_event(&batches, |b| events.transform(b).events.len()));
+            t[3].push(time_per_event(&batches, |b| unbudgeted.transform(b).events.len()));
+        }
+        let [native, columns, events, unbudgeted] = t.map(median);
+        println!(
+            "{batch:>6} {native:>8.1} | {columns:>9.1} {:>7.1} {:>12.0} | {events:>9.1} {:>7.1} | {:>10.1}%",
+            columns - native,
+            1e9 / columns,
+            events - native,
+            (columns - unbudgeted) / unbudgeted * 100.0
+        );
+    }
+    println!();
+    println!("ns per event; `added` is the cost over native; `budget cost` is the time-budget");
+    println!("mechanism (epoch interruption) on the by-column path.");
+    println!();
+    let mut components = vec![path.clone()];
+    components.extend(args.load.iter().cloned());
+    for component in &components {
+        load_times(component, runs)?;
+    }
+    if let Some(rss) = peak_rss_kib() {
+        println!("peak RSS: {:.1} MiB", rss as f64 / 1024.0);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Load time of a component compiled from scratch vs taken from the compiled-plugin cache.
+fn load_times(path: &Path, runs: usize) -> anyhow::Result<()> {
+    let size = std::fs::metadata(path)
+        .with_context(|| format!("cannot read {}", path.display()))?
+        .len();
+    let (mut cold, mut warm) = (Vec::new(), Vec::new());
+    for run in 0..runs {
+        let dir =
+            std::env::temp_dir().join(format!("weir-bench-cache-{}-{run}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let rt = runtime(true, Some(dir.clone()))?;
+        let started = Instant::now();
+        let p = rt.load(path, None)?;
+        cold.push(ms(started.elapsed()));
+        anyhow::ensure!(p.cache == CacheOutcome::Compiled, "expected a cold compile");
+        let rt = runtime(true, Some(dir.clone()))?;
+        let started = Instant::now();
+        let p = rt.load(path, None)?;
+        warm.push(ms(started.elapsed()));
+        anyhow::ensure!(p.cache == CacheOutcome::Hit, "expected a cache hit");
+        std::fs::remove_dir_all(&dir)?;
+    }
+    println!(
+        "load {} ({} KiB): compile {:.1} ms, from cache {:.2} ms",
+        path.file_name().unwrap_or_default().to_string_lossy(),
+        size / 1024,
+        median(cold),
+        median(warm)
+    );
+    Ok(())
+}
+
+/// Peak resident set size of this process, in KiB (Linux).
+pub(crate) fn peak_rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}

@@ -102,7 +102,9 @@ pub enum LoadError {
         version: String,
         reason: String,
     },
-    #[error("plugin {path} implements the {found} world, but this step needs a plugin of the {expected} world")]
+    #[error(
+        "plugin {path} implements the {found} world, but this step needs a plugin of the {expected} world"
+    )]
     WrongWorld {
         path: PathBuf,
         found: World,

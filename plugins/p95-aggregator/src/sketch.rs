@@ -23,8 +23,8 @@ const GAMMA: f64 = (1.0 + RELATIVE_ACCURACY) / (1.0 - RELATIVE_ACCURACY);
 ///
 /// Non-finite values are ignored. Adding values one by one and merging sketches of parts of
 /// them give the same sketch, whatever the order.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(crate = "weir_guest::serde")]
+#[accumulator]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Sketch {
     positive: Buckets,
     negative: Buckets,
@@ -91,8 +91,8 @@ fn estimate(i: i32) -> f64 {
 /// Counts by bucket for one sign, at most [`MAX_BUCKETS`] of them: the buckets more than
 /// `MAX_BUCKETS - 1` below the highest are folded into the lowest bucket kept. Which buckets are
 /// kept depends only on the highest, so folding commutes with adding and merging.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(crate = "weir_guest::serde")]
+#[accumulator]
+#[derive(Clone, Debug, PartialEq)]
 struct Buckets {
     counts: BTreeMap<i32, u64>,
 }

@@ -7,7 +7,7 @@ on plain values and lists, so `python3 -m unittest` tests it natively.
 import json
 import math
 from dataclasses import dataclass
-from typing import List, Optional, Sequence, Tuple
+from typing import Iterable, List, Optional, Sequence, Tuple
 
 # Magnus coefficients over water (Sonntag 1990): good to about 0.35 °C from -45 to 60 °C.
 MAGNUS_B = 17.62
@@ -86,6 +86,25 @@ def dew_points(
         else:
             out.append(dew_point(t, rh))
     return out, rejected
+
+
+def numeric(columns: Iterable[Tuple[str, str, Sequence]], name: str, n: int) -> List[Optional[float]]:
+    """The readings of field `name` for `n` events, from columns given as (name, kind, values).
+
+    Int columns count as numbers; text and flag columns do not (their events have no reading).
+    weir stores a field whose type changes within a batch (60, then 60.5) under `name#int` or
+    `name#float` beside `name`, so those columns are read too.
+    """
+    wanted = (name, name + "#float", name + "#int")
+    found = [(kind, values) for col, kind, values in columns if col in wanted and kind in ("float", "int")]
+    if len(found) == 1 and found[0][0] == "float":
+        return list(found[0][1])
+    out: List[Optional[float]] = [None] * n
+    for _, values in found:
+        for i, x in enumerate(values):
+            if x is not None and out[i] is None:
+                out[i] = float(x)
+    return out
 
 
 def take(values: Sequence, keep: Sequence[int]) -> list:

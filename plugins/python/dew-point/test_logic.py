@@ -3,7 +3,7 @@
 import math
 import unittest
 
-from logic import Config, ConfigError, dew_point, dew_points, parse_config, take
+from logic import Config, ConfigError, dew_point, dew_points, numeric, parse_config, take
 
 
 class ConfigTests(unittest.TestCase):
@@ -73,6 +73,19 @@ class ColumnTests(unittest.TestCase):
         self.assertEqual([i for i, _ in rejected], [0, 1])
         self.assertIn("outside the range of the Magnus formula", rejected[0][1])
         self.assertIsNotNone(dew[2])
+
+    def test_reads_float_and_int_columns_and_not_text(self):
+        cols = [("temp", "float", [1.5, None]), ("rh", "int", [50, None]), ("site", "text", ["a", "b"])]
+        self.assertEqual(numeric(cols, "temp", 2), [1.5, None])
+        self.assertEqual(numeric(cols, "rh", 2), [50.0, None])
+        self.assertEqual(numeric(cols, "site", 2), [None, None])
+        self.assertEqual(numeric(cols, "absent", 2), [None, None])
+
+    def test_reads_a_field_split_by_type_across_name_and_name_hash_type(self):
+        # weir keeps a field whose type changes within a batch apart, under `name#type`.
+        cols = [("rh", "float", [50.5, None, None]), ("rh#int", "int", [None, 60, None]),
+                ("rh#text", "text", [None, None, "n/a"])]
+        self.assertEqual(numeric(cols, "rh", 3), [50.5, 60.0, None])
 
     def test_take_keeps_the_given_rows_in_order(self):
         self.assertEqual(take(["a", "b", "c", "d"], [0, 2, 3]), ["a", "c", "d"])

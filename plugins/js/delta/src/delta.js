@@ -44,15 +44,22 @@ export function parseConfig(text) {
 }
 
 /**
- * Column `name` of a batch as numbers, `undefined` for events without a numeric value (or
- * all of them if there is no such column). Int columns arrive as BigInts; text and flag
- * columns are not readings.
+ * The readings of field `name` for `n` events: numbers, `undefined` for events without one.
+ * Int columns count (their BigInts become numbers); text and flag columns do not. weir stores a
+ * field whose type changes within a batch (60, then 60.5) under `name#int` or `name#float`
+ * beside `name`, so those columns are read too.
  */
 export function numbers(columns, name, n) {
-  const column = columns.find((c) => c.name === name);
-  if (column?.values.tag === 'float') return column.values.val;
-  if (column?.values.tag === 'int') return column.values.val.map((x) => (x === undefined ? x : Number(x)));
-  return new Array(n).fill(undefined);
+  const wanted = [name, `${name}#float`, `${name}#int`];
+  const found = columns.filter((c) => wanted.includes(c.name) && (c.values.tag === 'float' || c.values.tag === 'int'));
+  if (found.length === 1 && found[0].values.tag === 'float') return found[0].values.val;
+  const out = new Array(n).fill(undefined);
+  for (const { values } of found) {
+    values.val.forEach((x, i) => {
+      if (x !== undefined && x !== null && out[i] === undefined) out[i] = Number(x);
+    });
+  }
+  return out;
 }
 
 const encoder = new TextEncoder();

@@ -2,7 +2,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 
-import { decodeReading, encodeReading, parseConfig, transformBatch } from '../src/delta.js';
+import { decodeReading, encodeReading, numbers, parseConfig, transformBatch } from '../src/delta.js';
 
 /** weir's keyed state, in memory: the same get/set as the `state` import. */
 function memoryStore() {
@@ -100,6 +100,17 @@ test('an int column is read as numbers; a batch without the column passes throug
 
   const none = transformBatch(parseConfig(''), batch([['a', 4]], [float('other', [1])]), store);
   assert.deepEqual(delta(none), [undefined]);
+});
+
+test('a field split by type across name and name#type is read whole', () => {
+  // weir keeps a field whose type changes within a batch apart, under `name#type`.
+  const columns = [
+    float('value', [1.5, undefined, undefined]),
+    { name: 'value#int', values: { tag: 'int', val: [undefined, 2n, undefined] } },
+    { name: 'value#text', values: { tag: 'text', val: [undefined, undefined, 'n/a'] } },
+  ];
+  assert.deepEqual(numbers(columns, 'value', 3), [1.5, 2, undefined]);
+  assert.deepEqual(numbers([{ name: 'value', values: { tag: 'flag', val: [true] } }], 'value', 1), [undefined]);
 });
 
 test('an existing column of the output name is replaced', () => {
