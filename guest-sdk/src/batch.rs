@@ -1,8 +1,6 @@
 //! Conversion between the columnar batches that cross the boundary and the events an operator
 //! sees one at a time.
 
-use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
 use std::rc::Rc;
 
 use crate::event::{Event, Str, Value};
@@ -11,7 +9,6 @@ use crate::wit::{Batch, Column, Rejected, Values};
 /// The events of a columnar batch, produced one at a time so that each event's field list can
 /// reuse the allocation of the one before.
 pub(crate) struct Rows {
-    keys: Vec<Str>,
     key: std::vec::IntoIter<u32>,
     ts_ms: std::vec::IntoIter<i64>,
     columns: Vec<(Str, ColumnIter)>,
@@ -36,10 +33,9 @@ impl ColumnIter {
 }
 
 impl Rows {
-    /// Checks the batch (lists of one length, key indexes in range) and prepares to read it.
+    /// Checks the batch (lists of one length) and prepares to read it.
     pub(crate) fn new(batch: Batch) -> Result<Rows, String> {
         let Batch {
-            keys,
             key,
             ts_ms,
             columns,
@@ -47,12 +43,6 @@ impl Rows {
         let n = key.len();
         if ts_ms.len() != n {
             return Err(format!("batch has {n} keys but {} timestamps", ts_ms.len()));
-        }
-        if let Some(k) = key.iter().find(|&&k| k as usize >= keys.len()) {
-            return Err(format!(
-                "key index {k} is out of range ({} keys)",
-                keys.len()
-            ));
         }
         let mut iters = Vec::with_capacity(columns.len());
         for Column { name, values } in columns {
@@ -69,7 +59,6 @@ impl Rows {
             iters.push((Str::from(name), iter));
         }
         Ok(Rows {
-            keys: keys.into_iter().map(Str::from).collect(),
             key: key.into_iter(),
             ts_ms: ts_ms.into_iter(),
             columns: iters,
@@ -91,7 +80,7 @@ impl Rows {
             }
         }
         Some(Event {
-            key: self.keys[k as usize].clone(),
+            key: crate::keys::name(k),
             ts_ms,
             fields,
         })
@@ -197,13 +186,6 @@ impl ColumnBuf {
 
 /// Builds a columnar batch from events, one event at a time.
 pub(crate) struct BatchBuilder {
-    keys: Vec<String>,
-    /// Key ids by the address of the key's string. Events mostly carry the very `Str`s of the
-    /// input batch's dictionary, so this finds them without hashing their text. The map holds a
-    /// clone of each `Str`, so an address cannot be freed and reused while it is in the map.
-    by_address: HashMap<usize, (Str, u32), BuildHasherDefault<AddressHasher>>,
-    /// Key ids by text, for keys the operator made itself.
-    by_text: HashMap<Str, u32>,
     key: Vec<u32>,
     ts_ms: Vec<i64>,
     columns: Vec<(Str, ColumnBuf)>,
@@ -212,31 +194,10 @@ pub(crate) struct BatchBuilder {
 impl BatchBuilder {
     pub(crate) fn with_capacity(events: usize) -> Self {
         BatchBuilder {
-            keys: Vec::new(),
-            by_address: HashMap::default(),
-            by_text: HashMap::new(),
             key: Vec::with_capacity(events),
             ts_ms: Vec::with_capacity(events),
             columns: Vec::new(),
         }
-    }
-
-    fn key_id(&mut self, key: &Str) -> u32 {
-        let address = Rc::as_ptr(key) as *const u8 as usize;
-        if let Some((_, id)) = self.by_address.get(&address) {
-            return *id;
-        }
-        let id = match self.by_text.get(key) {
-            Some(&id) => id,
-            None => {
-                let id = self.keys.len() as u32;
-                self.keys.push(key.to_string());
-                self.by_text.insert(key.clone(), id);
-                id
-            }
-        };
-        self.by_address.insert(address, (key.clone(), id));
-        id
     }
 
     /// Adds one event, taking its fields (`event.fields` is left empty, its allocation free for
@@ -277,7 +238,7 @@ impl BatchBuilder {
             }
             return Err(reason);
         }
-        let id = self.key_id(&event.key);
+        let id = crate::keys::id(&event.key);
         self.key.push(id);
         self.ts_ms.push(event.ts_ms);
         Ok(())
@@ -295,7 +256,6 @@ impl BatchBuilder {
             }
         }
         Batch {
-            keys: self.keys,
             key: self.key,
             ts_ms: self.ts_ms,
             columns: self
@@ -354,26 +314,6 @@ impl Emitted {
     }
 }
 
-/// Hashes an address: the address itself, spread by a multiplication.
-#[derive(Default)]
-pub(crate) struct AddressHasher(u64);
-
-impl Hasher for AddressHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.0 = (self.0 << 8 | u64::from(*b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        }
-    }
-
-    fn write_usize(&mut self, n: usize) {
-        self.0 = (n as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -424,7 +364,6 @@ mod tests {
     #[test]
     fn malformed_batches_are_refused_with_the_reason() {
         let batch = |key: Vec<u32>, ts: Vec<i64>| Batch {
-            keys: vec!["a".into()],
             key,
             ts_ms: ts,
             columns: vec![Column {
@@ -435,10 +374,6 @@ mod tests {
         assert_eq!(
             Rows::new(batch(vec![0], vec![])).err().unwrap(),
             "batch has 1 keys but 0 timestamps"
-        );
-        assert_eq!(
-            Rows::new(batch(vec![3], vec![1])).err().unwrap(),
-            "key index 3 is out of range (1 keys)"
         );
         assert_eq!(
             Rows::new(batch(vec![0, 0], vec![1, 2])).err().unwrap(),

@@ -1,8 +1,8 @@
 //! Batches by column, for operators that override [`crate::Transform::process_batch`].
 //!
-//! A [`Batch`] is what crosses the boundary: `keys` holds each distinct key once, `key` an index
-//! into it per event, `ts_ms` a time per event, and `columns` one list of optional values per
-//! field. Every per-event list has the same length.
+//! A [`Batch`] is what crosses the boundary: `key` holds a key id per event (see
+//! [`Batch::key_of`] for its text), `ts_ms` a time per event, and `columns` one list of optional
+//! values per field. Every per-event list has the same length.
 //!
 //! ```
 //! use weir_guest::columns::{Batch, Values};
@@ -35,9 +35,9 @@ impl Batch {
         self.key.is_empty()
     }
 
-    /// The key of event `i`.
-    pub fn key_of(&self, i: usize) -> &str {
-        &self.keys[self.key[i] as usize]
+    /// The key of event `i`, as text.
+    pub fn key_of(&self, i: usize) -> crate::Str {
+        crate::keys::name(self.key[i])
     }
 
     /// The values of field `name`.

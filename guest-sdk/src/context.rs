@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::event::Event;
+use crate::event::{Event, Str};
 
 /// Log levels, as weir's log knows them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -33,27 +33,27 @@ impl StateStore {
         }
     }
 
-    fn get(&self, key: &str, name: &str) -> Option<Vec<u8>> {
+    fn get(&self, key: &Str, name: &str) -> Option<Vec<u8>> {
         match self {
-            StateStore::Host => crate::host::state_get(key, name),
-            StateStore::Memory(map) => map.get(&(key.to_owned(), name.to_owned())).cloned(),
+            StateStore::Host => crate::host::state_get(crate::keys::id(key), name),
+            StateStore::Memory(map) => map.get(&(key.to_string(), name.to_owned())).cloned(),
         }
     }
 
-    fn set(&mut self, key: &str, name: &str, value: &[u8]) {
+    fn set(&mut self, key: &Str, name: &str, value: &[u8]) {
         match self {
-            StateStore::Host => crate::host::state_set(key, name, value),
+            StateStore::Host => crate::host::state_set(crate::keys::id(key), name, value),
             StateStore::Memory(map) => {
-                map.insert((key.to_owned(), name.to_owned()), value.to_vec());
+                map.insert((key.to_string(), name.to_owned()), value.to_vec());
             }
         }
     }
 
-    fn remove(&mut self, key: &str, name: &str) {
+    fn remove(&mut self, key: &Str, name: &str) {
         match self {
-            StateStore::Host => crate::host::state_remove(key, name),
+            StateStore::Host => crate::host::state_remove(crate::keys::id(key), name),
             StateStore::Memory(map) => {
-                map.remove(&(key.to_owned(), name.to_owned()));
+                map.remove(&(key.to_string(), name.to_owned()));
             }
         }
     }
@@ -96,10 +96,10 @@ impl Context {
 
     /// Keyed state kept by weir for `key`: it survives restarts, crashes and hot swaps of the
     /// operator, and is rolled back with a batch that fails.
-    pub fn state<'a>(&'a mut self, key: &'a str) -> KeyState<'a> {
+    pub fn state(&mut self, key: &Str) -> KeyState<'_> {
         KeyState {
             store: &mut self.state,
-            key,
+            key: key.clone(),
         }
     }
 
@@ -119,35 +119,35 @@ impl Context {
 #[derive(Debug)]
 pub struct KeyState<'a> {
     store: &'a mut StateStore,
-    key: &'a str,
+    key: Str,
 }
 
 impl KeyState<'_> {
     /// The value stored under `name`. A value that no longer deserializes as `T` (the operator
     /// changed its state layout) reads as absent.
     pub fn get<T: DeserializeOwned>(&self, name: &str) -> Option<T> {
-        let bytes = self.store.get(self.key, name)?;
+        let bytes = self.store.get(&self.key, name)?;
         serde_json::from_slice(&bytes).ok()
     }
 
     /// Stores `value` under `name`.
     pub fn set<T: Serialize>(&mut self, name: &str, value: &T) {
         let bytes = serde_json::to_vec(value).expect("state values serialize to JSON");
-        self.store.set(self.key, name, &bytes);
+        self.store.set(&self.key, name, &bytes);
     }
 
     /// Removes what is stored under `name`.
     pub fn remove(&mut self, name: &str) {
-        self.store.remove(self.key, name);
+        self.store.remove(&self.key, name);
     }
 
     /// The raw bytes stored under `name`.
     pub fn get_bytes(&self, name: &str) -> Option<Vec<u8>> {
-        self.store.get(self.key, name)
+        self.store.get(&self.key, name)
     }
 
     /// Stores raw bytes under `name`.
     pub fn set_bytes(&mut self, name: &str, value: &[u8]) {
-        self.store.set(self.key, name, value);
+        self.store.set(&self.key, name, value);
     }
 }

@@ -140,8 +140,9 @@
 //!
 //! # What crosses the boundary
 //!
-//! weir passes a batch of events by column (keys dictionary-encoded, one list of values per
-//! field), which costs a few nanoseconds per event; this crate turns it into [`Event`]s and back.
+//! weir passes a batch of events by column (a key id and a time per event, one list of values
+//! per field), which costs a few nanoseconds per event; this crate turns it into [`Event`]s and
+//! back, looking up each key's text once for the life of the component.
 //! Operators written in other languages work with the columns directly: the contract is
 //! `wit/weir-operator.wit` in the weir repository (package `weir:operator@0.1.0`).
 
@@ -149,6 +150,7 @@ mod batch;
 pub mod columns;
 mod context;
 mod event;
+mod keys;
 #[doc(hidden)]
 pub mod rt;
 #[cfg(not(target_arch = "wasm32"))]
@@ -258,6 +260,7 @@ pub mod bindings {
             default_bindings_module: "weir_guest::bindings::decoder",
             with: {
                 "weir:operator/types@0.1.0": crate::bindings::transformer::weir::operator::types,
+                "weir:operator/keys@0.1.0": crate::bindings::transformer::weir::operator::keys,
                 "weir:operator/state@0.1.0": crate::bindings::transformer::weir::operator::state,
                 "weir:operator/log@0.1.0": crate::bindings::transformer::weir::operator::log,
             },
@@ -272,6 +275,7 @@ pub mod bindings {
             default_bindings_module: "weir_guest::bindings::aggregator",
             with: {
                 "weir:operator/types@0.1.0": crate::bindings::transformer::weir::operator::types,
+                "weir:operator/keys@0.1.0": crate::bindings::transformer::weir::operator::keys,
                 "weir:operator/log@0.1.0": crate::bindings::transformer::weir::operator::log,
             },
         });
@@ -285,18 +289,26 @@ pub(crate) mod wit {
 
 /// Calls into weir's imports.
 mod host {
-    use crate::bindings::transformer::weir::operator::{log as wlog, state};
+    use crate::bindings::transformer::weir::operator::{keys, log as wlog, state};
     use crate::context::Level;
 
-    pub(crate) fn state_get(key: &str, name: &str) -> Option<Vec<u8>> {
+    pub(crate) fn key_name(id: u32) -> String {
+        keys::name(id)
+    }
+
+    pub(crate) fn key_id(name: &str) -> u32 {
+        keys::id(name)
+    }
+
+    pub(crate) fn state_get(key: u32, name: &str) -> Option<Vec<u8>> {
         state::get(key, name)
     }
 
-    pub(crate) fn state_set(key: &str, name: &str, value: &[u8]) {
+    pub(crate) fn state_set(key: u32, name: &str, value: &[u8]) {
         state::set(key, name, value)
     }
 
-    pub(crate) fn state_remove(key: &str, name: &str) {
+    pub(crate) fn state_remove(key: u32, name: &str) {
         state::remove(key, name)
     }
 

@@ -1,8 +1,10 @@
-//! Batches of events as they flow through weir: columnar, with dictionary-encoded keys. The type
-//! is the contract's own (`weir:operator/types.batch`), so passing a batch to a plugin copies it
-//! straight into the plugin's memory with no conversion.
+//! Batches of events as they flow through weir: columnar, with interned keys
+//! ([`crate::keys`]). The type is the contract's own (`weir:operator/types.batch`), so passing a
+//! batch to a plugin copies it straight into the plugin's memory with no conversion.
 
-use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::keys;
 
 pub use crate::runtime::bindings::{Batch, Column, Value, Values};
 
@@ -10,7 +12,6 @@ impl Batch {
     /// An empty batch.
     pub fn empty() -> Self {
         Batch {
-            keys: Vec::new(),
             key: Vec::new(),
             ts_ms: Vec::new(),
             columns: Vec::new(),
@@ -27,8 +28,8 @@ impl Batch {
     }
 
     /// The key of event `i`.
-    pub fn key_of(&self, i: usize) -> &str {
-        &self.keys[self.key[i] as usize]
+    pub fn key_of(&self, i: usize) -> Arc<str> {
+        keys::name(self.key[i]).expect("batches carry assigned key ids")
     }
 
     /// The column called `name`.
@@ -40,17 +41,16 @@ impl Batch {
     }
 
     /// Checks that the batch is well formed: every per-event list as long as the batch, every
-    /// key index in range, column names distinct.
+    /// key id assigned, column names distinct.
     pub fn validate(&self) -> Result<(), String> {
         let n = self.len();
         if self.ts_ms.len() != n {
             return Err(format!("{n} keys but {} timestamps", self.ts_ms.len()));
         }
-        if let Some(k) = self.key.iter().find(|&&k| k as usize >= self.keys.len()) {
-            return Err(format!(
-                "key index {k} is out of range ({} keys)",
-                self.keys.len()
-            ));
+        if let Some(&max) = self.key.iter().max()
+            && !keys::is_assigned(max)
+        {
+            return Err(format!("key id {max} was never assigned"));
         }
         for (i, c) in self.columns.iter().enumerate() {
             if c.values.len() != n {
@@ -67,23 +67,10 @@ impl Batch {
         Ok(())
     }
 
-    /// The events at `indices`, in that order, as a new batch (keys re-encoded).
+    /// The events at `indices`, in that order, as a new batch.
     pub fn take(&self, indices: &[usize]) -> Batch {
-        let mut remap: HashMap<u32, u32> = HashMap::new();
-        let mut keys = Vec::new();
-        let key = indices
-            .iter()
-            .map(|&i| {
-                let k = self.key[i];
-                *remap.entry(k).or_insert_with(|| {
-                    keys.push(self.keys[k as usize].clone());
-                    (keys.len() - 1) as u32
-                })
-            })
-            .collect();
         Batch {
-            keys,
-            key,
+            key: indices.iter().map(|&i| self.key[i]).collect(),
             ts_ms: indices.iter().map(|&i| self.ts_ms[i]).collect(),
             columns: self
                 .columns
@@ -123,23 +110,7 @@ impl Batch {
             return;
         }
         let before = self.len();
-        let mut remap: HashMap<u32, u32> = HashMap::new();
-        let mut index: HashMap<String, u32> = self
-            .keys
-            .iter()
-            .enumerate()
-            .map(|(i, k)| (k.clone(), i as u32))
-            .collect();
-        for &k in &other.key {
-            let id = *remap.entry(k).or_insert_with(|| {
-                let name = &other.keys[k as usize];
-                *index.entry(name.clone()).or_insert_with(|| {
-                    self.keys.push(name.clone());
-                    (self.keys.len() - 1) as u32
-                })
-            });
-            self.key.push(id);
-        }
+        self.key.extend_from_slice(&other.key);
         self.ts_ms.extend_from_slice(&other.ts_ms);
         let added = other.len();
         for col in other.columns {
@@ -169,13 +140,12 @@ impl Batch {
 
     /// Rough size in bytes, as the output limit counts it.
     pub fn approx_bytes(&self) -> usize {
-        let keys: usize = self.keys.iter().map(|k| k.len() + 8).sum();
         let cols: usize = self
             .columns
             .iter()
             .map(|c| c.name.len() + c.values.approx_bytes())
             .sum();
-        keys + self.len() * 12 + cols
+        self.len() * 12 + cols
     }
 }
 
@@ -289,7 +259,6 @@ impl Values {
 #[derive(Debug, Default)]
 pub struct Builder {
     batch: Batch,
-    key_index: HashMap<String, u32>,
 }
 
 impl Default for Batch {
@@ -312,15 +281,7 @@ impl Builder {
         fields: impl IntoIterator<Item = (&'a str, Value)>,
     ) {
         let row = self.batch.len();
-        let id = match self.key_index.get(key) {
-            Some(&id) => id,
-            None => {
-                let id = self.batch.keys.len() as u32;
-                self.batch.keys.push(key.to_owned());
-                self.key_index.insert(key.to_owned(), id);
-                id
-            }
-        };
+        let id = keys::intern(key);
         self.batch.key.push(id);
         self.batch.ts_ms.push(ts_ms);
         for (name, value) in fields {
@@ -407,25 +368,19 @@ impl Batch {
             .iter()
             .filter_map(|c| Some((c.name.clone(), c.values.get(i)?.to_json())))
             .collect();
-        serde_json::json!({ "key": self.key_of(i), "ts_ms": self.ts_ms[i], "fields": fields })
+        serde_json::json!({ "key": &*self.key_of(i), "ts_ms": self.ts_ms[i], "fields": fields })
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::keys::KeyId;
 
     fn batch(keys: &[&str], temps: &[Option<f64>]) -> Batch {
         let mut b = Batch::empty();
         for (i, k) in keys.iter().enumerate() {
-            let id = match b.keys.iter().position(|x| x == k) {
-                Some(id) => id,
-                None => {
-                    b.keys.push(k.to_string());
-                    b.keys.len() - 1
-                }
-            };
-            b.key.push(id as u32);
+            b.key.push(keys::intern(k));
             b.ts_ms.push(i as i64);
         }
         b.columns.push(Column {
@@ -447,7 +402,7 @@ mod tests {
         b.push("s1", 3, [("temp", Value::Float(21.0))]);
         let batch = b.finish();
         batch.validate().unwrap();
-        assert_eq!(batch.keys, vec!["s1", "s2"]);
+        assert_eq!(&*batch.key_of(1), "s2");
         assert_eq!(
             batch.column("temp").unwrap().get(2),
             Some(Value::Float(21.0))
@@ -487,7 +442,7 @@ mod tests {
             );
         }
         let picked = b.take(&[3, 0]);
-        assert_eq!(picked.keys, vec!["c", "a"]);
+        assert_eq!((&*picked.key_of(0), &*picked.key_of(1)), ("c", "a"));
         assert_eq!(
             picked.column("temp").unwrap().get(0),
             Some(Value::Float(4.0))
@@ -511,10 +466,10 @@ mod tests {
     #[test]
     fn validate_names_what_is_wrong() {
         let mut b = batch(&["a", "b"], &[Some(1.0), Some(2.0)]);
-        b.key[1] = 7;
+        b.key[1] = KeyId::MAX;
         assert_eq!(
             b.validate().unwrap_err(),
-            "key index 7 is out of range (2 keys)"
+            "key id 4294967295 was never assigned"
         );
         let mut b = batch(&["a", "b"], &[Some(1.0)]);
         assert_eq!(

@@ -5,4 +5,5 @@
 
 pub mod batch;
 pub mod cli;
+pub mod keys;
 pub mod runtime;

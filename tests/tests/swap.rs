@@ -72,7 +72,7 @@ async fn swapping_while_batches_flow_processes_every_event_once_and_keeps_state(
             let Some(Value::Int(count)) = value(events, "seen", i) else {
                 panic!()
             };
-            seen.entry(events.key_of(i).to_owned())
+            seen.entry(events.key_of(i).to_string())
                 .or_default()
                 .push(count);
         }

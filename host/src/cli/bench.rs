@@ -102,7 +102,12 @@ fn runtime(time_budgets: bool, cache_dir: Option<PathBuf>) -> anyhow::Result<Run
     })
 }
 
-fn operator(runtime: Runtime, path: &Path, max_batch: usize, config: &str) -> anyhow::Result<Operator> {
+fn operator(
+    runtime: Runtime,
+    path: &Path,
+    max_batch: usize,
+    config: &str,
+) -> anyhow::Result<Operator> {
     let plugin = runtime.load(path, None)?;
     let spec = OperatorSpec {
         runtime,
@@ -143,7 +148,9 @@ pub(super) fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         args.events, args.keys
     );
     println!("native: the operator in Rust on the host's batch; by column / by event: the same");
-    println!("operator as a Wasm component, written over columns or event by event (the SDK's loop)");
+    println!(
+        "operator as a Wasm component, written over columns or event by event (the SDK's loop)"
+    );
     println!();
     println!(
         "{:>6} {:>8} | {:>9} {:>7} {:>12} | {:>9} {:>7} | {:>11}",
@@ -154,7 +161,11 @@ pub(super) fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     const BY_COLUMN: &str = r#"{"columnar": true}"#;
     const BY_EVENT: &str = r#"{"columnar": false}"#;
     for batch in [1usize, 100, 1000] {
-        let n = if batch == 1 { args.events / 10 } else { args.events };
+        let n = if batch == 1 {
+            args.events / 10
+        } else {
+            args.events
+        };
         let batches: Vec<Batch> = readings(n, args.keys)
             .into_iter()
             .flat_map(|b| b.split(batch))
@@ -180,9 +191,15 @@ pub(super) fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         let mut t: [Vec<f64>; 4] = Default::default();
         for _ in 0..runs {
             t[0].push(time_per_event(&batches, |b| native_filter_map(&b).len()));
-            t[1].push(time_per_event(&batches, |b| columns.transform(b).events.len()));
-            t[2].push(time_per_event(&batches, |b| events.transform(b).events.len()));
-            t[3].push(time_per_event(&batches, |b| unbudgeted.transform(b).events.len()));
+            t[1].push(time_per_event(&batches, |b| {
+                columns.transform(b).events.len()
+            }));
+            t[2].push(time_per_event(&batches, |b| {
+                events.transform(b).events.len()
+            }));
+            t[3].push(time_per_event(&batches, |b| {
+                unbudgeted.transform(b).events.len()
+            }));
         }
         let [native, columns, events, unbudgeted] = t.map(median);
         println!(

@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use base64::Engine as _;
@@ -179,12 +180,20 @@ fn aggregate(
     out: &mut impl Write,
 ) -> anyhow::Result<()> {
     let batch = events(&lines)?;
-    let keys = batch.keys.clone();
+    let mut groups: BTreeMap<Arc<str>, u32> = BTreeMap::new();
+    let mut group = Vec::with_capacity(batch.len());
+    for i in 0..batch.len() {
+        let next = groups.len() as u32;
+        group.push(*groups.entry(batch.key_of(i)).or_insert(next));
+    }
     let acc = op.create_accumulator()?;
-    let accs = vec![acc; keys.len()];
-    let accs = op.add_to_accumulators(&accs, &batch, &batch.key)?;
+    let accs = vec![acc; groups.len()];
+    let accs = op.add_to_accumulators(&accs, &batch, &group)?;
     let results = op.finish_accumulators(&accs)?;
-    let by_key: BTreeMap<&String, _> = keys.iter().zip(results).collect();
+    let by_key: BTreeMap<&Arc<str>, _> = groups
+        .iter()
+        .map(|(key, &g)| (key, results[g as usize].clone()))
+        .collect();
     for (key, fields) in by_key {
         let fields: serde_json::Map<String, serde_json::Value> = fields
             .into_iter()
@@ -193,7 +202,7 @@ fn aggregate(
         writeln!(
             out,
             "{}",
-            serde_json::json!({"output": "main", "key": key, "fields": fields})
+            serde_json::json!({"output": "main", "key": &**key, "fields": fields})
         )?;
     }
     Ok(())

@@ -19,6 +19,7 @@ pub mod decoder {
         path: "../wit",
         with: {
             "weir:operator/types": super::transformer::weir::operator::types,
+            "weir:operator/keys": super::transformer::weir::operator::keys,
             "weir:operator/state": super::transformer::weir::operator::state,
             "weir:operator/log": super::transformer::weir::operator::log,
         },
@@ -31,11 +32,13 @@ pub mod aggregator {
         path: "../wit",
         with: {
             "weir:operator/types": super::transformer::weir::operator::types,
+            "weir:operator/keys": super::transformer::weir::operator::keys,
             "weir:operator/log": super::transformer::weir::operator::log,
         },
     });
 }
 
+pub use transformer::weir::operator::keys::Host as KeysHost;
 pub use transformer::weir::operator::log::{Host as LogHost, Level as LogLevel};
 pub use transformer::weir::operator::state::Host as StateHost;
 pub use transformer::weir::operator::types::{

@@ -1,6 +1,6 @@
-//! The epoch ticker: advances the engine's epoch every tick while any plugin call is running, so
-//! a call past its deadline traps. It sleeps while no call runs, so an idle gateway has no timer
-//! waking it up.
+//! The epoch ticker: advances the engine's epoch every tick while plugin calls run, so a call
+//! past its deadline traps. After a second without calls it parks, so an idle gateway has no
+//! timer waking it up; under load it never parks, so a call costs no system call to wake it.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -16,8 +16,12 @@ pub(crate) struct Ticker {
 
 struct Shared {
     running: AtomicUsize,
+    parked: AtomicBool,
     stop: AtomicBool,
 }
+
+/// Ticks without a call after which the ticker parks.
+const IDLE_TICKS_BEFORE_PARKING: u32 = 1000;
 
 /// A call in progress; the ticker keeps ticking until every one is dropped.
 pub(crate) struct Running<'a>(&'a Ticker);
@@ -26,15 +30,28 @@ impl Ticker {
     pub(crate) fn start(engine: Engine, tick: Duration) -> Ticker {
         let shared = Arc::new(Shared {
             running: AtomicUsize::new(0),
+            parked: AtomicBool::new(false),
             stop: AtomicBool::new(false),
         });
         let s = shared.clone();
         let thread = std::thread::Builder::new()
             .name("weir-epoch".into())
             .spawn(move || {
+                let mut idle = 0;
                 while !s.stop.load(Ordering::Acquire) {
-                    if s.running.load(Ordering::Acquire) == 0 {
-                        std::thread::park();
+                    if s.running.load(Ordering::Acquire) > 0 {
+                        idle = 0;
+                    } else if idle < IDLE_TICKS_BEFORE_PARKING {
+                        idle += 1;
+                    } else {
+                        s.parked.store(true, Ordering::Release);
+                        // A call that started since the check above finds `parked` set and
+                        // unparks; park() returns at once if that happened already.
+                        if s.running.load(Ordering::Acquire) == 0 {
+                            std::thread::park();
+                        }
+                        s.parked.store(false, Ordering::Release);
+                        idle = 0;
                         continue;
                     }
                     std::thread::sleep(tick);
@@ -49,7 +66,8 @@ impl Ticker {
     }
 
     pub(crate) fn enter(&self) -> Running<'_> {
-        if self.shared.running.fetch_add(1, Ordering::AcqRel) == 0
+        self.shared.running.fetch_add(1, Ordering::AcqRel);
+        if self.shared.parked.load(Ordering::Acquire)
             && let Some(t) = &self.thread
         {
             t.thread().unpark();

@@ -13,12 +13,13 @@ use super::bindings::aggregator::Aggregator;
 use super::bindings::decoder::Decoder;
 use super::bindings::transformer::Transformer;
 use super::bindings::transformer::weir::operator::types;
-use super::bindings::{GuestError, LogHost, LogLevel, StateHost};
+use super::bindings::{GuestError, KeysHost, LogHost, LogLevel, StateHost};
 use super::limits::{Limits, MemoryLimiter, Permissions};
 use super::operator::Failure;
 use super::plugin::{Plugin, Pre};
 use super::state::KeyedState;
 use super::stdio::GuestOutput;
+use crate::keys;
 
 /// What the host keeps in each plugin's store.
 pub struct StoreData {
@@ -42,17 +43,33 @@ impl WasiView for StoreData {
 
 impl types::Host for StoreData {}
 
+impl KeysHost for StoreData {
+    fn name(&mut self, id: u32) -> String {
+        // An id weir never gave out names no key; the empty name says so without trapping.
+        keys::name(id).map(|n| n.to_string()).unwrap_or_default()
+    }
+
+    fn id(&mut self, name: String) -> u32 {
+        keys::intern(&name)
+    }
+}
+
+/// State is stored by key name, so it outlives the process's key ids.
+fn key_name(id: u32) -> std::sync::Arc<str> {
+    keys::name(id).unwrap_or_else(|| std::sync::Arc::from(format!("#unassigned-{id}")))
+}
+
 impl StateHost for StoreData {
-    fn get(&mut self, key: String, name: String) -> Option<Vec<u8>> {
-        self.state.get(&key, &name)
+    fn get(&mut self, key: u32, name: String) -> Option<Vec<u8>> {
+        self.state.get(&key_name(key), &name)
     }
 
-    fn set(&mut self, key: String, name: String, value: Vec<u8>) {
-        self.state.set(&key, &name, value)
+    fn set(&mut self, key: u32, name: String, value: Vec<u8>) {
+        self.state.set(&key_name(key), &name, value)
     }
 
-    fn remove(&mut self, key: String, name: String) {
-        self.state.remove(&key, &name)
+    fn remove(&mut self, key: u32, name: String) {
+        self.state.remove(&key_name(key), &name)
     }
 }
 

@@ -82,18 +82,18 @@ export function decodeReading(bytes) {
 }
 
 /**
- * The delta of each event: its reading minus the previous reading of the same key (from this
- * batch or, through `store`, from earlier ones), `undefined` for a key's first reading and for
+ * The delta of each event: its reading minus the previous reading of the same key (`key` holds
+ * each event's key id; from this batch or, through `store`, from earlier ones), `undefined` for a key's first reading and for
  * events without a finite reading (they leave the previous reading as it is). Reads each key's
  * stored reading once, and stores each key's last reading once, at the end.
  */
-export function deltas(keys, key, values, store, stateName) {
-  const previous = new Map(); // key index -> last reading (undefined: none)
+export function deltas(key, values, store, stateName) {
+  const previous = new Map(); // key id -> last reading (undefined: none)
   const changed = new Set();
   const out = new Array(values.length);
   for (let i = 0; i < values.length; i++) {
     const k = key[i];
-    if (!previous.has(k)) previous.set(k, decodeReading(store.get(keys[k], stateName)));
+    if (!previous.has(k)) previous.set(k, decodeReading(store.get(k, stateName)));
     const x = values[i];
     if (x === undefined || x === null || !Number.isFinite(x)) {
       out[i] = undefined;
@@ -104,20 +104,17 @@ export function deltas(keys, key, values, store, stateName) {
     previous.set(k, x);
     changed.add(k);
   }
-  for (const k of changed) store.set(keys[k], stateName, encodeReading(previous.get(k)));
+  for (const k of changed) store.set(k, stateName, encodeReading(previous.get(k)));
   return out;
 }
 
-/** Checks that a batch is well formed, or throws the `bad-input` error saying why not. */
+/** Checks that a batch's lists agree in length, or throws the `bad-input` error saying why not. */
 export function checkBatch(batch) {
   const n = batch.key.length;
   const bad = (message) => {
     throw new OperatorError('bad-input', message);
   };
   if (batch.tsMs.length !== n) bad(`batch has ${n} keys but ${batch.tsMs.length} timestamps`);
-  for (const k of batch.key) {
-    if (k >= batch.keys.length) bad(`key index ${k} is out of range (${batch.keys.length} keys)`);
-  }
   for (const c of batch.columns) {
     if (c.values.val.length !== n) bad(`column "${c.name}" has ${c.values.val.length} values for ${n} events`);
   }
@@ -128,7 +125,7 @@ export function transformBatch(config, batch, store) {
   checkBatch(batch);
   const n = batch.key.length;
   const values = numbers(batch.columns, config.field, n);
-  const delta = deltas(batch.keys, batch.key, values, store, config.stateName);
+  const delta = deltas(batch.key, values, store, config.stateName);
   const columns = batch.columns.filter((c) => c.name !== config.into);
   columns.push({ name: config.into, values: { tag: 'float', val: delta } });
   return { events: { ...batch, columns }, rejected: [] };
