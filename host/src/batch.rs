@@ -98,9 +98,9 @@ impl Batch {
             .collect()
     }
 
-    /// Appends `other`'s events. A column missing on one side is filled with `None`; a column
-    /// with different types on the two sides is kept apart under a `name#type` suffix rather
-    /// than mixed (nothing is dropped).
+    /// Appends `other`'s events. A column missing on one side is filled with `None`. Ints and
+    /// floats in one column become floats; a column with other different types on the two sides
+    /// is kept apart under a `name#type` suffix rather than mixed (nothing is dropped).
     pub fn append(&mut self, other: Batch) {
         if other.is_empty() {
             return;
@@ -116,7 +116,7 @@ impl Batch {
         for col in other.columns {
             let mut name = col.name;
             let at = match self.columns.iter().position(|c| c.name == name) {
-                Some(at) if self.columns[at].values.kind() == col.values.kind() => Some(at),
+                Some(at) if self.columns[at].values.accept(col.values.kind()) => Some(at),
                 Some(_) => {
                     name = format!("{name}#{}", col.values.kind());
                     self.columns.iter().position(|c| c.name == name)
@@ -211,10 +211,11 @@ impl Values {
         }
     }
 
-    /// Sets entry `i` to `value`, which has this column's type.
+    /// Sets entry `i` to `value`, which this column [`Values::accept`]ed.
     fn set(&mut self, i: usize, value: Value) {
         match (self, value) {
             (Values::Float(v), Value::Float(x)) => v[i] = Some(x),
+            (Values::Float(v), Value::Int(x)) => v[i] = Some(x as f64),
             (Values::Int(v), Value::Int(x)) => v[i] = Some(x),
             (Values::Text(v), Value::Text(x)) => v[i] = Some(x),
             (Values::Flag(v), Value::Flag(x)) => v[i] = Some(x),
@@ -222,10 +223,27 @@ impl Values {
         }
     }
 
-    /// Appends `other`, which has the same type.
+    /// Whether values of `kind` can join this column: the same type, or ints and floats (the
+    /// column becomes float if it was int).
+    fn accept(&mut self, kind: &str) -> bool {
+        match (self.kind(), kind) {
+            (a, b) if a == b => true,
+            ("float", "int") => true,
+            ("int", "float") => {
+                if let Values::Int(v) = self {
+                    *self = Values::Float(v.iter().map(|x| x.map(|x| x as f64)).collect());
+                }
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Appends `other`, which this column [`Values::accept`]ed.
     fn extend(&mut self, other: Values) {
         match (self, other) {
             (Values::Float(a), Values::Float(b)) => a.extend(b),
+            (Values::Float(a), Values::Int(b)) => a.extend(b.into_iter().map(|x| x.map(|x| x as f64))),
             (Values::Int(a), Values::Int(b)) => a.extend(b),
             (Values::Text(a), Values::Text(b)) => a.extend(b),
             (Values::Flag(a), Values::Flag(b)) => a.extend(b),
@@ -272,8 +290,9 @@ impl Builder {
         Builder::default()
     }
 
-    /// Adds an event. A field whose type differs from the same field in earlier events is stored
-    /// under `name#type` (see [`Batch::append`]), so nothing is lost.
+    /// Adds an event. Ints and floats in one field become floats; a field of another type than
+    /// the same field in earlier events is stored under `name#type` (see [`Batch::append`]), so
+    /// nothing is lost.
     pub fn push<'a>(
         &mut self,
         key: &str,
@@ -287,9 +306,14 @@ impl Builder {
         for (name, value) in fields {
             let kind = value.kind();
             let columns = &mut self.batch.columns;
-            let target = match columns.iter().find(|c| c.name == name) {
-                Some(c) if c.values.kind() != kind => format!("{name}#{kind}"),
-                _ => name.to_owned(),
+            let accepted = match columns.iter_mut().find(|c| c.name == name) {
+                Some(c) => c.values.accept(kind),
+                None => true,
+            };
+            let target = if accepted {
+                name.to_owned()
+            } else {
+                format!("{name}#{kind}")
             };
             let at = match columns.iter().position(|c| c.name == target) {
                 Some(at) => at,
@@ -415,6 +439,24 @@ mod tests {
         assert_eq!(
             batch.event_json(1),
             serde_json::json!({"key": "s2", "ts_ms": 2, "fields": {"temp#text": "n/a", "rh": 40}})
+        );
+    }
+
+    #[test]
+    fn ints_and_floats_in_one_field_become_floats() {
+        let mut b = Builder::new();
+        b.push("s1", 1, [("rh", Value::Int(60))]);
+        b.push("s1", 2, [("rh", Value::Float(60.5))]);
+        b.push("s1", 3, [("rh", Value::Int(61))]);
+        let mut batch = b.finish();
+        let mut more = Builder::new();
+        more.push("s2", 4, [("rh", Value::Int(7))]);
+        batch.append(more.finish());
+        batch.validate().unwrap();
+        assert_eq!(batch.columns.len(), 1);
+        assert_eq!(
+            batch.column("rh"),
+            Some(&Values::Float(vec![Some(60.0), Some(60.5), Some(61.0), Some(7.0)]))
         );
     }
 

@@ -82,10 +82,11 @@ export function decodeReading(bytes) {
 }
 
 /**
- * The delta of each event: its reading minus the previous reading of the same key (`key` holds
- * each event's key id; from this batch or, through `store`, from earlier ones), `undefined` for a key's first reading and for
- * events without a finite reading (they leave the previous reading as it is). Reads each key's
- * stored reading once, and stores each key's last reading once, at the end.
+ * The delta of each event (`key` holds each event's key id): its reading minus the previous
+ * reading of the same key, from this batch or, through `store`, from earlier ones; `undefined`
+ * for a key's first reading and for events without a finite reading (they leave the previous
+ * reading as it is). Reads each key's stored reading once, and stores each key's last reading
+ * once, at the end.
  */
 export function deltas(key, values, store, stateName) {
   const previous = new Map(); // key id -> last reading (undefined: none)
