@@ -243,7 +243,9 @@ impl Values {
     fn extend(&mut self, other: Values) {
         match (self, other) {
             (Values::Float(a), Values::Float(b)) => a.extend(b),
-            (Values::Float(a), Values::Int(b)) => a.extend(b.into_iter().map(|x| x.map(|x| x as f64))),
+            (Values::Float(a), Values::Int(b)) => {
+                a.extend(b.into_iter().map(|x| x.map(|x| x as f64)))
+            }
             (Values::Int(a), Values::Int(b)) => a.extend(b),
             (Values::Text(a), Values::Text(b)) => a.extend(b),
             (Values::Flag(a), Values::Flag(b)) => a.extend(b),
@@ -456,7 +458,12 @@ mod tests {
         assert_eq!(batch.columns.len(), 1);
         assert_eq!(
             batch.column("rh"),
-            Some(&Values::Float(vec![Some(60.0), Some(60.5), Some(61.0), Some(7.0)]))
+            Some(&Values::Float(vec![
+                Some(60.0),
+                Some(60.5),
+                Some(61.0),
+                Some(7.0)
+            ]))
         );
     }
 

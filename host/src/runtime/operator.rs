@@ -637,34 +637,41 @@ impl Operator {
 
     /// Checks an output against the limits and for well-formedness.
     fn check_output(&mut self, output: Output, inputs: usize) -> Result<Output, Failure> {
-        let limits = &self.spec.limits;
-        let problem = if output.events.len() > limits.max_output_events {
-            Some(Failure::OutputLimit(format!(
-                "{} events, more than max_output_events ({})",
-                output.events.len(),
-                limits.max_output_events
-            )))
-        } else if output.events.approx_bytes() > limits.max_output_bytes {
-            Some(Failure::OutputLimit(format!(
-                "about {} bytes, more than max_output_bytes ({})",
-                output.events.approx_bytes(),
-                limits.max_output_bytes
-            )))
-        } else if let Err(m) = output.events.validate() {
-            Some(Failure::BadOutput(m))
-        } else if let Some(r) = output.rejected.iter().find(|r| r.index as usize >= inputs) {
-            Some(Failure::BadOutput(format!(
-                "rejected input {} of a batch of {inputs}",
-                r.index
-            )))
-        } else {
-            None
-        };
-        match problem {
+        match output_problem(&output, inputs, &self.spec.limits) {
             Some(failure) => Err(self.fail(failure)),
             None => Ok(output),
         }
     }
+}
+
+/// What is wrong with a plugin's output, if anything.
+fn output_problem(output: &Output, inputs: usize, limits: &Limits) -> Option<Failure> {
+    let events = &output.events;
+    if events.len() > limits.max_output_events {
+        return Some(Failure::OutputLimit(format!(
+            "{} events, more than max_output_events ({})",
+            events.len(),
+            limits.max_output_events
+        )));
+    }
+    let bytes = events.approx_bytes();
+    if bytes > limits.max_output_bytes {
+        return Some(Failure::OutputLimit(format!(
+            "about {bytes} bytes, more than max_output_bytes ({})",
+            limits.max_output_bytes
+        )));
+    }
+    if let Err(m) = events.validate() {
+        return Some(Failure::BadOutput(m));
+    }
+    let r = output
+        .rejected
+        .iter()
+        .find(|r| r.index as usize >= inputs)?;
+    Some(Failure::BadOutput(format!(
+        "rejected input {} of a batch of {inputs}",
+        r.index
+    )))
 }
 
 fn short(sha256: &str) -> &str {
