@@ -5,5 +5,7 @@
 
 pub mod batch;
 pub mod cli;
+pub mod decode;
+pub mod enrich;
 pub mod keys;
 pub mod runtime;

@@ -1,0 +1,323 @@
+//! The built-in JSON decoder: one JSON object per message, with a field mapping from the config
+//! (which field is the key, which the event time and in what format, which are values, which
+//! names the watermark source). A message it cannot decode is rejected with the reason and goes
+//! to the dead-letter output; the rest of the batch carries on.
+
+use std::sync::Arc;
+
+use serde_json::Value as Json;
+
+use crate::batch::{Batch, Builder, Value};
+use crate::runtime::bindings::Message;
+
+/// How event times are written in payloads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TimeFormat {
+    /// Milliseconds since the Unix epoch (a number).
+    Millis,
+    /// Seconds since the Unix epoch (a number, fractions allowed).
+    Seconds,
+    /// An RFC 3339 timestamp, e.g. `2026-11-22T06:00:00.250Z`.
+    Rfc3339,
+}
+
+/// Which fields of a JSON payload mean what. Field names may be dotted paths into nested objects
+/// (`meta.sensor`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct JsonMapping {
+    /// The field holding the event's key (a string or a number).
+    pub key: String,
+    /// The field holding the event time.
+    pub time: String,
+    pub time_format: TimeFormat,
+    /// The fields kept as values; `None` keeps every scalar field but the key and the time.
+    pub values: Option<Vec<String>>,
+    /// The field naming the event's watermark source; `None` uses the message's topic.
+    pub source: Option<String>,
+}
+
+/// What a batch of messages decoded to.
+#[derive(Debug, Default)]
+pub struct Decoded {
+    pub events: Batch,
+    /// Per event: its watermark source.
+    pub sources: Vec<Arc<str>>,
+    /// Messages that could not be decoded, with the reason.
+    pub rejected: Vec<(Message, String)>,
+}
+
+impl JsonMapping {
+    /// Decodes a batch of messages.
+    pub fn decode(&self, messages: Vec<Message>) -> Decoded {
+        let mut builder = Builder::new();
+        let mut sources = Vec::with_capacity(messages.len());
+        let mut rejected = Vec::new();
+        for message in messages {
+            match self.decode_one(&message) {
+                Ok((key, ts, source, fields)) => {
+                    builder.push(
+                        &key,
+                        ts,
+                        fields.iter().map(|(n, v)| (n.as_str(), v.clone())),
+                    );
+                    sources.push(source);
+                }
+                Err(reason) => rejected.push((message, reason)),
+            }
+        }
+        Decoded {
+            events: builder.finish(),
+            sources,
+            rejected,
+        }
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn decode_one(
+        &self,
+        message: &Message,
+    ) -> Result<(String, i64, Arc<str>, Vec<(String, Value)>), String> {
+        let json: Json = serde_json::from_slice(&message.payload)
+            .map_err(|e| format!("payload is not JSON: {e}"))?;
+        if !json.is_object() {
+            return Err("payload is not a JSON object".into());
+        }
+        let key = match lookup(&json, &self.key) {
+            Some(Json::String(s)) if !s.is_empty() => s.clone(),
+            Some(Json::Number(n)) => n.to_string(),
+            Some(other) => {
+                return Err(format!(
+                    "key field `{}` is {}, not a string or number",
+                    self.key,
+                    kind(other)
+                ));
+            }
+            None => return Err(format!("no key field `{}`", self.key)),
+        };
+        let ts = match lookup(&json, &self.time) {
+            Some(v) => parse_time(v, self.time_format)
+                .map_err(|e| format!("time field `{}`: {e}", self.time))?,
+            None => return Err(format!("no time field `{}`", self.time)),
+        };
+        let source: Arc<str> = match &self.source {
+            Some(field) => match lookup(&json, field) {
+                Some(Json::String(s)) => Arc::from(s.as_str()),
+                Some(Json::Number(n)) => Arc::from(n.to_string()),
+                _ => return Err(format!("no source field `{field}`")),
+            },
+            None => Arc::from(message.topic.as_str()),
+        };
+        let mut fields = Vec::new();
+        match &self.values {
+            Some(names) => {
+                for name in names {
+                    if let Some(v) = lookup(&json, name).and_then(Value::from_json) {
+                        fields.push((name.clone(), v));
+                    }
+                }
+            }
+            None => {
+                let object = json.as_object().expect("checked above");
+                for (name, v) in object {
+                    if *name == self.key || *name == self.time {
+                        continue;
+                    }
+                    if let Some(v) = Value::from_json(v) {
+                        fields.push((name.clone(), v));
+                    }
+                }
+            }
+        }
+        Ok((key, ts, source, fields))
+    }
+}
+
+fn lookup<'a>(json: &'a Json, path: &str) -> Option<&'a Json> {
+    if let Some(v) = json.get(path) {
+        return Some(v);
+    }
+    path.split('.').try_fold(json, |v, part| v.get(part))
+}
+
+fn kind(v: &Json) -> &'static str {
+    match v {
+        Json::Null => "null",
+        Json::Bool(_) => "a boolean",
+        Json::Number(_) => "a number",
+        Json::String(_) => "a string",
+        Json::Array(_) => "an array",
+        Json::Object(_) => "an object",
+    }
+}
+
+fn parse_time(v: &Json, format: TimeFormat) -> Result<i64, String> {
+    match (format, v) {
+        (TimeFormat::Millis, Json::Number(n)) => n
+            .as_i64()
+            .or_else(|| {
+                n.as_f64()
+                    .filter(|x| x.is_finite())
+                    .map(|x| x.round() as i64)
+            })
+            .ok_or_else(|| format!("{n} is not a time in milliseconds")),
+        (TimeFormat::Seconds, Json::Number(n)) => n
+            .as_f64()
+            .filter(|x| x.is_finite() && x.abs() < 9.2e15)
+            .map(|x| (x * 1000.0).round() as i64)
+            .ok_or_else(|| format!("{n} is not a time in seconds")),
+        (TimeFormat::Rfc3339, Json::String(s)) => parse_rfc3339(s),
+        (TimeFormat::Rfc3339, other) => {
+            Err(format!("{} is not an RFC 3339 timestamp", kind(other)))
+        }
+        (_, other) => Err(format!("{} is not a number", kind(other))),
+    }
+}
+
+/// Parses an RFC 3339 timestamp (`2026-11-22T06:00:00Z`, fractions and offsets allowed) to
+/// milliseconds since the Unix epoch.
+pub fn parse_rfc3339(s: &str) -> Result<i64, String> {
+    let bad = || format!("{s:?} is not an RFC 3339 timestamp (like 2026-11-22T06:00:00.250Z)");
+    let b = s.as_bytes();
+    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't' | b' ') {
+        return Err(bad());
+    }
+    if b[13] != b':' || b[16] != b':' {
+        return Err(bad());
+    }
+    let num = |r: std::ops::Range<usize>| -> Result<i64, String> {
+        s.get(r).and_then(|t| t.parse::<i64>().ok()).ok_or_else(bad)
+    };
+    let (year, month, day) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (hour, minute, second) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    if !(1..=12).contains(&month)
+        || !(1..=31).contains(&day)
+        || hour > 23
+        || minute > 59
+        || second > 60
+    {
+        return Err(bad());
+    }
+    let mut rest = &s[19..];
+    let mut millis = 0;
+    if let Some(frac) = rest.strip_prefix('.') {
+        let digits = frac.bytes().take_while(u8::is_ascii_digit).count();
+        if digits == 0 {
+            return Err(bad());
+        }
+        let first3 = format!("{:0<3}", &frac[..digits.min(3)]);
+        millis = first3.parse::<i64>().map_err(|_| bad())?;
+        rest = &frac[digits..];
+    }
+    let offset_min = match rest {
+        "Z" | "z" => 0,
+        _ if rest.len() == 6 && matches!(&rest[..1], "+" | "-") && &rest[3..4] == ":" => {
+            let h: i64 = rest[1..3].parse().map_err(|_| bad())?;
+            let m: i64 = rest[4..6].parse().map_err(|_| bad())?;
+            let sign = if rest.starts_with('-') { -1 } else { 1 };
+            sign * (h * 60 + m)
+        }
+        _ => return Err(bad()),
+    };
+    let days = days_from_civil(year, month, day);
+    let secs = days * 86_400 + hour * 3600 + minute * 60 + second - offset_min * 60;
+    Ok(secs * 1000 + millis)
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = if y >= 0 { y } else { y - 399 } / 400;
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(topic: &str, payload: &str) -> Message {
+        Message {
+            topic: topic.into(),
+            payload: payload.as_bytes().to_vec(),
+            received_ms: 0,
+        }
+    }
+
+    fn mapping(format: TimeFormat) -> JsonMapping {
+        JsonMapping {
+            key: "sensor_id".into(),
+            time: "ts".into(),
+            time_format: format,
+            values: None,
+            source: None,
+        }
+    }
+
+    #[test]
+    fn decodes_key_time_and_scalar_values_and_rejects_what_it_cannot_read() {
+        let d = mapping(TimeFormat::Millis).decode(vec![
+            msg("farm/a", r#"{"sensor_id": "s1", "ts": 1700000000000, "temp": 21.5, "ok": true, "tags": [1]}"#),
+            msg("farm/a", r#"{"sensor_id": 7, "ts": 1700000000001.4, "temp": 3}"#),
+            msg("farm/a", "not json"),
+            msg("farm/a", r#"{"ts": 1}"#),
+            msg("farm/a", r#"{"sensor_id": "s2", "ts": "yesterday"}"#),
+            msg("farm/a", "[1, 2]"),
+        ]);
+        assert_eq!(d.events.len(), 2);
+        assert_eq!(&*d.events.key_of(1), "7");
+        assert_eq!(d.events.ts_ms, vec![1_700_000_000_000, 1_700_000_000_001]);
+        assert_eq!(
+            d.events.column("temp").unwrap().get(1),
+            Some(Value::Float(3.0))
+        );
+        assert_eq!(
+            d.events.column("ok").unwrap().get(0),
+            Some(Value::Flag(true))
+        );
+        assert!(d.events.column("tags").is_none(), "arrays are not values");
+        assert_eq!(&*d.sources[0], "farm/a");
+        let reasons: Vec<&str> = d.rejected.iter().map(|(_, r)| r.as_str()).collect();
+        assert!(reasons[0].starts_with("payload is not JSON"));
+        assert_eq!(reasons[1], "no key field `sensor_id`");
+        assert_eq!(reasons[2], "time field `ts`: a string is not a number");
+        assert_eq!(reasons[3], "payload is not a JSON object");
+    }
+
+    #[test]
+    fn listed_values_nested_paths_and_a_source_field() {
+        let mut m = mapping(TimeFormat::Seconds);
+        m.values = Some(vec!["air.temp".into()]);
+        m.source = Some("gw".into());
+        let d = m.decode(vec![msg(
+            "t",
+            r#"{"sensor_id": "s1", "ts": 1700000000.25, "gw": "north", "air": {"temp": 4.5}, "rh": 50}"#,
+        )]);
+        assert_eq!(d.events.ts_ms, vec![1_700_000_000_250]);
+        assert_eq!(
+            d.events.column("air.temp").unwrap().get(0),
+            Some(Value::Float(4.5))
+        );
+        assert!(d.events.column("rh").is_none());
+        assert_eq!(&*d.sources[0], "north");
+    }
+
+    #[test]
+    fn rfc3339_timestamps() {
+        assert_eq!(parse_rfc3339("1970-01-01T00:00:00Z"), Ok(0));
+        assert_eq!(
+            parse_rfc3339("2023-11-14T22:13:20.5Z"),
+            Ok(1_700_000_000_500)
+        );
+        assert_eq!(
+            parse_rfc3339("2023-11-15T00:13:20.123+02:00"),
+            Ok(1_700_000_000_123)
+        );
+        assert_eq!(parse_rfc3339("1969-12-31T23:59:59Z"), Ok(-1000));
+        assert_eq!(parse_rfc3339("2024-02-29T12:00:00Z"), Ok(1_709_208_000_000));
+        assert!(parse_rfc3339("2023-11-14 22:13").is_err());
+        assert!(parse_rfc3339("2023-13-14T22:13:20Z").is_err());
+    }
+}

@@ -1,0 +1,345 @@
+//! Enrichment: joins events by key with a reference table (CSV with a header row, or a JSON
+//! array of objects), e.g. sensor id → location, crop, calibration offset. The table is read when
+//! the pipeline starts and read again when the file changes; a table that fails to read keeps the
+//! previous version in use (and says so in the log).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use crate::batch::{Batch, Builder, Value};
+
+/// What to do with an event whose key is not in the table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OnMissing {
+    /// Pass it on without the table's fields.
+    Pass,
+    /// Send it to the dead-letter output.
+    DeadLetter,
+}
+
+/// A reference table and how events join it.
+#[derive(Debug)]
+pub struct Enricher {
+    path: PathBuf,
+    /// The table column matched against the event's key.
+    on: String,
+    /// The columns added to events.
+    fields: Vec<String>,
+    on_missing: OnMissing,
+    rows: HashMap<String, Vec<Option<Value>>>,
+    modified: Option<SystemTime>,
+}
+
+/// Events after enrichment, and those sent to the dead-letter output.
+#[derive(Debug, Default)]
+pub struct Enriched {
+    pub events: Batch,
+    /// Index (in the input) of each event kept.
+    pub kept: Vec<usize>,
+    /// Index (in the input) of each event without a match, when those go to dead letters.
+    pub unmatched: Vec<usize>,
+}
+
+impl Enricher {
+    /// Reads the table. Fails with a message naming the file when it cannot be read or lacks the
+    /// `on` column or one of `fields`.
+    pub fn open(
+        path: &Path,
+        on: &str,
+        fields: Vec<String>,
+        on_missing: OnMissing,
+    ) -> Result<Enricher, String> {
+        let mut e = Enricher {
+            path: path.to_owned(),
+            on: on.to_owned(),
+            fields,
+            on_missing,
+            rows: HashMap::new(),
+            modified: None,
+        };
+        e.load()?;
+        Ok(e)
+    }
+
+    /// Number of rows in the table.
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+
+    fn load(&mut self) -> Result<(), String> {
+        let modified = std::fs::metadata(&self.path)
+            .and_then(|m| m.modified())
+            .ok();
+        let text = std::fs::read_to_string(&self.path)
+            .map_err(|e| format!("cannot read table {}: {e}", self.path.display()))?;
+        let records = if self.path.extension().is_some_and(|x| x == "json") {
+            json_records(&text)
+        } else {
+            csv_records(&text)
+        }
+        .map_err(|e| format!("table {}: {e}", self.path.display()))?;
+        let mut rows = HashMap::new();
+        for (n, record) in records.iter().enumerate() {
+            let key = match record.get(&self.on) {
+                Some(Some(v)) => text_of(v),
+                _ => {
+                    return Err(format!(
+                        "table {}: row {} has no `{}`",
+                        self.path.display(),
+                        n + 1,
+                        self.on
+                    ));
+                }
+            };
+            let values = self
+                .fields
+                .iter()
+                .map(|f| record.get(f).cloned().flatten())
+                .collect();
+            rows.insert(key, values);
+        }
+        if let Some(first) = records.first() {
+            for f in self.fields.iter().chain([&self.on]) {
+                if !first.contains_key(f) {
+                    return Err(format!("table {} has no column `{f}`", self.path.display()));
+                }
+            }
+        }
+        self.rows = rows;
+        self.modified = modified;
+        Ok(())
+    }
+
+    /// Reads the table again if the file changed since it was last read. Returns whether it did.
+    pub fn reload_if_changed(&mut self) -> bool {
+        let modified = std::fs::metadata(&self.path)
+            .and_then(|m| m.modified())
+            .ok();
+        if modified.is_none() || modified == self.modified {
+            return false;
+        }
+        match self.load() {
+            Ok(()) => {
+                tracing::info!(table = %self.path.display(), rows = self.rows.len(), "reference table reloaded");
+                true
+            }
+            Err(e) => {
+                tracing::warn!("{e}; keeping the previous version of the table");
+                false
+            }
+        }
+    }
+
+    /// Adds the table's fields to each event whose key is in the table.
+    pub fn apply(&self, batch: &Batch) -> Enriched {
+        let mut out = Builder::new();
+        let mut kept = Vec::with_capacity(batch.len());
+        let mut unmatched = Vec::new();
+        for i in 0..batch.len() {
+            let key = batch.key_of(i);
+            let row = self.rows.get(&*key);
+            if row.is_none() && self.on_missing == OnMissing::DeadLetter {
+                unmatched.push(i);
+                continue;
+            }
+            let mut fields: Vec<(&str, Value)> = batch
+                .columns
+                .iter()
+                .filter_map(|c| Some((c.name.as_str(), c.values.get(i)?)))
+                .collect();
+            if let Some(row) = row {
+                for (name, v) in self.fields.iter().zip(row) {
+                    if let Some(v) = v {
+                        fields.retain(|(n, _)| *n != name);
+                        fields.push((name, v.clone()));
+                    }
+                }
+            }
+            out.push(&key, batch.ts_ms[i], fields);
+            kept.push(i);
+        }
+        Enriched {
+            events: out.finish(),
+            kept,
+            unmatched,
+        }
+    }
+}
+
+type Record = HashMap<String, Option<Value>>;
+
+fn text_of(v: &Value) -> String {
+    match v {
+        Value::Text(s) => s.clone(),
+        Value::Float(x) => x.to_string(),
+        Value::Int(x) => x.to_string(),
+        Value::Flag(x) => x.to_string(),
+    }
+}
+
+/// A CSV cell as a value: an integer, a number, true/false, text; empty is absent.
+fn cell(s: &str) -> Option<Value> {
+    let s = s.trim();
+    if s.is_empty() {
+        return None;
+    }
+    Some(if let Ok(i) = s.parse::<i64>() {
+        Value::Int(i)
+    } else if let Ok(x) = s.parse::<f64>() {
+        Value::Float(x)
+    } else if s == "true" || s == "false" {
+        Value::Flag(s == "true")
+    } else {
+        Value::Text(s.to_owned())
+    })
+}
+
+fn csv_records(text: &str) -> Result<Vec<Record>, String> {
+    let mut lines = text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty());
+    let header = match lines.next() {
+        Some((_, h)) => split_csv(h).map_err(|e| format!("line 1: {e}"))?,
+        None => return Ok(Vec::new()),
+    };
+    lines
+        .map(|(n, line)| {
+            let cells = split_csv(line).map_err(|e| format!("line {}: {e}", n + 1))?;
+            if cells.len() != header.len() {
+                return Err(format!(
+                    "line {} has {} cells, the header {}",
+                    n + 1,
+                    cells.len(),
+                    header.len()
+                ));
+            }
+            Ok(header
+                .iter()
+                .cloned()
+                .zip(cells.iter().map(|c| cell(c)))
+                .collect())
+        })
+        .collect()
+}
+
+/// Splits one CSV line: commas, with double-quoted cells that may hold commas and `""`.
+fn split_csv(line: &str) -> Result<Vec<String>, String> {
+    let mut cells = Vec::new();
+    let mut cur = String::new();
+    let mut chars = line.chars().peekable();
+    let mut quoted = false;
+    while let Some(c) = chars.next() {
+        match (c, quoted) {
+            ('"', true) if chars.peek() == Some(&'"') => {
+                cur.push('"');
+                chars.next();
+            }
+            ('"', true) => quoted = false,
+            ('"', false) if cur.trim().is_empty() => {
+                cur.clear();
+                quoted = true;
+            }
+            (',', false) => cells.push(std::mem::take(&mut cur)),
+            (c, _) => cur.push(c),
+        }
+    }
+    if quoted {
+        return Err("a quoted cell is not closed".into());
+    }
+    cells.push(cur);
+    Ok(cells)
+}
+
+fn json_records(text: &str) -> Result<Vec<Record>, String> {
+    let json: serde_json::Value =
+        serde_json::from_str(text).map_err(|e| format!("not JSON: {e}"))?;
+    let array = json.as_array().ok_or("not a JSON array of objects")?;
+    array
+        .iter()
+        .enumerate()
+        .map(|(n, row)| {
+            let object = row
+                .as_object()
+                .ok_or_else(|| format!("element {} is not an object", n + 1))?;
+            Ok(object
+                .iter()
+                .map(|(k, v)| (k.clone(), Value::from_json(v)))
+                .collect())
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn readings() -> Batch {
+        let mut b = Builder::new();
+        b.push("s1", 1, [("temp", Value::Float(20.0))]);
+        b.push("s9", 2, [("temp", Value::Float(21.0))]);
+        b.push("s2", 3, [("temp", Value::Float(22.0))]);
+        b.finish()
+    }
+
+    fn table(name: &str, text: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("weir-enrich-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    #[test]
+    fn joins_csv_rows_by_key_and_passes_or_dead_letters_the_unmatched() {
+        let path = table(
+            "sensors.csv",
+            "sensor_id,location,crop,offset\ns1,north,\"wheat, winter\",0.5\ns2,south,corn,\n",
+        );
+        let fields = vec!["location".to_string(), "crop".into(), "offset".into()];
+        let pass = Enricher::open(&path, "sensor_id", fields.clone(), OnMissing::Pass).unwrap();
+        let out = pass.apply(&readings());
+        assert_eq!(out.kept, vec![0, 1, 2]);
+        let loc = |i| out.events.column("location").unwrap().get(i);
+        assert_eq!(loc(0), Some(Value::Text("north".into())));
+        assert_eq!(loc(1), None);
+        assert_eq!(
+            out.events.column("crop").unwrap().get(0),
+            Some(Value::Text("wheat, winter".into()))
+        );
+        assert_eq!(out.events.column("offset").unwrap().get(2), None);
+        let strict = Enricher::open(&path, "sensor_id", fields, OnMissing::DeadLetter).unwrap();
+        let out = strict.apply(&readings());
+        assert_eq!((out.kept, out.unmatched), (vec![0, 2], vec![1]));
+    }
+
+    #[test]
+    fn reloads_a_changed_json_table_and_refuses_a_broken_one() {
+        let path = table("t.json", r#"[{"id": "s1", "zone": "a"}]"#);
+        let mut e = Enricher::open(&path, "id", vec!["zone".into()], OnMissing::Pass).unwrap();
+        assert!(!e.reload_if_changed());
+        std::fs::write(
+            &path,
+            r#"[{"id": "s1", "zone": "b"}, {"id": "s2", "zone": "c"}]"#,
+        )
+        .unwrap();
+        let later = SystemTime::now() + std::time::Duration::from_secs(5);
+        std::fs::File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_modified(later)
+            .unwrap();
+        assert!(e.reload_if_changed());
+        assert_eq!(e.len(), 2);
+        let err = Enricher::open(&path, "sensor", vec![], OnMissing::Pass).unwrap_err();
+        assert!(err.ends_with("row 1 has no `sensor`"), "{err}");
+        let err = Enricher::open(&path, "id", vec!["crop".into()], OnMissing::Pass).unwrap_err();
+        assert!(err.ends_with("has no column `crop`"), "{err}");
+    }
+}
