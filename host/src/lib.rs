@@ -5,7 +5,11 @@
 
 pub mod batch;
 pub mod cli;
+pub mod config;
 pub mod decode;
 pub mod enrich;
 pub mod keys;
+pub mod pipeline;
+pub mod replay;
 pub mod runtime;
+pub mod window;

@@ -34,6 +34,13 @@ pub(super) struct BenchArgs {
     /// Other components whose load time to measure (cold compile vs from the cache).
     #[arg(long = "load")]
     load: Vec<PathBuf>,
+    /// Measure a whole pipeline instead: JSON decode, the range filter plugin, a keyed
+    /// one-minute tumbling window with five aggregates, over this many events (e.g. 1000000).
+    #[arg(long)]
+    pipeline: Option<usize>,
+    /// Distinct keys for `--pipeline`.
+    #[arg(long, default_value_t = 10_000)]
+    pipeline_keys: usize,
 }
 
 const MIN: f64 = -1000.0;
@@ -136,6 +143,9 @@ fn time_per_event(batches: &[Batch], mut f: impl FnMut(Batch) -> usize) -> f64 {
 }
 
 pub(super) fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
+    if let Some(events) = args.pipeline {
+        return pipeline(events, args.pipeline_keys, args.runs.max(1));
+    }
     let path = &args.plugin;
     anyhow::ensure!(
         path.exists(),
@@ -259,7 +269,109 @@ fn load_times(path: &Path, runs: usize) -> anyhow::Result<()> {
 
 /// Peak resident set size of this process, in KiB (Linux).
 pub(crate) fn peak_rss_kib() -> Option<u64> {
+    rss_kib("VmHWM:")
+}
+
+/// A memory figure of this process from /proc/self/status, in KiB (Linux).
+fn rss_kib(field: &str) -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let line = status.lines().find(|l| l.starts_with(field))?;
     line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Replay throughput of a whole pipeline: JSON messages in, window records out.
+fn pipeline(events: usize, keys: usize, runs: usize) -> anyhow::Result<ExitCode> {
+    let filter = std::env::current_dir()?.join("plugins/target/wasm/range_filter.wasm");
+    anyhow::ensure!(
+        filter.exists(),
+        "{} does not exist: build the plugins first (bash plugins/build)",
+        filter.display()
+    );
+    let config = format!(
+        r#"
+version = 1
+[[pipeline]]
+name = "bench"
+topics = ["farm/#"]
+[pipeline.decode]
+json = {{ key = "sensor", time = "ts", time_format = "ms", values = ["temp", "humidity"] }}
+[[pipeline.transform]]
+plugin = "{}"
+config = {{ field = "humidity", min = 0.0, max = 100.0 }}
+[pipeline.window]
+kind = "tumbling"
+size = "1m"
+out_of_orderness = "2s"
+idle_timeout = "1h"
+max_future = "3650d"
+[[pipeline.aggregate]]
+fn = "count"
+[[pipeline.aggregate]]
+fn = "mean"
+field = "temp"
+[[pipeline.aggregate]]
+fn = "min"
+field = "temp"
+[[pipeline.aggregate]]
+fn = "max"
+field = "temp"
+[[pipeline.aggregate]]
+fn = "stddev"
+field = "humidity"
+[pipeline.output]
+topic = "farm/{{key}}/agg"
+"#,
+        filter.display()
+    );
+    let config = crate::config::Config::from_str(&config, Path::new("bench.toml"))
+        .map_err(|e| anyhow::anyhow!("bench config: {e}"))?;
+    // A reading every 0.6 ms of event time, round-robin over the keys, so windows close as time
+    // passes (1M readings span 10 minutes: about 10 readings per key and window).
+    let messages: Vec<crate::runtime::bindings::Message> = (0..events)
+        .map(|i| {
+            let payload = serde_json::json!({
+                "sensor": format!("s{:05}", i % keys),
+                "ts": 1_700_000_000_000i64 + (i as i64) * 6 / 10,
+                "temp": 15.0 + (i % 200) as f64 * 0.1,
+                "humidity": 40.0 + (i % 70) as f64,
+            });
+            crate::runtime::bindings::Message {
+                topic: format!("farm/s{:05}", i % keys),
+                payload: serde_json::to_vec(&payload).expect("JSON"),
+                received_ms: i64::MIN,
+            }
+        })
+        .collect();
+    let input_rss = rss_kib("VmRSS:").unwrap_or(0);
+    let runtime = Runtime::new(RuntimeConfig::default())?;
+    let mut rates = Vec::new();
+    let mut records = 0;
+    for _ in 0..runs {
+        let mut p = crate::pipeline::Pipeline::start(&config.pipelines[0], &runtime)?;
+        let started = Instant::now();
+        records = 0;
+        for (n, chunk) in messages.chunks(1024).enumerate() {
+            // The gateway clock keeps pace with the readings' time.
+            let now = 1_700_000_000_000 + ((n + 1) * 1024 * 6 / 10) as i64;
+            records += p.process(chunk, now).len();
+        }
+        records += p.flush().len();
+        rates.push(events as f64 / started.elapsed().as_secs_f64());
+    }
+    println!(
+        "weir bench --pipeline: {events} JSON events over {keys} keys → range filter (Wasm) → \
+         1-minute tumbling window, 5 aggregates"
+    );
+    println!(
+        "median of {runs} runs: {:.0} events/s, {records} records",
+        median(rates)
+    );
+    if let Some(rss) = peak_rss_kib() {
+        println!(
+            "peak RSS: {:.1} MiB, of which {:.1} MiB is the input held in memory before the run",
+            rss as f64 / 1024.0,
+            input_rss as f64 / 1024.0
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }

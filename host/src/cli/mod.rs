@@ -1,7 +1,9 @@
 //! The command line: one module per subcommand.
 
 mod bench;
+mod check;
 mod plugin;
+mod replay;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -23,6 +25,15 @@ enum Command {
     Plugin(PluginCommand),
     /// Measure the cost of running operators as Wasm components against native Rust.
     Bench(bench::BenchArgs),
+    /// Validate a pipeline config, and load and check every plugin it names.
+    ///
+    /// Prints what each pipeline does, or every problem found, one per line: exit code 2 for an
+    /// invalid config, 1 if the file cannot be read.
+    Check(check::CheckArgs),
+    /// Run a config's pipelines over recorded input (JSON lines: messages and `{"watermark":
+    /// ms}` markers) and print every record they emit as JSON lines, tagged with its output
+    /// (`main`, `late`, `dead-letter`); open windows fire at the end. Deterministic.
+    Replay(replay::ReplayArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -52,5 +63,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Plugin(PluginCommand::Run(args)) => plugin::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::Check(args) => check::run(args),
+        Command::Replay(args) => replay::run(args),
     }
 }

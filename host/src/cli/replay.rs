@@ -1,0 +1,45 @@
+//! `weir replay CONFIG [--input FILE]`.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+
+use crate::config::Config;
+
+#[derive(Debug, clap::Args)]
+pub(super) struct ReplayArgs {
+    /// The pipeline config.
+    config: PathBuf,
+    /// Recorded input (JSON lines); standard input if not given.
+    #[arg(long)]
+    input: Option<PathBuf>,
+}
+
+pub(super) fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
+    let config = match Config::from_file(&args.config) {
+        Ok(c) => c,
+        Err(errors) => {
+            for e in errors.iter() {
+                eprintln!("error: {e}");
+            }
+            return Ok(ExitCode::from(2));
+        }
+    };
+    let mut input: Box<dyn BufRead> = match &args.input {
+        Some(path) => Box::new(BufReader::new(
+            std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?,
+        )),
+        None => Box::new(std::io::stdin().lock()),
+    };
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    let summary = crate::replay::run(&config, &mut input, &mut out)?;
+    out.flush()?;
+    eprintln!(
+        "replayed {} messages: {} records, {} late, {} dead letters",
+        summary.messages, summary.records, summary.late, summary.dead_letters
+    );
+    Ok(ExitCode::SUCCESS)
+}

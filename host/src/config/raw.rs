@@ -1,0 +1,231 @@
+//! The config file as written: serde structs that mirror the TOML, refusing unknown fields. Nothing
+//! here is checked beyond its shape; `validate` turns these into the resolved [`super::Config`].
+//!
+//! Each section of a pipeline (decode, each transform, enrich, window, each aggregate, output) is
+//! a [`Part`]: it is deserialized on its own, so a malformed section is reported without hiding
+//! the problems of the others. Durations and sizes are kept as TOML values and parsed during
+//! validation, for the same reason.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use serde::de::{DeserializeOwned, Deserializer};
+
+/// A section deserialized on its own: its value, or why it did not deserialize.
+#[derive(Debug)]
+pub(super) enum Part<T> {
+    Ok(T),
+    Bad {
+        error: serde_path_to_error::Error<toml::de::Error>,
+        /// The section's `name`, if it has one (pipelines do), to name it in messages.
+        name: Option<String>,
+    },
+}
+
+impl<'de, T: DeserializeOwned> Deserialize<'de> for Part<T> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let value = toml::Value::deserialize(deserializer)?;
+        let name = value
+            .get("name")
+            .and_then(|n| n.as_str())
+            .map(str::to_owned);
+        Ok(match serde_path_to_error::deserialize(value) {
+            Ok(t) => Part::Ok(t),
+            Err(error) => Part::Bad { error, name },
+        })
+    }
+}
+
+/// The whole file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawConfig {
+    pub version: Option<toml::Value>,
+    #[serde(default)]
+    pub pipeline: Vec<Part<RawPipeline>>,
+}
+
+/// One `[[pipeline]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawPipeline {
+    pub name: Option<String>,
+    pub topics: Option<Vec<String>>,
+    pub key: Option<String>,
+    pub decode: Option<Part<RawDecode>>,
+    #[serde(default)]
+    pub transform: Vec<Part<RawPlugin>>,
+    pub enrich: Option<Part<RawEnrich>>,
+    pub window: Option<Part<RawWindow>>,
+    #[serde(default)]
+    pub aggregate: Vec<Part<RawAggregate>>,
+    pub output: Option<Part<RawOutput>>,
+}
+
+/// `[pipeline.decode]`: `json = {...}` or a decoder plugin.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawDecode {
+    pub json: Option<RawJson>,
+    pub plugin: Option<String>,
+    pub config: Option<toml::Value>,
+    pub sha256: Option<String>,
+    pub limits: Option<RawLimits>,
+    pub allow: Option<RawAllow>,
+}
+
+/// The built-in JSON decoder's field mapping.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawJson {
+    pub key: String,
+    pub time: String,
+    pub time_format: RawTimeFormat,
+    pub values: Option<Vec<String>>,
+    pub source: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize)]
+pub(super) enum RawTimeFormat {
+    #[serde(rename = "ms")]
+    Millis,
+    #[serde(rename = "s")]
+    Seconds,
+    #[serde(rename = "rfc3339")]
+    Rfc3339,
+}
+
+/// A plugin step: `[[pipeline.transform]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawPlugin {
+    pub plugin: String,
+    pub config: Option<toml::Value>,
+    pub sha256: Option<String>,
+    pub limits: Option<RawLimits>,
+    pub allow: Option<RawAllow>,
+}
+
+/// `limits = {...}` of a plugin step; each one optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawLimits {
+    pub time_budget: Option<toml::Value>,
+    pub max_memory: Option<toml::Value>,
+    pub max_batch_events: Option<u64>,
+    pub max_output_events: Option<u64>,
+    pub max_output_bytes: Option<toml::Value>,
+    pub quarantine_after_failures: Option<u32>,
+    pub quarantine_backoff: Option<toml::Value>,
+    pub quarantine_backoff_max: Option<toml::Value>,
+}
+
+/// `allow = {...}` of a plugin step: what it may reach outside its sandbox.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawAllow {
+    #[serde(default)]
+    pub dirs: Vec<RawDir>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    #[serde(default)]
+    pub connect: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawDir {
+    pub host: String,
+    pub guest: String,
+    #[serde(default)]
+    pub writable: bool,
+}
+
+/// `[pipeline.enrich]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawEnrich {
+    pub table: String,
+    pub on: String,
+    pub fields: Vec<String>,
+    pub on_missing: Option<RawOnMissing>,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub(super) enum RawOnMissing {
+    Pass,
+    DeadLetter,
+}
+
+/// `[pipeline.window]`. Which fields a kind takes is checked in validation, to say what to write
+/// instead.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawWindow {
+    pub kind: RawWindowKind,
+    pub size: Option<toml::Value>,
+    pub slide: Option<toml::Value>,
+    pub offset: Option<toml::Value>,
+    pub gap: Option<toml::Value>,
+    pub count: Option<toml::Value>,
+    pub time: Option<RawWindowTime>,
+    pub out_of_orderness: Option<toml::Value>,
+    pub idle_timeout: Option<toml::Value>,
+    pub allowed_lateness: Option<toml::Value>,
+    pub max_future: Option<toml::Value>,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(super) enum RawWindowKind {
+    Tumbling,
+    Sliding,
+    Session,
+    Count,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(super) enum RawWindowTime {
+    Event,
+    Processing,
+}
+
+/// `[[pipeline.aggregate]]`: a built-in function (`fn`) or an aggregator plugin.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawAggregate {
+    #[serde(rename = "fn")]
+    pub func: Option<RawAggregateFn>,
+    pub field: Option<String>,
+    #[serde(rename = "as")]
+    pub output: Option<String>,
+    pub plugin: Option<String>,
+    pub config: Option<toml::Value>,
+    pub sha256: Option<String>,
+    pub limits: Option<RawLimits>,
+    pub allow: Option<RawAllow>,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(super) enum RawAggregateFn {
+    Count,
+    Sum,
+    Min,
+    Max,
+    Mean,
+    First,
+    Last,
+    Stddev,
+}
+
+/// `[pipeline.output]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawOutput {
+    pub topic: String,
+    pub late: Option<String>,
+    pub dead_letter: Option<String>,
+}

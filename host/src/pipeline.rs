@@ -1,0 +1,674 @@
+//! One pipeline, assembled from its config: topic filters → decode → transforms → enrichment →
+//! key by → window and aggregates (or straight out) → records for the main, late and
+//! dead-letter outputs.
+//!
+//! A pipeline is driven by batches of messages and a gateway clock; it does no I/O of its own, so
+//! the same code runs live and in `weir replay`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use sha2::{Digest, Sha256};
+
+use crate::batch::{Batch, Value};
+use crate::config;
+use crate::decode::JsonMapping;
+use crate::enrich::Enricher;
+use crate::keys;
+use crate::runtime::bindings::Message;
+use crate::runtime::{DeadInput, DeadLetter, Operator, OperatorSpec, Runtime, World, config_json};
+use crate::window::{self, Windower};
+
+/// Which output a record goes to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Output {
+    Main,
+    Late,
+    DeadLetter,
+}
+
+/// A record a pipeline emits: where it goes, and its body.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Record {
+    pub output: Output,
+    /// The topic it is published to (from the output's template).
+    pub topic: String,
+    pub body: serde_json::Value,
+}
+
+impl Record {
+    /// The record as one JSON object: `output`, `topic`, then the body's fields.
+    pub fn to_json(&self) -> serde_json::Value {
+        let mut v = serde_json::json!({ "output": self.output, "topic": self.topic });
+        if let (Some(map), serde_json::Value::Object(body)) = (v.as_object_mut(), &self.body) {
+            for (k, x) in body {
+                map.insert(k.clone(), x.clone());
+            }
+        }
+        v
+    }
+}
+
+enum Decoder {
+    Json(JsonMapping),
+    Plugin(Box<Operator>),
+}
+
+/// A running pipeline.
+pub struct Pipeline {
+    name: String,
+    topics: Vec<String>,
+    decoder: Decoder,
+    transforms: Vec<Operator>,
+    enrich: Option<Enricher>,
+    key_field: Option<String>,
+    processing_time: bool,
+    window: Option<Windower>,
+    output: config::Output,
+    /// The watermark source of each key, as last decoded: transforms may reshape a batch, so an
+    /// event's source after them is that of the last decoded event with its key.
+    sources: HashMap<keys::KeyId, Arc<str>>,
+    /// The newest event time seen that was not future-dated (the clock of a replay).
+    newest_event_ms: i64,
+    max_future_ms: i64,
+}
+
+impl std::fmt::Debug for Pipeline {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pipeline")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+fn operator(
+    runtime: &Runtime,
+    step: String,
+    world: World,
+    plugin: &config::PluginStep,
+) -> anyhow::Result<Operator> {
+    let loaded = runtime.load(&plugin.path, plugin.sha256.as_deref())?;
+    let spec = OperatorSpec {
+        runtime: runtime.clone(),
+        step: step.into(),
+        world,
+        limits: plugin.limits.clone(),
+        permissions: plugin.permissions.clone(),
+    };
+    Ok(Operator::start(spec, loaded, &config_json(&plugin.config))?)
+}
+
+impl Pipeline {
+    /// Starts a pipeline: loads its plugins and tables, sets up its window.
+    pub fn start(config: &config::Pipeline, runtime: &Runtime) -> anyhow::Result<Pipeline> {
+        let name = config.name.clone();
+        let decoder = match &config.decode {
+            config::Decode::Json(mapping) => Decoder::Json(mapping.clone()),
+            config::Decode::Plugin(p) => Decoder::Plugin(Box::new(operator(
+                runtime,
+                format!("{name}/decode"),
+                World::Decoder,
+                p,
+            )?)),
+        };
+        let transforms = config
+            .transforms
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                operator(
+                    runtime,
+                    format!("{name}/transform[{i}]"),
+                    World::Transformer,
+                    t,
+                )
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let enrich = match &config.enrich {
+            Some(e) => Some(
+                Enricher::open(&e.table, &e.on, e.fields.clone(), e.on_missing)
+                    .map_err(anyhow::Error::msg)?,
+            ),
+            None => None,
+        };
+        let window = match &config.window {
+            Some(w) => {
+                let mut custom = None;
+                let mut aggregates = Vec::new();
+                for a in &config.aggregates {
+                    match a {
+                        config::Aggregate::Builtin {
+                            func,
+                            field,
+                            output,
+                        } => aggregates.push(window::AggregateSpec {
+                            func: agg_fn(*func),
+                            field: field.clone(),
+                            output: output.clone(),
+                        }),
+                        config::Aggregate::Plugin(p) => {
+                            let op = operator(
+                                runtime,
+                                format!("{name}/aggregate"),
+                                World::Aggregator,
+                                p,
+                            )?;
+                            custom = Some(Box::new(PluginAggregate(op))
+                                as Box<dyn window::CustomAggregate + Send>);
+                        }
+                    }
+                }
+                let settings = window::WindowConfig {
+                    kind: window_kind(w.kind),
+                    out_of_orderness_ms: ms(w.out_of_orderness),
+                    idle_timeout_ms: ms(w.idle_timeout),
+                    allowed_lateness_ms: ms(w.allowed_lateness),
+                    max_future_skew_ms: ms(w.max_future),
+                    aggregates,
+                };
+                Some(
+                    Windower::new(&name, settings, custom)
+                        .map_err(anyhow::Error::msg)
+                        .with_context(|| format!("pipeline {name}: window"))?,
+                )
+            }
+            None => None,
+        };
+        Ok(Pipeline {
+            name,
+            topics: config.topics.clone(),
+            decoder,
+            transforms,
+            enrich,
+            key_field: config.key.clone(),
+            processing_time: config
+                .window
+                .as_ref()
+                .is_some_and(|w| w.time == config::WindowTime::Processing),
+            window,
+            output: config.output.clone(),
+            sources: HashMap::new(),
+            newest_event_ms: i64::MIN,
+            max_future_ms: config
+                .window
+                .as_ref()
+                .map_or(i64::MAX, |w| ms(w.max_future)),
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Whether messages on `topic` feed this pipeline.
+    pub fn accepts(&self, topic: &str) -> bool {
+        self.topics.iter().any(|f| topic_matches(f, topic))
+    }
+
+    /// The newest event time this pipeline has seen, not counting future-dated events (those
+    /// more than `max_future` ahead of the clock); `i64::MIN` before the first event.
+    pub fn newest_event_ms(&self) -> i64 {
+        self.newest_event_ms
+    }
+
+    /// Runs a batch of messages through the pipeline. `now_ms` is the gateway clock; `i64::MIN`
+    /// (no time known yet) stands for the newest event time of the batch.
+    pub fn process(&mut self, messages: &[Message], now_ms: i64) -> Vec<Record> {
+        let mut records = Vec::new();
+        let messages: Vec<Message> = messages
+            .iter()
+            .filter(|m| self.accepts(&m.topic))
+            .cloned()
+            .collect();
+        if messages.is_empty() {
+            return records;
+        }
+        let mut events = self.decode(messages, &mut records);
+        for op in &mut self.transforms {
+            let outcome = op.transform(events);
+            for d in outcome.dead_letters {
+                records.push(dead_letter_record(&self.name, &self.output, &d));
+            }
+            events = outcome.events;
+        }
+        if let Some(enrich) = &mut self.enrich {
+            enrich.reload_if_changed();
+            let enriched = enrich.apply(&events);
+            if !enriched.unmatched.is_empty() {
+                let d = DeadLetter {
+                    step: format!("{}/enrich", self.name).into(),
+                    reason: crate::runtime::Reason::Rejected,
+                    detail: "the key is not in the reference table".into(),
+                    input: DeadInput::Events(events.take(&enriched.unmatched)),
+                };
+                records.push(dead_letter_record(&self.name, &self.output, &d));
+            }
+            events = enriched.events;
+        }
+        let sources: Vec<Arc<str>> = (0..events.len())
+            .map(|i| {
+                let k = events.key[i];
+                self.sources
+                    .get(&k)
+                    .cloned()
+                    .unwrap_or_else(|| events.key_of(i))
+            })
+            .collect();
+        let (mut events, sources) = match &self.key_field {
+            Some(field) => self.key_by(field, events, sources, &mut records),
+            None => (events, sources),
+        };
+        let now_ms = if now_ms == i64::MIN {
+            events.ts_ms.iter().copied().max().unwrap_or(i64::MIN)
+        } else {
+            now_ms
+        };
+        if self.processing_time {
+            events.ts_ms.iter_mut().for_each(|t| *t = now_ms);
+        }
+        let horizon = now_ms.saturating_add(self.max_future_ms);
+        if let Some(newest) = events.ts_ms.iter().copied().filter(|&t| t <= horizon).max() {
+            self.newest_event_ms = self.newest_event_ms.max(newest);
+        }
+        match &mut self.window {
+            Some(w) => {
+                let emitted = w.process(&events, &sources, now_ms);
+                self.emitted(emitted, &mut records);
+            }
+            None => {
+                for i in 0..events.len() {
+                    records.push(event_record(&self.name, &self.output, &events, i));
+                }
+            }
+        }
+        records
+    }
+
+    /// Moves the watermark to `watermark_ms` (a replay time marker).
+    pub fn advance_watermark_to(&mut self, watermark_ms: i64) -> Vec<Record> {
+        let mut records = Vec::new();
+        if let Some(w) = &mut self.window {
+            let emitted = w.advance_watermark_to(watermark_ms);
+            self.emitted(emitted, &mut records);
+        }
+        records
+    }
+
+    /// Lets time pass with no new messages (idle sources, the gateway clock).
+    pub fn tick(&mut self, now_ms: i64) -> Vec<Record> {
+        let mut records = Vec::new();
+        if let Some(w) = &mut self.window {
+            let emitted = w.tick(now_ms);
+            self.emitted(emitted, &mut records);
+        }
+        records
+    }
+
+    /// Fires every open window (at the end of the input).
+    pub fn flush(&mut self) -> Vec<Record> {
+        let mut records = Vec::new();
+        if let Some(w) = &mut self.window {
+            let emitted = w.flush();
+            self.emitted(emitted, &mut records);
+        }
+        records
+    }
+
+    fn decode(&mut self, messages: Vec<Message>, records: &mut Vec<Record>) -> Batch {
+        match &mut self.decoder {
+            Decoder::Json(mapping) => {
+                let decoded = mapping.decode(messages);
+                for (m, reason) in decoded.rejected {
+                    let d = DeadLetter {
+                        step: format!("{}/decode", self.name).into(),
+                        reason: crate::runtime::Reason::Rejected,
+                        detail: reason,
+                        input: DeadInput::Messages(vec![m]),
+                    };
+                    records.push(dead_letter_record(&self.name, &self.output, &d));
+                }
+                for (i, source) in decoded.sources.into_iter().enumerate() {
+                    self.sources.insert(decoded.events.key[i], source);
+                }
+                decoded.events
+            }
+            Decoder::Plugin(op) => {
+                let topics: Vec<Arc<str>> = messages
+                    .iter()
+                    .map(|m| Arc::from(m.topic.as_str()))
+                    .collect();
+                let outcome = op.decode(messages);
+                for d in &outcome.dead_letters {
+                    records.push(dead_letter_record(&self.name, &self.output, d));
+                }
+                // A decoder plugin's events have no source field: the topic of a message of
+                // the batch stands for it when there is one topic, the key otherwise.
+                let single_topic = topics.first().filter(|t| topics.iter().all(|x| x == *t));
+                for &k in &outcome.events.key {
+                    let source = match single_topic {
+                        Some(t) => t.clone(),
+                        None => keys::name(k).expect("decoded keys are assigned"),
+                    };
+                    self.sources.insert(k, source);
+                }
+                outcome.events
+            }
+        }
+    }
+
+    /// Re-keys events by the value of `field`; events without it go to dead letters.
+    fn key_by(
+        &self,
+        field: &str,
+        events: Batch,
+        sources: Vec<Arc<str>>,
+        records: &mut Vec<Record>,
+    ) -> (Batch, Vec<Arc<str>>) {
+        let column = events.column(field);
+        let mut keep = Vec::with_capacity(events.len());
+        let mut new_keys = Vec::with_capacity(events.len());
+        let mut missing = Vec::new();
+        for i in 0..events.len() {
+            let key = match column.and_then(|c| c.get(i)) {
+                Some(Value::Text(s)) => s,
+                Some(Value::Int(x)) => x.to_string(),
+                Some(Value::Flag(x)) => x.to_string(),
+                Some(Value::Float(x)) => x.to_string(),
+                None => {
+                    missing.push(i);
+                    continue;
+                }
+            };
+            keep.push(i);
+            new_keys.push(keys::intern(&key));
+        }
+        if missing.is_empty() {
+            let mut events = events;
+            events.key = new_keys;
+            return (events, sources);
+        }
+        let d = DeadLetter {
+            step: format!("{}/key", self.name).into(),
+            reason: crate::runtime::Reason::Rejected,
+            detail: format!("no field `{field}` to key by"),
+            input: DeadInput::Events(events.take(&missing)),
+        };
+        records.push(dead_letter_record(&self.name, &self.output, &d));
+        let mut kept = events.take(&keep);
+        kept.key = new_keys;
+        let sources = keep.iter().map(|&i| sources[i].clone()).collect();
+        (kept, sources)
+    }
+
+    fn emitted(&self, emitted: window::Emitted, records: &mut Vec<Record>) {
+        for r in emitted.results {
+            let values: serde_json::Map<String, serde_json::Value> = r
+                .values
+                .iter()
+                .map(|(n, v)| (n.clone(), v.to_json()))
+                .collect();
+            let vars = TopicVars {
+                pipeline: &self.name,
+                key: &r.key,
+                window: r.kind.as_str(),
+                start: r.start_ms,
+                end: r.end_ms,
+            };
+            records.push(Record {
+                output: Output::Main,
+                topic: vars.render(&self.output.topic),
+                body: {
+                    let mut body = serde_json::json!({
+                        "id": r.id,
+                        "pipeline": r.pipeline,
+                        "key": &*r.key,
+                        "window": r.kind.as_str(),
+                        "start_ms": r.start_ms,
+                        "end_ms": r.end_ms,
+                        "revision": r.revision,
+                        "count": r.count,
+                        "values": values,
+                    });
+                    if !r.replaces.is_empty() {
+                        body["replaces"] = r.replaces.clone().into();
+                    }
+                    body
+                },
+            });
+        }
+        for late in emitted.late {
+            for i in 0..late.batch.len() {
+                let key = late.batch.key_of(i);
+                let vars = TopicVars::event(&self.name, &key);
+                let mut event = late.batch.event_json(i);
+                event["reason"] = late.reason.clone().into();
+                records.push(Record {
+                    output: Output::Late,
+                    topic: vars.render(&self.output.late),
+                    body: event,
+                });
+            }
+        }
+        for skewed in emitted.skewed {
+            let d = DeadLetter {
+                step: format!("{}/window", self.name).into(),
+                reason: crate::runtime::Reason::Rejected,
+                detail: skewed.reason,
+                input: DeadInput::Events(skewed.batch),
+            };
+            records.push(dead_letter_record(&self.name, &self.output, &d));
+        }
+    }
+}
+
+fn ms(d: std::time::Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+fn window_kind(kind: config::WindowKind) -> window::WindowKind {
+    match kind {
+        config::WindowKind::Tumbling { size, offset } => window::WindowKind::Tumbling {
+            size_ms: ms(size),
+            offset_ms: ms(offset),
+        },
+        config::WindowKind::Sliding {
+            size,
+            slide,
+            offset,
+        } => window::WindowKind::Sliding {
+            size_ms: ms(size),
+            slide_ms: ms(slide),
+            offset_ms: ms(offset),
+        },
+        config::WindowKind::Session { gap } => window::WindowKind::Session { gap_ms: ms(gap) },
+        config::WindowKind::Count { count, slide } => window::WindowKind::Count {
+            size: count,
+            slide: Some(slide),
+        },
+    }
+}
+
+fn agg_fn(f: config::AggregateFn) -> window::AggFn {
+    match f {
+        config::AggregateFn::Count => window::AggFn::Count,
+        config::AggregateFn::Sum => window::AggFn::Sum,
+        config::AggregateFn::Min => window::AggFn::Min,
+        config::AggregateFn::Max => window::AggFn::Max,
+        config::AggregateFn::Mean => window::AggFn::Mean,
+        config::AggregateFn::First => window::AggFn::First,
+        config::AggregateFn::Last => window::AggFn::Last,
+        config::AggregateFn::Stddev => window::AggFn::StdDev,
+    }
+}
+
+/// A Wasm aggregator plugin as the windows' custom aggregate.
+struct PluginAggregate(Operator);
+
+impl window::CustomAggregate for PluginAggregate {
+    fn create(&mut self) -> Result<Vec<u8>, String> {
+        self.0.create_accumulator().map_err(|e| e.to_string())
+    }
+
+    fn add(
+        &mut self,
+        accs: &[Vec<u8>],
+        events: &Batch,
+        group: &[u32],
+    ) -> Result<Vec<Vec<u8>>, String> {
+        self.0
+            .add_to_accumulators(accs, events, group)
+            .map_err(|e| e.to_string())
+    }
+
+    fn merge(&mut self, a: &[u8], b: &[u8]) -> Result<Vec<u8>, String> {
+        self.0.merge_accumulators(a, b).map_err(|e| e.to_string())
+    }
+
+    fn finish(&mut self, accs: &[Vec<u8>]) -> Result<Vec<Vec<(String, Value)>>, String> {
+        let results = self
+            .0
+            .finish_accumulators(accs)
+            .map_err(|e| e.to_string())?;
+        Ok(results
+            .into_iter()
+            .map(|fields| fields.into_iter().map(|f| (f.name, f.value)).collect())
+            .collect())
+    }
+}
+
+/// What an output topic template may refer to.
+struct TopicVars<'a> {
+    pipeline: &'a str,
+    key: &'a str,
+    window: &'a str,
+    start: i64,
+    end: i64,
+}
+
+impl<'a> TopicVars<'a> {
+    fn event(pipeline: &'a str, key: &'a str) -> Self {
+        TopicVars {
+            pipeline,
+            key,
+            window: "",
+            start: 0,
+            end: 0,
+        }
+    }
+
+    /// Fills a template; MQTT's special characters in a key (`+`, `#`, `/`) become `_`.
+    fn render(&self, template: &str) -> String {
+        let key: String = self
+            .key
+            .chars()
+            .map(|c| if matches!(c, '+' | '#' | '/') { '_' } else { c })
+            .collect();
+        template
+            .replace("{pipeline}", self.pipeline)
+            .replace("{key}", &key)
+            .replace("{window}", self.window)
+            .replace("{start}", &self.start.to_string())
+            .replace("{end}", &self.end.to_string())
+    }
+}
+
+fn event_record(pipeline: &str, output: &config::Output, events: &Batch, i: usize) -> Record {
+    let key = events.key_of(i);
+    let mut body = events.event_json(i);
+    body["id"] = event_id(pipeline, &body).into();
+    Record {
+        output: Output::Main,
+        topic: TopicVars::event(pipeline, &key).render(&output.topic),
+        body,
+    }
+}
+
+/// A deterministic id for an event forwarded without a window: its time, then a hash of the
+/// pipeline and the event.
+fn event_id(pipeline: &str, event: &serde_json::Value) -> String {
+    let mut h = Sha256::new();
+    h.update(pipeline.as_bytes());
+    h.update([0]);
+    h.update(event.to_string().as_bytes());
+    let digest = h.finalize();
+    let ts = event["ts_ms"].as_i64().unwrap_or(0) as u64;
+    let mut id = format!("{ts:016x}");
+    id.extend(digest[..8].iter().map(|b| format!("{b:02x}")));
+    id
+}
+
+fn dead_letter_record(pipeline: &str, output: &config::Output, d: &DeadLetter) -> Record {
+    let input: Vec<serde_json::Value> = match &d.input {
+        DeadInput::Events(b) => (0..b.len()).map(|i| b.event_json(i)).collect(),
+        DeadInput::Messages(m) => m.iter().map(message_json).collect(),
+    };
+    Record {
+        output: Output::DeadLetter,
+        topic: TopicVars::event(pipeline, "").render(&output.dead_letter),
+        body: serde_json::json!({
+            "step": &*d.step,
+            "reason": d.reason,
+            "detail": d.detail,
+            "input": input,
+        }),
+    }
+}
+
+fn message_json(m: &Message) -> serde_json::Value {
+    use base64::Engine as _;
+    match std::str::from_utf8(&m.payload) {
+        Ok(text) => serde_json::json!({ "topic": m.topic, "payload_text": text }),
+        Err(_) => serde_json::json!({
+            "topic": m.topic,
+            "payload_base64": base64::engine::general_purpose::STANDARD.encode(&m.payload),
+        }),
+    }
+}
+
+/// Whether an MQTT topic filter (`+` one level, `#` the rest) matches a topic.
+pub fn topic_matches(filter: &str, topic: &str) -> bool {
+    let mut f = filter.split('/');
+    let mut t = topic.split('/');
+    loop {
+        match (f.next(), t.next()) {
+            (Some("#"), _) => return true,
+            (Some("+"), Some(_)) => {}
+            (Some(a), Some(b)) if a == b => {}
+            (None, None) => return true,
+            _ => return false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topic_filters_match_as_mqtt_does() {
+        assert!(topic_matches("farm/+/sensors/#", "farm/north/sensors/s1"));
+        assert!(topic_matches("farm/+/sensors/#", "farm/north/sensors"));
+        assert!(topic_matches("#", "a/b"));
+        assert!(!topic_matches("farm/+/sensors/#", "farm/north/gateway/s1"));
+        assert!(!topic_matches("farm/+", "farm/north/x"));
+        assert!(topic_matches("farm/north", "farm/north"));
+        assert!(!topic_matches("farm/north", "farm/north/x"));
+    }
+
+    #[test]
+    fn templates_fill_in_and_keep_topics_valid() {
+        let vars = TopicVars {
+            pipeline: "farm",
+            key: "north/field+1",
+            window: "tumbling",
+            start: 60_000,
+            end: 120_000,
+        };
+        assert_eq!(
+            vars.render("{pipeline}/{key}/agg/{window}/{start}-{end}"),
+            "farm/north_field_1/agg/tumbling/60000-120000"
+        );
+    }
+}
