@@ -6,8 +6,9 @@
 //!   re-serialized to bytes) or `"payload_base64": "..."` for bytes; optional `"received_ms"`;
 //! - a time marker: `{"watermark": 1700000060000}` moves every pipeline's watermark there.
 //!
-//! The gateway clock during a replay is the input's: a message's `received_ms` if it has one,
-//! otherwise the highest event time seen so far. So idle timeouts and the future-skew guard act
+//! The gateway clock during a replay is the input's: a message's `received_ms` if it has one
+//! (messages are batched only with neighbours received at the same time), otherwise the highest
+//! event time seen so far. So idle timeouts and the future-skew guard act
 //! on the data's own time, and the output never depends on when the replay runs. At the end of
 //! the input, every open window fires.
 //!
@@ -97,6 +98,14 @@ pub fn run(
         match parse_line(&line).map_err(|e| anyhow::anyhow!("input line {}: {e}", n + 1))? {
             Input::Message(m) => {
                 replay.summary.messages += 1;
+                // Messages received at another time than the pending ones see another clock.
+                if replay
+                    .pending
+                    .last()
+                    .is_some_and(|p| p.received_ms != m.received_ms)
+                {
+                    replay.process()?;
+                }
                 replay.pending.push(m);
                 if replay.pending.len() >= BATCH {
                     replay.process()?;

@@ -471,3 +471,90 @@ fn reading_json(sensor: &str, ts: i64, temp: f64, humidity: f64) -> String {
         json!({"topic": format!("farm/north/sensors/{sensor}"), "payload": payload})
     )
 }
+
+#[test]
+fn a_pipeline_without_window_forwards_alerts_as_they_happen() {
+    weir_tests::plugins();
+    let config =
+        weir::config::Config::from_file(&weir_tests::repo().join("configs/frost-alerts.toml"))
+            .unwrap_or_else(|e| panic!("configs/frost-alerts.toml is valid: {e}"));
+    let temps = [2.0, 0.2, -1.0, 0.1, -3.0, 4.0];
+    let input: String = temps
+        .iter()
+        .enumerate()
+        .map(|(i, &t)| {
+            let payload = json!({"sensor_id": "s0001", "ts": 1_700_000_000_000i64 + i as i64 * 60_000, "temp": t});
+            format!("{}\n", json!({"topic": "farm/x/sensors/s0001", "payload": payload}))
+        })
+        .collect();
+    let mut out = Vec::new();
+    weir::replay::run(&config, &mut input.as_bytes(), &mut out).unwrap();
+    let lines: Vec<Json> = String::from_utf8(out)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let alerts = by_output(&lines, "main");
+    assert_eq!(alerts.len(), 1, "{lines:?}");
+    let loc = &locations()["s0001"];
+    assert_eq!(
+        alerts[0]["key"],
+        loc.as_str(),
+        "keyed by the location from the table"
+    );
+    assert_eq!(alerts[0]["ts_ms"], 1_700_000_000_000i64 + 3 * 60_000);
+    assert_eq!(alerts[0]["fields"]["alert"], "frost");
+    assert_eq!(alerts[0]["topic"], format!("farm/{loc}/alerts/frost"));
+    assert_eq!(alerts[0]["id"].as_str().map(str::len), Some(32));
+}
+
+#[test]
+fn processing_time_windows_use_the_gateway_clock_and_a_plugin_aggregates() {
+    weir_tests::plugins();
+    let p95 = weir_tests::plugin_path("p95_aggregator");
+    let config = format!(
+        r#"
+version = 1
+[[pipeline]]
+name = "wind"
+topics = ["wind/#"]
+[pipeline.decode]
+json = {{ key = "station", time = "ts", time_format = "ms", values = ["speed"] }}
+[pipeline.window]
+kind = "tumbling"
+size = "10s"
+time = "processing"
+[[pipeline.aggregate]]
+fn = "count"
+[[pipeline.aggregate]]
+plugin = "{}"
+config = {{ field = "speed", quantile = 0.5, name = "median" }}
+[pipeline.output]
+topic = "wind/{{key}}"
+"#,
+        p95.display()
+    );
+    // Event times are nonsense (0); the messages' receive times put them in two windows.
+    let input: String = (0..30)
+        .map(|i| {
+            let payload = json!({"station": "w1", "ts": 0, "speed": f64::from(i)});
+            let received = 1_700_000_000_000i64 + if i < 20 { 1_000 } else { 12_000 };
+            format!(
+                "{}\n",
+                json!({"topic": "wind/w1", "payload": payload, "received_ms": received})
+            )
+        })
+        .collect();
+    let lines = replay(&config, &input);
+    let main = by_output(&lines, "main");
+    assert_eq!(main.len(), 2, "{lines:?}");
+    assert_eq!(main[0]["start_ms"], 1_700_000_000_000i64);
+    assert_eq!(main[0]["values"]["count"], 20);
+    let median = main[0]["values"]["median"].as_f64().unwrap();
+    // The sketch gives the value at rank q * (n - 1), within 1 %: the 10th of 0..20 is 9.
+    assert!(
+        (median - 9.0).abs() <= 0.1,
+        "median of 0..20 by the plugin: {median}"
+    );
+    assert_eq!(main[1]["values"]["count"], 10);
+}
