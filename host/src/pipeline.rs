@@ -144,7 +144,7 @@ impl Pipeline {
                             field,
                             output,
                         } => aggregates.push(window::AggregateSpec {
-                            func: agg_fn(*func),
+                            func: *func,
                             field: field.clone(),
                             output: output.clone(),
                         }),
@@ -487,19 +487,6 @@ fn window_kind(kind: config::WindowKind) -> window::WindowKind {
             size: count,
             slide: Some(slide),
         },
-    }
-}
-
-fn agg_fn(f: config::AggregateFn) -> window::AggFn {
-    match f {
-        config::AggregateFn::Count => window::AggFn::Count,
-        config::AggregateFn::Sum => window::AggFn::Sum,
-        config::AggregateFn::Min => window::AggFn::Min,
-        config::AggregateFn::Max => window::AggFn::Max,
-        config::AggregateFn::Mean => window::AggFn::Mean,
-        config::AggregateFn::First => window::AggFn::First,
-        config::AggregateFn::Last => window::AggFn::Last,
-        config::AggregateFn::Stddev => window::AggFn::StdDev,
     }
 }
 

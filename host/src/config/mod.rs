@@ -32,7 +32,7 @@ pub const SUPPORTED_VERSIONS: &[i64] = &[1];
 
 /// The most windows one event may be in (sliding and count windows: size / slide, rounded up):
 /// each is an accumulator per key, so a tiny slide costs memory and time on every event.
-pub const MAX_WINDOWS_PER_EVENT: u64 = 1000;
+pub use crate::window::MAX_WINDOWS_PER_EVENT;
 
 /// A validated config: every pipeline, ready to start.
 #[derive(Clone, Debug, PartialEq)]
@@ -166,34 +166,8 @@ pub enum Aggregate {
     Plugin(PluginStep),
 }
 
-/// The built-in aggregate functions.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum AggregateFn {
-    Count,
-    Sum,
-    Min,
-    Max,
-    Mean,
-    First,
-    Last,
-    Stddev,
-}
-
-impl AggregateFn {
-    /// Its name in the config (`mean`, ...).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            AggregateFn::Count => "count",
-            AggregateFn::Sum => "sum",
-            AggregateFn::Min => "min",
-            AggregateFn::Max => "max",
-            AggregateFn::Mean => "mean",
-            AggregateFn::First => "first",
-            AggregateFn::Last => "last",
-            AggregateFn::Stddev => "stddev",
-        }
-    }
-}
+/// The built-in aggregate functions (the window engine's own).
+pub use crate::window::AggFn as AggregateFn;
 
 impl fmt::Display for AggregateFn {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -193,7 +193,7 @@ fn defaults_fill_what_is_left_out() {
         names,
         [
             (AggregateFn::Count, "count"),
-            (AggregateFn::Stddev, "stddev_x")
+            (AggregateFn::StdDev, "stddev_x")
         ]
     );
 }

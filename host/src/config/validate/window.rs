@@ -362,7 +362,7 @@ impl Validator<'_> {
                     RawAggregateFn::Mean => AggregateFn::Mean,
                     RawAggregateFn::First => AggregateFn::First,
                     RawAggregateFn::Last => AggregateFn::Last,
-                    RawAggregateFn::Stddev => AggregateFn::Stddev,
+                    RawAggregateFn::Stddev => AggregateFn::StdDev,
                 };
                 match field.as_deref() {
                     None if func != AggregateFn::Count => self.error(
