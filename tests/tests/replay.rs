@@ -558,3 +558,54 @@ topic = "wind/{{key}}"
     );
     assert_eq!(main[1]["values"]["count"], 10);
 }
+
+#[test]
+fn a_decoder_plugin_feeds_a_count_window_and_its_rejects_are_dead_letters() {
+    weir_tests::plugins();
+    let decoder = weir_tests::plugin_path("sensor_frame_decoder");
+    let config = format!(
+        r#"
+version = 1
+[[pipeline]]
+name = "lora"
+topics = ["lora/#"]
+[pipeline.decode]
+plugin = "{}"
+config = {{ channels = ["temp", "humidity", "soil_moisture"] }}
+[pipeline.window]
+kind = "count"
+count = 2
+[[pipeline.aggregate]]
+fn = "mean"
+field = "temp"
+as = "temp"
+[pipeline.output]
+topic = "lora/{{key}}/pairs"
+"#,
+        decoder.display()
+    );
+    // The frame documented in plugins/sensor-frame-decoder/README.md, twice, and a broken one.
+    let frame = "V0YBZxIAAP//e2jlz4sBAAADu/4uIiMMaEQ=";
+    let input = [frame, "V0YB", frame]
+        .iter()
+        .map(|f| json!({"topic": "lora/gw1", "payload_base64": f}).to_string())
+        .collect::<Vec<_>>()
+        .join("\n");
+    let lines = replay(&config, &input);
+    let main = by_output(&lines, "main");
+    assert_eq!(main.len(), 1, "{lines:?}");
+    assert_eq!(main[0]["key"], "4711");
+    assert_eq!(main[0]["window"], "count");
+    assert_eq!(main[0]["values"]["temp"], -3.25);
+    let dead = by_output(&lines, "dead-letter");
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0]["step"], "lora/decode");
+    assert!(
+        dead[0]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("frame too short"),
+        "{}",
+        dead[0]
+    );
+}
