@@ -3,7 +3,7 @@
 //! dead-letter outputs.
 //!
 //! A pipeline is driven by batches of messages and a gateway clock; it does no I/O of its own, so
-//! the same code runs live and in `weir replay`.
+//! any driver (`weir replay`, or a live source) runs the same code.
 
 use std::collections::HashMap;
 use std::sync::Arc;
