@@ -39,6 +39,11 @@ pub struct Record {
 }
 
 impl Record {
+    /// The record's deterministic id (every record has one).
+    pub fn id(&self) -> &str {
+        self.body["id"].as_str().unwrap_or_default()
+    }
+
     /// The record as one JSON object: `output`, `topic`, then the body's fields.
     pub fn to_json(&self) -> serde_json::Value {
         let mut v = serde_json::json!({ "output": self.output, "topic": self.topic });
@@ -54,6 +59,22 @@ impl Record {
 enum Decoder {
     Json(JsonMapping),
     Plugin(Box<Operator>),
+}
+
+/// The layout version of [`PipelineState`].
+const STATE_VERSION: u32 = 1;
+
+/// Everything a pipeline holds that its output depends on, for a checkpoint: window state, the
+/// keyed state of each plugin step, the watermark source of each key, the newest event time.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct PipelineState {
+    version: u32,
+    window: Option<window::WindowState>,
+    /// Per plugin step (by step name), its committed entries (key, name, value).
+    operators: Vec<(String, Vec<(String, String, Vec<u8>)>)>,
+    /// Key → watermark source, sorted by key.
+    sources: Vec<(String, String)>,
+    newest_event_ms: i64,
 }
 
 /// A running pipeline.
@@ -202,6 +223,92 @@ impl Pipeline {
         &self.name
     }
 
+    /// Windows held (open, or fired and kept for late events); 0 without a window.
+    pub fn open_windows(&self) -> usize {
+        self.window.as_ref().map_or(0, Windower::open_windows)
+    }
+
+    /// The watermark, once there is one (pipelines with a window only).
+    pub fn watermark(&self) -> Option<i64> {
+        self.window.as_ref().and_then(Windower::watermark)
+    }
+
+    /// The plugin steps with keyed state: the decoder plugin, then each transform.
+    fn operators(&self) -> impl Iterator<Item = &Operator> {
+        let decoder = match &self.decoder {
+            Decoder::Plugin(op) => Some(&**op),
+            Decoder::Json(_) => None,
+        };
+        decoder.into_iter().chain(&self.transforms)
+    }
+
+    /// Everything the pipeline's output depends on, for a checkpoint.
+    pub fn snapshot(&self) -> PipelineState {
+        let mut sources: Vec<(String, String)> = self
+            .sources
+            .iter()
+            .filter_map(|(&k, s)| Some((keys::name(k)?.to_string(), s.to_string())))
+            .collect();
+        sources.sort();
+        PipelineState {
+            version: STATE_VERSION,
+            window: self.window.as_ref().map(Windower::snapshot),
+            operators: self
+                .operators()
+                .map(|op| {
+                    let entries = op
+                        .state()
+                        .iter()
+                        .map(|(k, n, v)| (k.to_owned(), n.to_owned(), v.to_vec()))
+                        .collect();
+                    (op.spec().step.to_string(), entries)
+                })
+                .collect(),
+            sources,
+            newest_event_ms: self.newest_event_ms,
+        }
+    }
+
+    /// Continues from a snapshot. Fails, changing nothing, if it does not fit this pipeline (a
+    /// window or plugin steps added or removed since it was taken).
+    pub fn restore(&mut self, state: PipelineState) -> Result<(), String> {
+        if state.version != STATE_VERSION {
+            return Err(format!(
+                "pipeline state has layout version {}, this weir reads {STATE_VERSION}",
+                state.version
+            ));
+        }
+        let steps: Vec<String> = self.operators().map(|op| op.spec().step.to_string()).collect();
+        let saved: Vec<&str> = state.operators.iter().map(|(s, _)| s.as_str()).collect();
+        if steps != saved {
+            return Err(format!(
+                "the checkpoint has state for plugin steps {saved:?}, the config has {steps:?}"
+            ));
+        }
+        match (&mut self.window, state.window) {
+            (Some(w), Some(ws)) => w.restore(ws)?,
+            (None, None) => {}
+            (Some(_), None) => return Err("the checkpoint has no window state, the config has a window".into()),
+            (None, Some(_)) => return Err("the checkpoint has window state, the config has no window".into()),
+        }
+        let mut states = state.operators.into_iter();
+        if let Decoder::Plugin(op) = &mut self.decoder {
+            let (_, entries) = states.next().expect("checked above");
+            op.restore_state(crate::runtime::KeyedState::from_entries(entries));
+        }
+        for op in &mut self.transforms {
+            let (_, entries) = states.next().expect("checked above");
+            op.restore_state(crate::runtime::KeyedState::from_entries(entries));
+        }
+        self.sources = state
+            .sources
+            .into_iter()
+            .map(|(k, s)| (keys::intern(&k), Arc::from(s)))
+            .collect();
+        self.newest_event_ms = state.newest_event_ms;
+        Ok(())
+    }
+
     /// Whether messages on `topic` feed this pipeline.
     pub fn accepts(&self, topic: &str) -> bool {
         self.topics.iter().any(|f| topic_matches(f, topic))
@@ -284,6 +391,18 @@ impl Pipeline {
             }
         }
         records
+    }
+
+    /// A dead letter for messages refused before decoding (too large, say), published to this
+    /// pipeline's dead-letter topic.
+    pub fn refuse(&self, step: &str, detail: String, messages: Vec<Message>) -> Record {
+        let d = DeadLetter {
+            step: format!("{}/{step}", self.name).into(),
+            reason: crate::runtime::Reason::Rejected,
+            detail,
+            input: DeadInput::Messages(messages),
+        };
+        dead_letter_record(&self.name, &self.output, &d)
     }
 
     /// Moves the watermark to `watermark_ms` (a replay time marker).
@@ -444,6 +563,7 @@ impl Pipeline {
                 let vars = TopicVars::event(&self.name, &key);
                 let mut event = late.batch.event_json(i);
                 event["reason"] = late.reason.clone().into();
+                event["id"] = content_id(&self.name, &event).into();
                 records.push(Record {
                     output: Output::Late,
                     topic: vars.render(&self.output.late),
@@ -564,7 +684,7 @@ impl<'a> TopicVars<'a> {
 fn event_record(pipeline: &str, output: &config::Output, events: &Batch, i: usize) -> Record {
     let key = events.key_of(i);
     let mut body = events.event_json(i);
-    body["id"] = event_id(pipeline, &body).into();
+    body["id"] = content_id(pipeline, &body).into();
     Record {
         output: Output::Main,
         topic: TopicVars::event(pipeline, &key).render(&output.topic),
@@ -572,9 +692,10 @@ fn event_record(pipeline: &str, output: &config::Output, events: &Batch, i: usiz
     }
 }
 
-/// A deterministic id for an event forwarded without a window: its time, then a hash of the
-/// pipeline and the event.
-fn event_id(pipeline: &str, event: &serde_json::Value) -> String {
+/// A deterministic id for a record that is not a window result (an event forwarded without a
+/// window, a late event, a dead letter): its event time (`ts_ms`, 0 if it has none) in 16 hex
+/// digits, then 8 bytes of a hash of the pipeline and the record's body.
+fn content_id(pipeline: &str, event: &serde_json::Value) -> String {
     let mut h = Sha256::new();
     h.update(pipeline.as_bytes());
     h.update([0]);
@@ -591,15 +712,17 @@ fn dead_letter_record(pipeline: &str, output: &config::Output, d: &DeadLetter) -
         DeadInput::Events(b) => (0..b.len()).map(|i| b.event_json(i)).collect(),
         DeadInput::Messages(m) => m.iter().map(message_json).collect(),
     };
+    let mut body = serde_json::json!({
+        "step": &*d.step,
+        "reason": d.reason,
+        "detail": d.detail,
+        "input": input,
+    });
+    body["id"] = content_id(pipeline, &body).into();
     Record {
         output: Output::DeadLetter,
         topic: TopicVars::event(pipeline, "").render(&output.dead_letter),
-        body: serde_json::json!({
-            "step": &*d.step,
-            "reason": d.reason,
-            "detail": d.detail,
-            "input": input,
-        }),
+        body,
     }
 }
 

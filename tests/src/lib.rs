@@ -120,3 +120,8 @@ pub fn floats(batch: &Batch, name: &str) -> Vec<Option<f64>> {
 pub fn value(batch: &Batch, name: &str, i: usize) -> Option<Value> {
     batch.column(name).and_then(|c| c.get(i))
 }
+
+pub mod mosquitto;
+pub mod mqtt_client;
+pub mod process;
+pub mod proxy;

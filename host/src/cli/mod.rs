@@ -4,6 +4,8 @@ mod bench;
 mod check;
 mod plugin;
 mod replay;
+mod run;
+mod tail;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -34,6 +36,13 @@ enum Command {
     /// ms}` markers) and print every record they emit as JSON lines, tagged with its output
     /// (`main`, `late`, `dead-letter`); open windows fire at the end. Deterministic.
     Replay(replay::ReplayArgs),
+    /// Run a config's pipelines live: subscribe to the source broker, log every message durably
+    /// before acknowledging it, checkpoint, and forward results upstream with QoS 1 until SIGINT
+    /// or SIGTERM (then: a last checkpoint, exit 0).
+    Run(run::RunArgs),
+    /// Subscribe to a broker (QoS 1) and print what arrives, dropping repeats by id (the
+    /// `weir-id` user property, else the payload's `"id"`), one JSON line per record or a table.
+    Tail(tail::TailArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -65,5 +74,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Bench(args) => bench::run(args),
         Command::Check(args) => check::run(args),
         Command::Replay(args) => replay::run(args),
+        Command::Tail(args) => tail::run(args),
+        Command::Run(args) => run::run(args),
     }
 }

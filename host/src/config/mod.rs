@@ -8,6 +8,7 @@
 //! [`check_plugins`] then loads every plugin and checks that it implements the world its step
 //! needs (and the pinned sha256); `weir check` does both.
 
+mod live;
 mod plugins;
 mod raw;
 pub mod topic;
@@ -19,6 +20,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub(crate) use plugins::load_plugins;
+pub use live::{Broker, Dedup, Guarantee, Source, Storage, Upstream};
 pub use plugins::{PluginUse, check_plugins, plugin_uses};
 pub use units::{parse_duration, parse_size};
 pub(crate) use validate::Validated;
@@ -41,6 +43,12 @@ pub struct Config {
     /// directory.
     pub file: PathBuf,
     pub pipelines: Vec<Pipeline>,
+    /// `[source]`: the sensors' broker (defaults: 127.0.0.1:1883).
+    pub source: Source,
+    /// `[upstream]`: where results go; `weir run` needs it.
+    pub upstream: Option<Upstream>,
+    /// `[storage]`: the durable store.
+    pub storage: Storage,
 }
 
 /// One pipeline: topic filters → decode → transforms → enrichment → key by → window and
@@ -63,6 +71,8 @@ pub struct Pipeline {
     /// At least one when there is a window, none otherwise.
     pub aggregates: Vec<Aggregate>,
     pub output: Output,
+    pub guarantee: Guarantee,
+    pub dedup: Dedup,
 }
 
 /// How a pipeline turns messages into events.

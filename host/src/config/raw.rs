@@ -43,6 +43,83 @@ pub(super) struct RawConfig {
     pub version: Option<toml::Value>,
     #[serde(default)]
     pub pipeline: Vec<Part<RawPipeline>>,
+    pub source: Option<Part<RawMqtt>>,
+    pub upstream: Option<Part<RawMqtt>>,
+    pub storage: Option<Part<RawStorage>>,
+}
+
+/// `[source]` or `[upstream]`: a broker connection. Some fields belong to one side only; which is
+/// checked in validation, to say where they go.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawMqtt {
+    pub broker: Option<String>,
+    pub client_id: Option<String>,
+    pub mqtt_version: Option<String>,
+    pub keep_alive: Option<toml::Value>,
+    pub clean_session: Option<bool>,
+    pub username: Option<String>,
+    pub password_file: Option<String>,
+    pub tls: Option<RawTls>,
+    pub reconnect: Option<RawReconnect>,
+    // [source] only
+    pub qos: Option<u8>,
+    pub max_message_bytes: Option<toml::Value>,
+    pub batch_max_messages: Option<u64>,
+    pub batch_linger: Option<toml::Value>,
+    pub dead_letter: Option<String>,
+    // [upstream] only
+    pub max_inflight: Option<u64>,
+    pub drain_rate: Option<u64>,
+    pub id_property: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawTls {
+    pub ca_file: Option<String>,
+    pub client_cert_file: Option<String>,
+    pub client_key_file: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawReconnect {
+    pub initial: Option<toml::Value>,
+    pub max: Option<toml::Value>,
+}
+
+/// `[storage]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawStorage {
+    pub data_dir: Option<String>,
+    pub checkpoint_interval: Option<toml::Value>,
+    pub max_outbox: Option<toml::Value>,
+    pub on_full: Option<RawOnFull>,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub(super) enum RawOnFull {
+    Block,
+    DropOldest,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub(super) enum RawGuarantee {
+    EffectivelyOnce,
+    AtMostOnce,
+}
+
+/// `dedup = {...}` of a pipeline.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawDedup {
+    pub field: Option<String>,
+    pub horizon: Option<toml::Value>,
+    pub max_entries: Option<u64>,
 }
 
 /// One `[[pipeline]]`.
@@ -52,6 +129,8 @@ pub(super) struct RawPipeline {
     pub name: Option<String>,
     pub topics: Option<Vec<String>>,
     pub key: Option<String>,
+    pub guarantee: Option<RawGuarantee>,
+    pub dedup: Option<RawDedup>,
     pub decode: Option<Part<RawDecode>>,
     #[serde(default)]
     pub transform: Vec<Part<RawPlugin>>,

@@ -22,6 +22,7 @@ use crate::decode::{JsonMapping, TimeFormat};
 use crate::enrich::{Enricher, OnMissing};
 use crate::runtime::World;
 
+mod live;
 mod plugin;
 mod window;
 
@@ -138,6 +139,9 @@ impl Validator<'_> {
                 "missing; add at least one [[pipeline]] (see configs/farm.toml for an example)",
             );
         }
+        let source = self.source(raw.source);
+        let upstream = self.upstream(raw.upstream);
+        let storage = self.storage(raw.storage);
         let mut names = HashMap::new();
         let pipelines: Vec<Option<Pipeline>> = raw
             .pipeline
@@ -148,6 +152,9 @@ impl Validator<'_> {
         Some(Config {
             file: self.file.to_owned(),
             pipelines: pipelines.into_iter().collect::<Option<_>>()?,
+            source: source?,
+            upstream: upstream?,
+            storage: storage?,
         })
     }
 
@@ -277,6 +284,8 @@ impl Validator<'_> {
                 "empty; name the field to group by, or leave key out to keep the event key",
             );
         }
+        let guarantee = self.guarantee(raw.guarantee);
+        let dedup = self.dedup(&at("dedup"), raw.dedup);
         let decode = self.decode(&at("decode"), raw.decode);
         let transforms: Vec<Option<PluginStep>> = raw
             .transform
@@ -324,6 +333,8 @@ impl Validator<'_> {
             window: valid_if_present(window)?,
             aggregates: aggregates.into_iter().collect::<Option<_>>()?,
             output: output?,
+            guarantee,
+            dedup: dedup?,
         })
     }
 

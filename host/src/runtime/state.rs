@@ -75,6 +75,15 @@ impl KeyedState {
         })
     }
 
+    /// State made of committed entries (key, name, value), as [`KeyedState::iter`] gives them.
+    pub fn from_entries(entries: impl IntoIterator<Item = (String, String, Vec<u8>)>) -> Self {
+        let mut state = KeyedState::default();
+        for (key, name, value) in entries {
+            state.committed.entry(key).or_default().insert(name, value);
+        }
+        state
+    }
+
     /// Number of keys with committed state.
     pub fn keys(&self) -> usize {
         self.committed.len()

@@ -1,0 +1,48 @@
+//! `weir run CONFIG`: the live gateway, until SIGINT or SIGTERM.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use crate::config::Config;
+use crate::engine::{self, Metrics};
+
+#[derive(Debug, clap::Args)]
+pub(super) struct RunArgs {
+    /// The pipeline config.
+    config: PathBuf,
+}
+
+pub(super) fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let config = match Config::from_file(&args.config) {
+        Ok(c) => c,
+        Err(errors) => {
+            for e in errors.iter() {
+                eprintln!("error: {e}");
+            }
+            return Ok(ExitCode::from(2));
+        }
+    };
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    // Signals are waited for on a thread of their own, so a slow shutdown never misses them.
+    std::thread::Builder::new()
+        .name("weir-signals".into())
+        .spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a signal runtime");
+            rt.block_on(async {
+                use tokio::signal::unix::{SignalKind, signal};
+                let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+                let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
+                tracing::info!("shutting down: last checkpoint, then the uplink gets a moment");
+                let _ = stop_tx.send(true);
+            });
+        })?;
+    engine::run(config, Metrics::default(), stop_rx)?;
+    Ok(ExitCode::SUCCESS)
+}

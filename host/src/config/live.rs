@@ -1,0 +1,180 @@
+//! The parts of a config that only `weir run` needs: the sensors' broker (`[source]`), the
+//! upstream broker (`[upstream]`), the durable store (`[storage]`), and each pipeline's delivery
+//! guarantee and ingest dedup. All have defaults, so a config without them still validates (and
+//! `weir replay` ignores them).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::mqtt::{Backoff, Endpoint, Protocol, Tls};
+use crate::store::OnFull;
+
+/// A broker weir connects to, as configured.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Broker {
+    pub host: String,
+    pub port: u16,
+    pub client_id: String,
+    pub protocol: Protocol,
+    pub keep_alive: Duration,
+    pub clean_session: bool,
+    pub username: Option<String>,
+    /// The file holding the password (its first line), read at start.
+    pub password_file: Option<PathBuf>,
+    pub tls: Option<Tls>,
+    pub reconnect: Backoff,
+}
+
+impl Broker {
+    /// `host:port`, for messages.
+    pub fn address(&self) -> String {
+        format!("{}:{}", self.host, self.port)
+    }
+
+    /// The endpoint to connect to, with the password read from its file.
+    pub fn endpoint(&self) -> anyhow::Result<Endpoint> {
+        let password = match &self.password_file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    anyhow::anyhow!(
+                        "cannot read the password file {} of broker {}: {e}",
+                        path.display(),
+                        self.address()
+                    )
+                })?;
+                Some(text.lines().next().unwrap_or_default().to_owned())
+            }
+            None => None,
+        };
+        Ok(Endpoint {
+            host: self.host.clone(),
+            port: self.port,
+            client_id: self.client_id.clone(),
+            protocol: self.protocol,
+            keep_alive: self.keep_alive,
+            clean_session: self.clean_session,
+            username: self.username.clone(),
+            password,
+            tls: self.tls.clone(),
+            reconnect: self.reconnect,
+        })
+    }
+}
+
+/// `[source]`: where sensor messages come from.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Source {
+    pub broker: Broker,
+    /// The QoS of the subscriptions (0, 1 or 2).
+    pub qos: u8,
+    /// Larger messages are dead letters (their first KiB kept, with their size).
+    pub max_message_bytes: u64,
+    /// At most this many messages share one input-log commit (one fsync)...
+    pub batch_max_messages: usize,
+    /// ...and a commit waits at most this long for more after the first.
+    pub batch_linger: Duration,
+    /// Where messages that match no pipeline go (dead letters).
+    pub dead_letter: String,
+}
+
+/// `[upstream]`: where results go.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Upstream {
+    pub broker: Broker,
+    /// Unacknowledged QoS 1 publishes at most (1..=65535: MQTT packet ids are 16-bit).
+    pub max_inflight: u16,
+    /// Publishes per second at most while draining a backlog; `None`: as fast as the link takes.
+    pub drain_rate_per_s: Option<u32>,
+    /// The MQTT 5 user property carrying each record's id.
+    pub id_property: String,
+}
+
+/// `[storage]`: the durable store.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Storage {
+    pub data_dir: PathBuf,
+    /// How often state and new records are committed (at most; only when something changed).
+    pub checkpoint_interval: Duration,
+    /// The outbox's cap in bytes...
+    pub max_outbox_bytes: u64,
+    /// ...and what happens when it is reached.
+    pub on_full: OnFull,
+}
+
+/// What a pipeline promises about its input.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Guarantee {
+    /// Every accepted message counts exactly once in what reaches upstream, through crashes and
+    /// outages: input log, checkpoints, durable outbox, QoS 1 with ids.
+    #[default]
+    EffectivelyOnce,
+    /// Nothing written to disk; results kept in memory and published with QoS 0. A crash or an
+    /// outage loses data.
+    AtMostOnce,
+}
+
+impl Guarantee {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Guarantee::EffectivelyOnce => "effectively-once",
+            Guarantee::AtMostOnce => "at-most-once",
+        }
+    }
+}
+
+/// Ingest dedup: a message seen again within `horizon` is dropped and counted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Dedup {
+    /// The JSON field holding a message id; without one (or when a message lacks it), the topic
+    /// and the whole payload identify a message.
+    pub field: Option<String>,
+    /// How long a message is remembered (by receive time); zero turns dedup off.
+    pub horizon: Duration,
+    /// At most this many remembered; the oldest are forgotten first (counted).
+    pub max_entries: usize,
+}
+
+impl Default for Dedup {
+    fn default() -> Self {
+        Dedup {
+            field: None,
+            horizon: Duration::from_secs(600),
+            max_entries: 100_000,
+        }
+    }
+}
+
+impl Default for Source {
+    fn default() -> Self {
+        Source {
+            broker: Broker {
+                host: "127.0.0.1".into(),
+                port: 1883,
+                client_id: "weir".into(),
+                protocol: Protocol::V5,
+                keep_alive: Duration::from_secs(30),
+                clean_session: false,
+                username: None,
+                password_file: None,
+                tls: None,
+                reconnect: Backoff::default(),
+            },
+            qos: 1,
+            max_message_bytes: 256 * 1024,
+            batch_max_messages: 1000,
+            batch_linger: Duration::from_millis(20),
+            dead_letter: "weir/dead-letter".into(),
+        }
+    }
+}
+
+impl Default for Storage {
+    fn default() -> Self {
+        Storage {
+            data_dir: PathBuf::from("/var/lib/weir"),
+            checkpoint_interval: Duration::from_millis(200),
+            max_outbox_bytes: 512 * 1024 * 1024,
+            on_full: OnFull::Block,
+        }
+    }
+}

@@ -1,0 +1,337 @@
+//! Validation of `[source]`, `[upstream]`, `[storage]` and each pipeline's `guarantee` and
+//! `dedup`.
+
+use super::super::live::{Broker, Dedup, Guarantee, Source, Storage, Upstream};
+use super::super::raw::{
+    Part, RawDedup, RawGuarantee, RawMqtt, RawOnFull, RawStorage, RawTls,
+};
+use super::{SEE, Validator};
+use crate::mqtt::{Backoff, Protocol, Tls};
+use crate::store::OnFull;
+
+/// Which side a `RawMqtt` is.
+#[derive(Clone, Copy, PartialEq)]
+enum Side {
+    Source,
+    Upstream,
+}
+
+impl Side {
+    fn section(self) -> &'static str {
+        match self {
+            Side::Source => "source",
+            Side::Upstream => "upstream",
+        }
+    }
+}
+
+impl Validator<'_> {
+    pub(super) fn source(&mut self, part: Option<Part<RawMqtt>>) -> Option<Source> {
+        let mut source = Source::default();
+        let raw = match part {
+            None => return Some(source),
+            Some(Part::Bad { error, .. }) => {
+                self.serde_error("source", &error);
+                return None;
+            }
+            Some(Part::Ok(raw)) => raw,
+        };
+        let before = self.errors.len();
+        self.only_on(Side::Source, &raw);
+        let broker = self.broker(Side::Source, &raw, source.broker.clone());
+        if let Some(qos) = raw.qos {
+            if qos > 2 {
+                self.error("source.qos", format!("{qos} is not an MQTT QoS; write 0, 1 or 2"));
+            }
+            source.qos = qos;
+        }
+        if let Some(v) = &raw.max_message_bytes {
+            source.max_message_bytes = self.size("source.max_message_bytes", v).unwrap_or(0);
+            if source.max_message_bytes == 0 {
+                self.error("source.max_message_bytes", "must be more than zero");
+            }
+        }
+        if let Some(n) = raw.batch_max_messages {
+            source.batch_max_messages = self.positive("source.batch_max_messages", n).unwrap_or(1);
+        }
+        if let Some(v) = &raw.batch_linger {
+            source.batch_linger = self.duration("source.batch_linger", v).unwrap_or_default();
+        }
+        if let Some(t) = raw.dead_letter {
+            if let Err(e) = crate::config::topic::check_template_topic(&t) {
+                self.error("source.dead_letter", e);
+            }
+            source.dead_letter = t;
+        }
+        source.broker = broker?;
+        (self.errors.len() == before).then_some(source)
+    }
+
+    pub(super) fn upstream(&mut self, part: Option<Part<RawMqtt>>) -> Option<Option<Upstream>> {
+        let raw = match part {
+            None => return Some(None),
+            Some(Part::Bad { error, .. }) => {
+                self.serde_error("upstream", &error);
+                return None;
+            }
+            Some(Part::Ok(raw)) => raw,
+        };
+        let before = self.errors.len();
+        self.only_on(Side::Upstream, &raw);
+        if raw.broker.is_none() {
+            self.error(
+                "upstream.broker",
+                "missing; write the upstream broker as \"host:port\", e.g. \
+                 broker = \"mqtt.example.com:8883\"",
+            );
+        }
+        let defaults = Broker {
+            client_id: "weir-upstream".into(),
+            clean_session: true,
+            ..Source::default().broker
+        };
+        let broker = self.broker(Side::Upstream, &raw, defaults);
+        let max_inflight = match raw.max_inflight {
+            None => 1000,
+            Some(n @ 1..=65535) => n as u16,
+            Some(n) => {
+                self.error(
+                    "upstream.max_inflight",
+                    format!(
+                        "{n} is out of range: MQTT packet ids are 16-bit, so at most 65535 \
+                         publishes can await their acknowledgement; write 1 to 65535"
+                    ),
+                );
+                1
+            }
+        };
+        let drain_rate_per_s = match raw.drain_rate {
+            None | Some(0) => None,
+            Some(n) => Some(u32::try_from(n).unwrap_or(u32::MAX)),
+        };
+        let upstream = Upstream {
+            broker: broker?,
+            max_inflight,
+            drain_rate_per_s,
+            id_property: raw.id_property.unwrap_or_else(|| "weir-id".into()),
+        };
+        (self.errors.len() == before).then_some(Some(upstream))
+    }
+
+    pub(super) fn storage(&mut self, part: Option<Part<RawStorage>>) -> Option<Storage> {
+        let mut storage = Storage::default();
+        let raw = match part {
+            None => return Some(storage),
+            Some(Part::Bad { error, .. }) => {
+                self.serde_error("storage", &error);
+                return None;
+            }
+            Some(Part::Ok(raw)) => raw,
+        };
+        let before = self.errors.len();
+        if let Some(dir) = raw.data_dir {
+            if dir.is_empty() {
+                self.error("storage.data_dir", "empty; name the directory weir keeps its data in");
+            }
+            storage.data_dir = self.dir.join(dir);
+        }
+        if let Some(v) = &raw.checkpoint_interval {
+            storage.checkpoint_interval = self
+                .positive_duration("storage.checkpoint_interval", v)
+                .unwrap_or_default();
+        }
+        if let Some(v) = &raw.max_outbox {
+            storage.max_outbox_bytes = self.size("storage.max_outbox", v).unwrap_or(0);
+            if storage.max_outbox_bytes == 0 {
+                self.error("storage.max_outbox", "must be more than zero");
+            }
+        }
+        if let Some(p) = raw.on_full {
+            storage.on_full = match p {
+                RawOnFull::Block => OnFull::Block,
+                RawOnFull::DropOldest => OnFull::DropOldest,
+            };
+        }
+        (self.errors.len() == before).then_some(storage)
+    }
+
+    pub(super) fn guarantee(&mut self, raw: Option<RawGuarantee>) -> Guarantee {
+        match raw {
+            None | Some(RawGuarantee::EffectivelyOnce) => Guarantee::EffectivelyOnce,
+            Some(RawGuarantee::AtMostOnce) => Guarantee::AtMostOnce,
+        }
+    }
+
+    pub(super) fn dedup(&mut self, at: &str, raw: Option<RawDedup>) -> Option<Dedup> {
+        let mut dedup = Dedup::default();
+        let Some(raw) = raw else {
+            return Some(dedup);
+        };
+        let before = self.errors.len();
+        if let Some(field) = raw.field {
+            if field.is_empty() {
+                self.error(
+                    format!("{at}.field"),
+                    "empty; name the JSON field holding a message id, or leave field out to \
+                     identify messages by topic and payload",
+                );
+            }
+            dedup.field = Some(field);
+        }
+        if let Some(v) = &raw.horizon {
+            dedup.horizon = self.duration(&format!("{at}.horizon"), v).unwrap_or_default();
+        }
+        if let Some(n) = raw.max_entries {
+            dedup.max_entries = self.positive(&format!("{at}.max_entries"), n).unwrap_or(1);
+        }
+        (self.errors.len() == before).then_some(dedup)
+    }
+
+    /// Reports fields that belong to the other side.
+    fn only_on(&mut self, side: Side, raw: &RawMqtt) {
+        let source_only = [
+            ("qos", raw.qos.is_some()),
+            ("max_message_bytes", raw.max_message_bytes.is_some()),
+            ("batch_max_messages", raw.batch_max_messages.is_some()),
+            ("batch_linger", raw.batch_linger.is_some()),
+            ("dead_letter", raw.dead_letter.is_some()),
+        ];
+        let upstream_only = [
+            ("max_inflight", raw.max_inflight.is_some()),
+            ("drain_rate", raw.drain_rate.is_some()),
+            ("id_property", raw.id_property.is_some()),
+        ];
+        let (misplaced, other): (Vec<&str>, Side) = match side {
+            Side::Source => (
+                upstream_only.iter().filter(|f| f.1).map(|f| f.0).collect(),
+                Side::Upstream,
+            ),
+            Side::Upstream => (
+                source_only.iter().filter(|f| f.1).map(|f| f.0).collect(),
+                Side::Source,
+            ),
+        };
+        for field in misplaced {
+            self.error(
+                format!("{}.{field}", side.section()),
+                format!(
+                    "`{field}` is a setting of [{}], not of [{}]; {SEE}",
+                    other.section(),
+                    side.section()
+                ),
+            );
+        }
+    }
+
+    /// The connection settings common to both sides, over `defaults`.
+    fn broker(&mut self, side: Side, raw: &RawMqtt, defaults: Broker) -> Option<Broker> {
+        let at = |f: &str| format!("{}.{f}", side.section());
+        let before = self.errors.len();
+        let mut b = defaults;
+        if let Some(addr) = &raw.broker {
+            match parse_address(addr) {
+                Ok((host, port)) => {
+                    b.host = host;
+                    b.port = port;
+                }
+                Err(e) => self.error(at("broker"), e),
+            }
+        }
+        if let Some(id) = &raw.client_id {
+            if id.is_empty() || id.len() > 65535 {
+                self.error(at("client_id"), "must be 1 to 65535 bytes");
+            }
+            b.client_id = id.clone();
+        }
+        if let Some(v) = &raw.mqtt_version {
+            b.protocol = match v.as_str() {
+                "5" | "5.0" => Protocol::V5,
+                "3.1.1" | "4" => Protocol::V311,
+                other => {
+                    self.error(
+                        at("mqtt_version"),
+                        format!("{other:?} is not an MQTT version weir speaks; write \"5\" or \"3.1.1\""),
+                    );
+                    b.protocol
+                }
+            };
+        }
+        if let Some(v) = &raw.keep_alive {
+            b.keep_alive = self.positive_duration(&at("keep_alive"), v).unwrap_or_default();
+        }
+        if let Some(c) = raw.clean_session {
+            b.clean_session = c;
+        }
+        b.username = raw.username.clone();
+        if let Some(p) = &raw.password_file {
+            let path = self.dir.join(p);
+            if !path.is_file() {
+                self.error(
+                    at("password_file"),
+                    format!("{} is not a file; write the password on its first line", path.display()),
+                );
+            }
+            b.password_file = Some(path);
+        }
+        if raw.password_file.is_some() && raw.username.is_none() {
+            self.error(at("username"), "missing; a password_file needs a username");
+        }
+        if let Some(tls) = &raw.tls {
+            b.tls = Some(self.tls(&at("tls"), tls));
+        }
+        if let Some(r) = &raw.reconnect {
+            let mut backoff = Backoff::default();
+            if let Some(v) = &r.initial {
+                backoff.initial = self.positive_duration(&at("reconnect.initial"), v).unwrap_or_default();
+            }
+            if let Some(v) = &r.max {
+                backoff.max = self.positive_duration(&at("reconnect.max"), v).unwrap_or_default();
+            }
+            if backoff.max < backoff.initial {
+                self.error(at("reconnect.max"), "must be at least reconnect.initial");
+            }
+            b.reconnect = backoff;
+        }
+        (self.errors.len() == before).then_some(b)
+    }
+
+    fn tls(&mut self, at: &str, raw: &RawTls) -> Tls {
+        let mut file = |field: &str, value: &Option<String>| {
+            value.as_ref().map(|p| {
+                let path = self.dir.join(p);
+                if !path.is_file() {
+                    self.error(format!("{at}.{field}"), format!("{} is not a file", path.display()));
+                }
+                path
+            })
+        };
+        let tls = Tls {
+            ca_file: file("ca_file", &raw.ca_file),
+            client_cert_file: file("client_cert_file", &raw.client_cert_file),
+            client_key_file: file("client_key_file", &raw.client_key_file),
+        };
+        if tls.client_cert_file.is_some() != tls.client_key_file.is_some() {
+            self.error(
+                at,
+                "client_cert_file and client_key_file go together; give both or neither",
+            );
+        }
+        tls
+    }
+}
+
+/// `host:port` (a bare host means port 1883).
+fn parse_address(addr: &str) -> Result<(String, u16), String> {
+    let (host, port) = match addr.rsplit_once(':') {
+        Some((h, p)) => (
+            h,
+            p.parse::<u16>()
+                .map_err(|_| format!("{addr:?}: {p:?} is not a port number"))?,
+        ),
+        None => (addr, 1883),
+    };
+    if host.is_empty() || host.contains('/') {
+        return Err(format!("{addr:?} is not \"host:port\", e.g. \"127.0.0.1:1883\""));
+    }
+    Ok((host.trim_start_matches('[').trim_end_matches(']').to_owned(), port))
+}

@@ -1,0 +1,307 @@
+//! The deterministic part of a live run: input-log entries in, records out. It owns the running
+//! pipelines and their ingest dedup, and knows nothing of brokers, disks or clocks: the live
+//! loop and the replay after a restart drive it with the same entries.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+
+use serde::{Deserialize, Serialize};
+
+use super::dedup::{Fingerprint, SeenChanges, SeenSet};
+use super::input::{LogEntry, Logged};
+use super::metrics::EngineMetrics;
+use crate::config::{self, Guarantee};
+use crate::pipeline::{Output, Pipeline, PipelineState, Record};
+use crate::runtime::Runtime;
+use crate::runtime::bindings::Message;
+
+/// The checkpoint's layout version.
+const CHECKPOINT_VERSION: u32 = 1;
+
+/// What a checkpoint stores besides the outbox records and the seen-sets: the state of every
+/// effectively-once pipeline, by name.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Checkpoint {
+    version: u32,
+    pipelines: Vec<(String, PipelineState)>,
+}
+
+impl Checkpoint {
+    pub fn encode(&self) -> Vec<u8> {
+        postcard::to_stdvec(self).expect("checkpoints serialize")
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Checkpoint, String> {
+        let c: Checkpoint =
+            postcard::from_bytes(bytes).map_err(|e| format!("the checkpoint is unreadable: {e}"))?;
+        if c.version != CHECKPOINT_VERSION {
+            return Err(format!(
+                "the checkpoint has layout version {}, this weir reads {CHECKPOINT_VERSION}",
+                c.version
+            ));
+        }
+        Ok(c)
+    }
+}
+
+/// One pipeline and its dedup.
+struct Lane {
+    pipeline: Pipeline,
+    durable: bool,
+    seen: SeenSet,
+}
+
+/// Records produced by one entry.
+#[derive(Debug, Default)]
+pub struct Produced {
+    /// From effectively-once pipelines: they go to the outbox with the next checkpoint.
+    pub durable: Vec<Record>,
+    /// From at-most-once pipelines: published from memory with QoS 0.
+    pub volatile: Vec<Record>,
+}
+
+/// Every pipeline of a config, driven by log entries.
+pub struct Core {
+    lanes: Vec<Lane>,
+    max_message_bytes: u64,
+    /// The topic of dead letters for messages no pipeline takes.
+    unknown_topic: String,
+    metrics: Arc<EngineMetrics>,
+}
+
+impl std::fmt::Debug for Core {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Core").field("lanes", &self.lanes.len()).finish_non_exhaustive()
+    }
+}
+
+impl Core {
+    /// Starts every pipeline of `config`.
+    pub fn start(
+        config: &config::Config,
+        runtime: &Runtime,
+        metrics: Arc<EngineMetrics>,
+    ) -> anyhow::Result<Core> {
+        let lanes = config
+            .pipelines
+            .iter()
+            .map(|p| {
+                Ok(Lane {
+                    pipeline: Pipeline::start(p, runtime)?,
+                    durable: p.guarantee == Guarantee::EffectivelyOnce,
+                    seen: SeenSet::new(p.dedup.clone()),
+                })
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        Ok(Core {
+            lanes,
+            max_message_bytes: config.source.max_message_bytes,
+            unknown_topic: config.source.dead_letter.clone(),
+            metrics,
+        })
+    }
+
+    /// Whether any pipeline is effectively-once (then there is an input log and an outbox).
+    pub fn any_durable(&self) -> bool {
+        self.lanes.iter().any(|l| l.durable)
+    }
+
+    /// Whether a message on `topic` must be logged before it is acknowledged: an
+    /// effectively-once pipeline takes it, or none does (its dead letter is owed upstream).
+    pub fn must_log(&self, topic: &str) -> bool {
+        let mut taken = false;
+        for l in &self.lanes {
+            if l.pipeline.accepts(topic) {
+                if l.durable {
+                    return true;
+                }
+                taken = true;
+            }
+        }
+        !taken && self.any_durable()
+    }
+
+    /// Whether a tick would matter to a pipeline: it holds windows that time can close.
+    pub fn wants_ticks(&self, durable: bool) -> bool {
+        self.lanes
+            .iter()
+            .any(|l| l.durable == durable && l.pipeline.open_windows() > 0)
+    }
+
+    /// Runs one entry through the pipelines. `replaying`: the entry comes from the input log after
+    /// a restart, so at-most-once pipelines (which never saw it logged) skip it.
+    pub fn apply(&mut self, entry: &LogEntry, replaying: bool) -> Produced {
+        let mut out = Produced::default();
+        match entry {
+            LogEntry::Tick { now_ms } => {
+                for lane in &mut self.lanes {
+                    if replaying && !lane.durable {
+                        continue;
+                    }
+                    let records = lane.pipeline.tick(*now_ms);
+                    push(&mut out, lane.durable, records, &self.metrics);
+                }
+            }
+            LogEntry::Messages {
+                received_ms,
+                messages,
+            } => {
+                let mut unknown: Vec<&Logged> = Vec::new();
+                for m in messages {
+                    if !self.lanes.iter().any(|l| l.pipeline.accepts(&m.topic)) {
+                        unknown.push(m);
+                    }
+                }
+                for lane in &mut self.lanes {
+                    if replaying && !lane.durable {
+                        continue;
+                    }
+                    let mut batch = Vec::new();
+                    let mut oversized = Vec::new();
+                    for m in messages.iter().filter(|m| lane.pipeline.accepts(&m.topic)) {
+                        let fp: Fingerprint = lane.seen.fingerprint(&m.topic, &m.payload);
+                        if lane.seen.check(fp, *received_ms) {
+                            self.metrics.deduped.fetch_add(1, Relaxed);
+                            continue;
+                        }
+                        let message = Message {
+                            topic: m.topic.clone(),
+                            payload: m.payload.clone(),
+                            received_ms: *received_ms,
+                        };
+                        match m.oversized {
+                            Some(size) => oversized.push((size, message)),
+                            None => batch.push(message),
+                        }
+                    }
+                    let mut records = Vec::new();
+                    for (size, message) in oversized {
+                        self.metrics.oversized.fetch_add(1, Relaxed);
+                        records.push(lane.pipeline.refuse(
+                            "source",
+                            format!(
+                                "the message is {size} bytes, over source.max_message_bytes \
+                                 ({}); its first {} bytes are kept here",
+                                self.max_message_bytes,
+                                message.payload.len()
+                            ),
+                            vec![message],
+                        ));
+                    }
+                    if !batch.is_empty() {
+                        records.extend(lane.pipeline.process(&batch, *received_ms));
+                    }
+                    push(&mut out, lane.durable, records, &self.metrics);
+                }
+                if !unknown.is_empty() {
+                    self.metrics.unknown_topic.fetch_add(unknown.len() as u64, Relaxed);
+                    let record = unknown_topic_record(&self.unknown_topic, &unknown);
+                    let durable = self.any_durable();
+                    push(&mut out, durable, vec![record], &self.metrics);
+                }
+            }
+        }
+        out
+    }
+
+    /// The state of every effectively-once pipeline, and the seen-set changes since the last
+    /// call (by pipeline name).
+    pub fn checkpoint(&mut self) -> (Checkpoint, Vec<(String, SeenChanges)>) {
+        let mut pipelines = Vec::new();
+        let mut seen = Vec::new();
+        for lane in self.lanes.iter_mut().filter(|l| l.durable) {
+            let name = lane.pipeline.name().to_owned();
+            pipelines.push((name.clone(), lane.pipeline.snapshot()));
+            seen.push((name, lane.seen.take_changes()));
+        }
+        (
+            Checkpoint {
+                version: CHECKPOINT_VERSION,
+                pipelines,
+            },
+            seen,
+        )
+    }
+
+    /// Continues from a checkpoint and the seen-sets saved with it. A pipeline the checkpoint
+    /// does not know starts empty; state saved for a pipeline no longer configured is ignored.
+    pub fn restore(
+        &mut self,
+        checkpoint: Checkpoint,
+        mut seen: impl FnMut(&str) -> anyhow::Result<Vec<(i64, Fingerprint)>>,
+    ) -> anyhow::Result<()> {
+        let mut saved: std::collections::HashMap<String, PipelineState> =
+            checkpoint.pipelines.into_iter().collect();
+        for lane in self.lanes.iter_mut().filter(|l| l.durable) {
+            let name = lane.pipeline.name().to_owned();
+            match saved.remove(&name) {
+                Some(state) => lane.pipeline.restore(state).map_err(|e| {
+                    anyhow::anyhow!(
+                        "pipeline {name}: {e}. The saved state does not fit the config; undo the \
+                         change, or give the pipeline a new name to start it over (its open \
+                         windows are then lost)"
+                    )
+                })?,
+                None => tracing::info!(pipeline = %name, "no saved state: the pipeline starts empty"),
+            }
+            lane.seen.restore(seen(&name)?);
+        }
+        for name in saved.keys() {
+            tracing::warn!(pipeline = %name, "saved state of a pipeline no longer configured is ignored");
+        }
+        Ok(())
+    }
+
+    /// The pipelines, for status.
+    pub fn pipelines(&self) -> impl Iterator<Item = (&Pipeline, bool, usize)> {
+        self.lanes.iter().map(|l| (&l.pipeline, l.durable, l.seen.len()))
+    }
+}
+
+fn push(out: &mut Produced, durable: bool, records: Vec<Record>, metrics: &EngineMetrics) {
+    for r in &records {
+        match r.output {
+            Output::Main => metrics.records.fetch_add(1, Relaxed),
+            Output::Late => metrics.late.fetch_add(1, Relaxed),
+            Output::DeadLetter => metrics.dead_letters.fetch_add(1, Relaxed),
+        };
+    }
+    if durable {
+        out.durable.extend(records);
+    } else {
+        out.volatile.extend(records);
+    }
+}
+
+/// The dead letter of messages that no pipeline's topics match.
+fn unknown_topic_record(topic: &str, messages: &[&Logged]) -> Record {
+    use base64::Engine as _;
+    let input: Vec<serde_json::Value> = messages
+        .iter()
+        .map(|m| match std::str::from_utf8(&m.payload) {
+            Ok(text) => serde_json::json!({ "topic": m.topic, "payload_text": text }),
+            Err(_) => serde_json::json!({
+                "topic": m.topic,
+                "payload_base64": base64::engine::general_purpose::STANDARD.encode(&m.payload),
+            }),
+        })
+        .collect();
+    let mut body = serde_json::json!({
+        "step": "source",
+        "reason": "rejected",
+        "detail": "no pipeline's topics match the message's topic",
+        "input": input,
+    });
+    let digest = {
+        use sha2::{Digest, Sha256};
+        Sha256::digest(body.to_string().as_bytes())
+    };
+    let mut id = format!("{:016x}", 0);
+    id.extend(digest[..8].iter().map(|b| format!("{b:02x}")));
+    body["id"] = id.into();
+    Record {
+        output: Output::DeadLetter,
+        topic: topic.to_owned(),
+        body,
+    }
+}

@@ -1,0 +1,572 @@
+//! `weir run`: the live gateway. Messages from the source broker are logged (one commit, one
+//! fsync per batch) and only then acknowledged; the pipelines process them; a checkpoint commits
+//! their state, the dedup changes, the input position and the records emitted since the last one
+//! in one transaction; the forwarder drains the outbox upstream.
+//!
+//! Threads: the MQTT source and the forwarder are tokio tasks (their event loops never run guest
+//! code); the pipelines run on one engine thread of their own, which also does the input-log and
+//! checkpoint commits, so Wasm never runs on a tokio worker.
+//!
+//! After a crash the engine restores the last checkpoint and replays the input log after it:
+//! every entry is processed exactly as before (same messages, same gateway clock), so the
+//! records, and their ids, are the same ones.
+
+mod core;
+pub mod dedup;
+pub mod input;
+pub mod metrics;
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::Ordering::{Relaxed, SeqCst};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context as _;
+use tokio::sync::{mpsc, watch};
+
+pub use self::core::{Checkpoint, Core, Produced};
+use self::dedup::SeenChanges;
+use self::input::{LogEntry, Logged, OVERSIZED_KEPT_BYTES};
+pub use self::metrics::EngineMetrics;
+use crate::config::Config;
+use crate::mqtt::forwarder::{self, ForwarderMetrics, ForwarderSettings, VolatileRecord};
+use crate::mqtt::source::{Acker, AckToken, Incoming, Source, SourceMetrics};
+use crate::pipeline::Record;
+use crate::runtime::{Runtime, RuntimeConfig};
+use crate::store::{OnFull, OutboxRecord, Store, StoreOptions};
+
+/// Time passes for windows (idle sources) after this long without messages.
+const TICK_EVERY: Duration = Duration::from_secs(1);
+/// A status line (INFO) at most this often, when something changed.
+const STATUS_EVERY: Duration = Duration::from_secs(1);
+/// Records of at-most-once pipelines waiting in memory for the forwarder, at most.
+const VOLATILE_QUEUE: usize = 10_000;
+/// Messages from the source waiting for the engine, at most.
+const INGEST_QUEUE: usize = 4096;
+
+/// Everything a live run shares with its observers.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    pub engine: Arc<EngineMetrics>,
+    pub source: Arc<SourceMetrics>,
+    pub forwarder: Arc<ForwarderMetrics>,
+}
+
+/// The gateway clock, in ms since the Unix epoch.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// Runs `config` until `shutdown` turns true (or a part fails), then shuts down cleanly: a last
+/// checkpoint, the forwarder given a moment to deliver, the brokers disconnected.
+pub fn run(config: Config, metrics: Metrics, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+    let upstream = config.upstream.clone().with_context(|| {
+        format!(
+            "{}: no [upstream] section; weir run needs the broker to forward results to, e.g. \
+             [upstream] broker = \"mqtt.example.com:8883\" (see configs/README.md)",
+            config.file.display()
+        )
+    })?;
+    let tokio = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .thread_name("weir-io")
+        .build()?;
+    let runtime = Runtime::new(RuntimeConfig {
+        cache_dir: Some(config.storage.data_dir.join("plugin-cache")),
+        ..RuntimeConfig::default()
+    })?;
+    let mut core = Core::start(&config, &runtime, metrics.engine.clone())?;
+    let store = if core.any_durable() {
+        let store = Store::open(
+            &config.storage.data_dir,
+            StoreOptions {
+                max_outbox_bytes: config.storage.max_outbox_bytes,
+                on_full: config.storage.on_full,
+            },
+        )?;
+        Some(Arc::new(store))
+    } else {
+        None
+    };
+    let _guard = tokio.enter();
+
+    // Restore, and replay what the last checkpoint does not cover, before taking anything new.
+    let (wake_tx, wake_rx) = watch::channel(0u64);
+    let (volatile_tx, volatile_rx) = mpsc::channel(VOLATILE_QUEUE);
+    let mut engine = Engine {
+        core: &mut core,
+        store: store.clone(),
+        pending: Vec::new(),
+        unsaved_seen: Vec::new(),
+        processed_through: None,
+        dirty: false,
+        last_checkpoint: Instant::now(),
+        checkpoint_interval: config.storage.checkpoint_interval,
+        wake: wake_tx,
+        volatile: volatile_tx,
+        metrics: metrics.engine.clone(),
+    };
+    if let Some(store) = &store {
+        engine.recover(store)?;
+    }
+    let (fwd_stop_tx, fwd_stop_rx) = watch::channel(false);
+    let outbox: Arc<dyn forwarder::Outbox> = match &store {
+        Some(s) => s.clone(),
+        None => Arc::new(forwarder::EmptyOutbox),
+    };
+    let forwarder = forwarder::spawn(
+        &upstream.broker.endpoint()?,
+        ForwarderSettings {
+            max_inflight: upstream.max_inflight,
+            drain_rate_per_s: upstream.drain_rate_per_s,
+            id_property: upstream.id_property.clone(),
+            linger: Duration::from_millis(20),
+        },
+        outbox,
+        wake_rx,
+        volatile_rx,
+        metrics.forwarder.clone(),
+        fwd_stop_rx,
+    )?;
+
+    let mut filters: Vec<String> = config
+        .pipelines
+        .iter()
+        .flat_map(|p| p.topics.iter().cloned())
+        .collect();
+    filters.sort();
+    filters.dedup();
+    let (ingest_tx, ingest_rx) = mpsc::channel(INGEST_QUEUE);
+    let max_packet_bytes =
+        usize::try_from(config.source.max_message_bytes.saturating_mul(16).max(1 << 20))
+            .unwrap_or(usize::MAX);
+    let source = Source::start(
+        &config.source.broker.endpoint()?,
+        filters.iter().map(|f| (f.clone(), config.source.qos)).collect(),
+        max_packet_bytes,
+        ingest_tx,
+        metrics.source.clone(),
+    )?;
+    tracing::info!(
+        pipelines = config.pipelines.len(),
+        source = %config.source.broker.address(),
+        upstream = %upstream.broker.address(),
+        data_dir = %config.storage.data_dir.display(),
+        "weir is running"
+    );
+
+    let live = Live {
+        ingest: ingest_rx,
+        acker: source.acker(),
+        batch_max: config.source.batch_max_messages,
+        linger: config.source.batch_linger,
+        max_message_bytes: config.source.max_message_bytes,
+        on_full: config.storage.on_full,
+        max_outbox_bytes: config.storage.max_outbox_bytes,
+        stop: Arc::new(AtomicBool::new(false)),
+    };
+    let stop = live.stop.clone();
+    let handle = tokio.handle().clone();
+    let mut shutdown = shutdown;
+    let watcher = tokio.spawn(async move {
+        while !*shutdown.borrow_and_update() {
+            if shutdown.changed().await.is_err() {
+                break;
+            }
+        }
+        stop.store(true, SeqCst);
+    });
+    let result = std::thread::scope(|scope| {
+        std::thread::Builder::new()
+            .name("weir-engine".into())
+            .spawn_scoped(scope, || engine.live(live, &handle))
+            .expect("the engine thread starts")
+            .join()
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("the engine thread panicked")))
+    });
+    watcher.abort();
+    tokio.block_on(async {
+        source.stop().await;
+        let _ = fwd_stop_tx.send(true);
+        let _ = forwarder.await;
+    });
+    result
+}
+
+/// The live loop's inputs.
+struct Live {
+    ingest: mpsc::Receiver<Incoming>,
+    acker: Acker,
+    batch_max: usize,
+    linger: Duration,
+    max_message_bytes: u64,
+    on_full: OnFull,
+    max_outbox_bytes: u64,
+    stop: Arc<AtomicBool>,
+}
+
+/// The engine thread: takes messages in, logs them, runs them through the core, checkpoints.
+struct Engine<'a> {
+    core: &'a mut Core,
+    store: Option<Arc<Store>>,
+    /// Records of effectively-once pipelines since the last checkpoint.
+    pending: Vec<Record>,
+    /// Seen-set changes of checkpoints that failed to commit, for the next one.
+    unsaved_seen: Vec<(String, SeenChanges)>,
+    /// The last input-log entry processed.
+    processed_through: Option<u64>,
+    /// State changed since the last checkpoint.
+    dirty: bool,
+    last_checkpoint: Instant,
+    checkpoint_interval: Duration,
+    wake: watch::Sender<u64>,
+    volatile: mpsc::Sender<VolatileRecord>,
+    metrics: Arc<EngineMetrics>,
+}
+
+impl Engine<'_> {
+    /// Restores the last checkpoint and replays the input log after it, then checkpoints.
+    fn recover(&mut self, store: &Store) -> anyhow::Result<()> {
+        let started = Instant::now();
+        let mut covered = None;
+        if let Some((blob, through)) = store.load_checkpoint()? {
+            let checkpoint = Checkpoint::decode(&blob).map_err(|e| {
+                anyhow::anyhow!(
+                    "{}: {e}; weir will not start over silently. Keep a copy of the data \
+                     directory and move it aside to start empty",
+                    store.path().display()
+                )
+            })?;
+            self.core
+                .restore(checkpoint, |name| Ok(store.load_seen(name)?))?;
+            covered = through;
+        }
+        self.processed_through = covered;
+        let mut replayed = 0u64;
+        loop {
+            let entries = store.read_input(self.processed_through, 256)?;
+            if entries.is_empty() {
+                break;
+            }
+            for (seq, bytes) in entries {
+                let entry = LogEntry::decode(&bytes).map_err(|e| {
+                    anyhow::anyhow!(
+                        "{}: input-log entry {seq} is unreadable ({e}); keep a copy of the data \
+                         directory and move it aside to start empty",
+                        store.path().display()
+                    )
+                })?;
+                let produced = self.core.apply(&entry, true);
+                self.pending.extend(produced.durable);
+                self.processed_through = Some(seq);
+                self.dirty = true;
+                replayed += 1;
+            }
+        }
+        if self.dirty {
+            self.checkpoint()?;
+        }
+        tracing::info!(
+            replayed_entries = replayed,
+            outbox = store.outbox_len(),
+            took_ms = started.elapsed().as_millis() as u64,
+            "recovered from the store"
+        );
+        Ok(())
+    }
+
+    /// The live loop, until `stop`.
+    fn live(&mut self, mut live: Live, tokio: &tokio::runtime::Handle) -> anyhow::Result<()> {
+        let mut last_input = Instant::now();
+        let mut blocked = false;
+        let mut last_report = (Instant::now(), u64::MAX);
+        while !live.stop.load(SeqCst) {
+            let activity = self.metrics.messages_in.load(Relaxed)
+                + self.metrics.checkpoints.load(Relaxed)
+                + self.store.as_ref().map_or(0, |s| s.outbox_len());
+            if last_report.0.elapsed() >= STATUS_EVERY && activity != last_report.1 {
+                self.report("status");
+                last_report = (Instant::now(), activity);
+            }
+            if self.over_cap(&live) {
+                if !blocked {
+                    blocked = true;
+                    self.metrics.ingest_blocked.store(1, Relaxed);
+                    self.metrics.ingest_blocks.fetch_add(1, Relaxed);
+                    tracing::warn!(
+                        cap_bytes = live.max_outbox_bytes,
+                        "the outbox is full (on_full = \"block\"): no more input is acknowledged \
+                         until the uplink drains it; the source broker holds the messages"
+                    );
+                }
+                self.maybe_checkpoint()?;
+                std::thread::sleep(Duration::from_millis(20));
+                continue;
+            }
+            if blocked {
+                blocked = false;
+                self.metrics.ingest_blocked.store(0, Relaxed);
+                tracing::info!("the outbox has room again: ingest resumes");
+            }
+            let wait = self
+                .checkpoint_interval
+                .min(TICK_EVERY)
+                .min(Duration::from_millis(100));
+            let batch = receive(&mut live, tokio, wait);
+            if !batch.is_empty() {
+                last_input = Instant::now();
+                self.take_in(&live, batch)?;
+            } else if last_input.elapsed() >= TICK_EVERY {
+                last_input = Instant::now();
+                self.tick()?;
+            }
+            self.maybe_checkpoint()?;
+        }
+        self.checkpoint()?;
+        self.report("stopped");
+        Ok(())
+    }
+
+    /// One line of counters (INFO): what came in, what went out, what waits.
+    fn report(&self, what: &str) {
+        let m = &self.metrics;
+        tracing::info!(
+            messages_in = m.messages_in.load(Relaxed),
+            deduped = m.deduped.load(Relaxed),
+            records = m.records.load(Relaxed),
+            late = m.late.load(Relaxed),
+            dead_letters = m.dead_letters.load(Relaxed),
+            outbox = self.store.as_ref().map_or(0, |s| s.outbox_len()),
+            outbox_bytes = self.store.as_ref().map_or(0, |s| s.outbox_bytes()),
+            dropped_by_cap = m.dropped_by_cap.load(Relaxed),
+            checkpoints = m.checkpoints.load(Relaxed),
+            "{what}"
+        );
+    }
+
+    fn over_cap(&self, live: &Live) -> bool {
+        live.on_full == OnFull::Block
+            && self
+                .store
+                .as_ref()
+                .is_some_and(|s| s.outbox_bytes() >= live.max_outbox_bytes)
+    }
+
+    /// Logs a batch (if any of it must be), acknowledges it, and processes it.
+    fn take_in(&mut self, live: &Live, batch: Vec<Incoming>) -> anyhow::Result<()> {
+        self.metrics.messages_in.fetch_add(batch.len() as u64, Relaxed);
+        let received_ms = now_ms();
+        let mut tokens: Vec<AckToken> = Vec::with_capacity(batch.len());
+        let mut all = Vec::with_capacity(batch.len());
+        let mut logged = Vec::new();
+        for incoming in batch {
+            let size = incoming.payload.len() as u64;
+            let (payload, oversized) = if size > live.max_message_bytes {
+                (incoming.payload[..OVERSIZED_KEPT_BYTES.min(incoming.payload.len())].to_vec(), Some(size))
+            } else {
+                (incoming.payload.to_vec(), None)
+            };
+            let m = Logged {
+                topic: incoming.topic,
+                payload,
+                oversized,
+            };
+            if self.store.is_some() && self.core.must_log(&m.topic) {
+                logged.push(m.clone());
+            }
+            all.push(m);
+            tokens.push(incoming.ack);
+        }
+        let mut seq = None;
+        if !logged.is_empty() {
+            let entry = LogEntry::Messages {
+                received_ms,
+                messages: logged,
+            };
+            seq = Some(self.append(&entry, &live.stop)?);
+            self.metrics
+                .messages_logged
+                .fetch_add(entry_len(&entry), Relaxed);
+        }
+        // Logged (or not owed): now the source broker may forget them.
+        live.acker.ack(tokens);
+        let entry = LogEntry::Messages {
+            received_ms,
+            messages: all,
+        };
+        self.process(&entry, seq);
+        Ok(())
+    }
+
+    /// Time passes with no input: logged first if an effectively-once pipeline has windows.
+    fn tick(&mut self) -> anyhow::Result<()> {
+        let durable = self.store.is_some() && self.core.wants_ticks(true);
+        if !durable && !self.core.wants_ticks(false) {
+            return Ok(());
+        }
+        let entry = LogEntry::Tick { now_ms: now_ms() };
+        let seq = if durable {
+            Some(self.append(&entry, &AtomicBool::new(false))?)
+        } else {
+            None
+        };
+        self.process(&entry, seq);
+        Ok(())
+    }
+
+    /// Appends to the input log, retrying while the store refuses (a full disk): nothing is
+    /// acknowledged meanwhile, so nothing is lost.
+    fn append(&mut self, entry: &LogEntry, stop: &AtomicBool) -> anyhow::Result<u64> {
+        let store = self.store.as_ref().expect("only with a store");
+        let bytes = entry.encode();
+        let mut delay = Duration::from_millis(50);
+        loop {
+            match store.append_input(&bytes) {
+                Ok(seq) => {
+                    self.metrics.input_commits.fetch_add(1, Relaxed);
+                    return Ok(seq);
+                }
+                Err(e) => {
+                    self.metrics.store_errors.fetch_add(1, Relaxed);
+                    tracing::error!(
+                        error = %e,
+                        "cannot write the input log; the messages stay unacknowledged at the \
+                         source broker and are retried"
+                    );
+                    if stop.load(SeqCst) {
+                        return Err(e).context("writing the input log at shutdown");
+                    }
+                    std::thread::sleep(delay);
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+
+    fn process(&mut self, entry: &LogEntry, seq: Option<u64>) {
+        let produced = self.core.apply(entry, false);
+        self.pending.extend(produced.durable);
+        for r in produced.volatile {
+            let record = VolatileRecord {
+                topic: r.topic.clone(),
+                id: r.id().to_owned(),
+                payload: r.body.to_string().into_bytes(),
+            };
+            if self.volatile.try_send(record).is_err() {
+                self.metrics.volatile_dropped.fetch_add(1, Relaxed);
+            }
+        }
+        if seq.is_some() {
+            self.processed_through = seq;
+        }
+        self.dirty = true;
+    }
+
+    /// Checkpoints if one is due. A failed commit changed nothing on disk: it is reported, and
+    /// the next one (after the interval) carries everything again.
+    fn maybe_checkpoint(&mut self) -> anyhow::Result<()> {
+        if self.dirty && self.last_checkpoint.elapsed() >= self.checkpoint_interval {
+            if let Err(e) = self.checkpoint() {
+                tracing::error!(
+                    error = %format!("{e:#}"),
+                    "cannot commit a checkpoint; records wait in memory and it is retried (the \
+                     input log still holds everything since the last one)"
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Commits state, seen-set changes, the input position and pending records together.
+    fn checkpoint(&mut self) -> anyhow::Result<()> {
+        let Some(store) = self.store.clone() else {
+            self.dirty = false;
+            return Ok(());
+        };
+        if !self.dirty && self.pending.is_empty() {
+            return Ok(());
+        }
+        let started = Instant::now();
+        let (checkpoint, mut seen) = self.core.checkpoint();
+        if !self.unsaved_seen.is_empty() {
+            let mut earlier = std::mem::take(&mut self.unsaved_seen);
+            for (name, changes) in seen {
+                match earlier.iter_mut().find(|(n, _)| *n == name) {
+                    Some((_, e)) => e.merge(changes),
+                    None => earlier.push((name, changes)),
+                }
+            }
+            seen = earlier;
+        }
+        let records: Vec<OutboxRecord> = self
+            .pending
+            .iter()
+            .map(|r| OutboxRecord {
+                topic: r.topic.clone(),
+                id: r.id().to_owned(),
+                payload: r.body.to_string().into_bytes(),
+            })
+            .collect();
+        match store.commit_checkpoint(&checkpoint.encode(), self.processed_through, &records, &seen)
+        {
+            Ok(commit) => {
+                self.pending.clear();
+                self.dirty = false;
+                self.last_checkpoint = Instant::now();
+                let m = &self.metrics;
+                m.checkpoints.fetch_add(1, Relaxed);
+                m.checkpoint_micros
+                    .fetch_add(started.elapsed().as_micros() as u64, Relaxed);
+                m.outboxed.fetch_add(records.len() as u64, Relaxed);
+                m.dropped_by_cap.fetch_add(commit.dropped, Relaxed);
+                if let Some(last) = commit.last_seq {
+                    self.wake.send_replace(last);
+                }
+                Ok(())
+            }
+            Err(e) => {
+                self.unsaved_seen = seen;
+                self.metrics.store_errors.fetch_add(1, Relaxed);
+                self.last_checkpoint = Instant::now();
+                Err(anyhow::Error::new(e).context("committing a checkpoint"))
+            }
+        }
+    }
+}
+
+fn entry_len(entry: &LogEntry) -> u64 {
+    match entry {
+        LogEntry::Messages { messages, .. } => messages.len() as u64,
+        LogEntry::Tick { .. } => 0,
+    }
+}
+
+/// Waits up to `wait` for a first message, then gathers more for up to the linger time.
+fn receive(live: &mut Live, tokio: &tokio::runtime::Handle, wait: Duration) -> Vec<Incoming> {
+    let mut batch = Vec::new();
+    let first = tokio.block_on(async { tokio::time::timeout(wait, live.ingest.recv()).await });
+    match first {
+        Ok(Some(m)) => batch.push(m),
+        _ => return batch,
+    }
+    let deadline = tokio::time::Instant::now() + live.linger;
+    while batch.len() < live.batch_max {
+        match live.ingest.try_recv() {
+            Ok(m) => batch.push(m),
+            Err(mpsc::error::TryRecvError::Empty) => {
+                let next = tokio.block_on(async {
+                    tokio::time::timeout_at(deadline, live.ingest.recv()).await
+                });
+                match next {
+                    Ok(Some(m)) => batch.push(m),
+                    _ => break,
+                }
+            }
+            Err(mpsc::error::TryRecvError::Disconnected) => break,
+        }
+    }
+    batch
+}

@@ -1,0 +1,352 @@
+//! The subscriber to the sensors' broker: receives messages with manual acks and hands them on
+//! through a bounded channel; the caller acks them (through an [`Acker`]) only after the input
+//! log committed them.
+//!
+//! - The rumqttc event loop runs in a task of its own, polled continuously and never cancelled
+//!   mid-poll; it never awaits a client call.
+//! - When weir falls behind, the bounded channel fills and the task stops reading: with acks
+//!   withheld, the broker holds the rest (within its own queue limits: Mosquitto's default
+//!   `max_queued_messages 1000` drops QoS 1 messages silently — raise it).
+//! - On every CONNACK the task subscribes to all filters again, even when the broker reports a
+//!   resumed session: resubscribing is harmless, and trusting `session_present` would lose the
+//!   subscriptions of a session the broker forgot.
+//! - On an error: counted, logged at WARN with the broker's address, then an exponential backoff
+//!   with jitter (reset after a CONNACK) before the next poll reconnects.
+//! - Acks belong to one connection: a token received before a disconnect is dropped, not sent on
+//!   the next connection (the broker may have given its packet id to another message there). The
+//!   broker redelivers that message; the ingest dedup drops the repeat.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+
+use super::conn::{self, Client, Event, Received};
+use super::{BackoffState, Endpoint};
+
+/// A message from the sensors' broker, to be acked once committed.
+#[derive(Debug)]
+pub struct Incoming {
+    pub topic: String,
+    pub payload: bytes::Bytes,
+    pub ack: AckToken,
+}
+
+/// What a manual ack needs: the received PUBLISH and the connection it came on (QoS 0: nothing
+/// to ack).
+#[derive(Debug)]
+pub struct AckToken(Option<(u64, Received)>);
+
+impl AckToken {
+    /// A token with nothing to ack (for messages that did not come from a broker, and tests).
+    pub fn none() -> AckToken {
+        AckToken(None)
+    }
+}
+
+/// Counters for one source.
+#[derive(Debug, Default)]
+pub struct SourceMetrics {
+    /// Messages received and handed on.
+    pub received: AtomicU64,
+    /// Successful connections after the first.
+    pub reconnects: AtomicU64,
+    /// Failed connection attempts and dropped connections.
+    pub connection_errors: AtomicU64,
+    /// Acks handed to the client.
+    pub acked: AtomicU64,
+    /// Acks dropped because their connection had gone (the broker redelivers those messages).
+    pub acks_dropped_stale: AtomicU64,
+    /// Topic filters the broker refused in a SUBACK.
+    pub subscriptions_refused: AtomicU64,
+}
+
+/// The connection generation, behind a lock held both while an ack is checked and queued and
+/// while a connection is declared over: an ack is either queued before the old connection's
+/// requests are purged, or sees the new generation and is dropped.
+#[derive(Debug, Default)]
+struct Generation(Mutex<u64>);
+
+impl Generation {
+    fn current(&self) -> u64 {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn bump(&self) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+    }
+}
+
+/// Acks committed messages. Cheap to clone; usable from any thread (it never blocks on the async
+/// runtime).
+#[derive(Clone)]
+pub struct Acker {
+    client: Client,
+    generation: Arc<Generation>,
+    closed: Arc<AtomicBool>,
+    metrics: Arc<SourceMetrics>,
+}
+
+impl std::fmt::Debug for Acker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Acker").finish_non_exhaustive()
+    }
+}
+
+impl Acker {
+    /// Acks every token, in order, retrying while the client's request channel is full (a
+    /// failed `try_ack` is never ignored). Tokens of a connection that has since dropped are
+    /// discarded (counted in `acks_dropped_stale`), and so is everything once the source has
+    /// stopped. Blocking: call it from a plain thread or `spawn_blocking`, not from async code.
+    pub fn ack(&self, tokens: Vec<AckToken>) {
+        let mut next = 0;
+        let mut spins = 0u32;
+        while next < tokens.len() {
+            {
+                let generation = self.generation.0.lock().unwrap_or_else(|e| e.into_inner());
+                while let Some(token) = tokens.get(next) {
+                    let Some((token_generation, publish)) = &token.0 else {
+                        next += 1;
+                        continue;
+                    };
+                    if !publish.needs_ack() {
+                        next += 1;
+                        continue;
+                    }
+                    if *token_generation != *generation {
+                        self.metrics
+                            .acks_dropped_stale
+                            .fetch_add(1, Ordering::Relaxed);
+                        next += 1;
+                        continue;
+                    }
+                    match self.client.try_ack(publish) {
+                        Ok(()) => {
+                            self.metrics.acked.fetch_add(1, Ordering::Relaxed);
+                            next += 1;
+                        }
+                        Err(conn::NotSent) => break,
+                    }
+                }
+            }
+            if next == tokens.len() {
+                break;
+            }
+            if self.closed.load(Ordering::Acquire) {
+                let left = tokens[next..].iter().filter(|t| t.0.is_some()).count() as u64;
+                self.metrics
+                    .acks_dropped_stale
+                    .fetch_add(left, Ordering::Relaxed);
+                tracing::debug!(left, "source stopped; acks dropped");
+                return;
+            }
+            // The channel is full: the event loop is draining it. Back off briefly (the lock is
+            // released, so the event loop can declare a disconnect meanwhile).
+            spins += 1;
+            if spins < 64 {
+                std::thread::yield_now();
+            } else {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+    }
+}
+
+/// A running subscription.
+pub struct Source {
+    client: Client,
+    generation: Arc<Generation>,
+    closed: Arc<AtomicBool>,
+    metrics: Arc<SourceMetrics>,
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl std::fmt::Debug for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Source").finish_non_exhaustive()
+    }
+}
+
+/// The request channel between the client and the event loop: room for a batch of acks.
+const REQUEST_CAPACITY: usize = 1024;
+
+/// Sets the `closed` flag when the task ends, however it ends.
+struct ClosedOnDrop(Arc<AtomicBool>);
+
+impl Drop for ClosedOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Release);
+    }
+}
+
+impl Source {
+    /// Connects (in the background) and subscribes to `filters` (each with its QoS 0/1/2), with
+    /// manual acks. `max_packet_bytes` is the largest packet accepted from the broker. Must be
+    /// called inside a tokio runtime. Fails only on a bad endpoint (TLS files, say); connection
+    /// problems are retried forever and show in the metrics and the log.
+    pub fn start(
+        endpoint: &Endpoint,
+        filters: Vec<(String, u8)>,
+        max_packet_bytes: usize,
+        tx: mpsc::Sender<Incoming>,
+        metrics: Arc<SourceMetrics>,
+    ) -> anyhow::Result<Source> {
+        for (filter, qos) in &filters {
+            if *qos > 2 {
+                anyhow::bail!("topic filter {filter:?}: QoS {qos} is not 0, 1 or 2");
+            }
+            if filter.is_empty() || !rumqttc::valid_filter(filter) {
+                anyhow::bail!("{filter:?} is not a valid MQTT topic filter");
+            }
+        }
+        let (client, eventloop) = conn::connect(
+            endpoint,
+            conn::Options {
+                max_incoming_packet_bytes: max_packet_bytes,
+                inflight: 100,
+                manual_acks: true,
+                request_capacity: REQUEST_CAPACITY,
+            },
+        )?;
+        let generation = Arc::new(Generation::default());
+        let closed = Arc::new(AtomicBool::new(false));
+        let (stop, stop_rx) = watch::channel(false);
+        let task = tokio::spawn(run(
+            RunState {
+                address: endpoint.address(),
+                client: client.clone(),
+                filters,
+                tx,
+                metrics: metrics.clone(),
+                generation: generation.clone(),
+                backoff: BackoffState::new(endpoint.reconnect),
+                _closed: ClosedOnDrop(closed.clone()),
+            },
+            eventloop,
+            stop_rx,
+        ));
+        Ok(Source {
+            client,
+            generation,
+            closed,
+            metrics,
+            stop,
+            task,
+        })
+    }
+
+    /// A handle to ack committed messages with.
+    pub fn acker(&self) -> Acker {
+        Acker {
+            client: self.client.clone(),
+            generation: self.generation.clone(),
+            closed: self.closed.clone(),
+            metrics: self.metrics.clone(),
+        }
+    }
+
+    /// Disconnects cleanly and ends the task (giving up after 2 s: then the task is aborted).
+    /// Messages not yet acked are redelivered by the broker to the next session.
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+        let mut task = self.task;
+        // Queue a DISCONNECT; the task also stops on its own if it is between connections.
+        while self.client.try_disconnect().is_err()
+            && !task.is_finished()
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        if tokio::time::timeout_at(deadline, &mut task).await.is_err() {
+            tracing::debug!("source task did not stop in time; aborted");
+            task.abort();
+        }
+    }
+}
+
+struct RunState {
+    address: String,
+    client: Client,
+    filters: Vec<(String, u8)>,
+    tx: mpsc::Sender<Incoming>,
+    metrics: Arc<SourceMetrics>,
+    generation: Arc<Generation>,
+    backoff: BackoffState,
+    _closed: ClosedOnDrop,
+}
+
+async fn run(mut s: RunState, mut eventloop: conn::EventLoop, mut stop: watch::Receiver<bool>) {
+    let mut connected_before = false;
+    let mut need_subscribe = false;
+    loop {
+        if need_subscribe {
+            // Non-blocking: if the channel is full, try again after the next poll drained it.
+            need_subscribe = s.client.try_subscribe(&s.filters).is_err();
+        }
+        match eventloop.poll().await {
+            Ok(Event::ConnAck { session_present }) => {
+                if connected_before {
+                    s.metrics.reconnects.fetch_add(1, Ordering::Relaxed);
+                }
+                connected_before = true;
+                s.backoff.reset();
+                tracing::info!(broker = %s.address, session_present, "connected to the source broker");
+                need_subscribe = !s.filters.is_empty();
+            }
+            Ok(Event::Publish(publish)) => {
+                s.metrics.received.fetch_add(1, Ordering::Relaxed);
+                let incoming = Incoming {
+                    topic: publish.topic(),
+                    payload: publish.payload(),
+                    ack: AckToken(Some((s.generation.current(), publish))),
+                };
+                // Waiting here is the backpressure: the broker holds what we do not read.
+                tokio::select! {
+                    sent = s.tx.send(incoming) => if sent.is_err() {
+                        tracing::debug!("source receiver gone; stopping");
+                        break;
+                    },
+                    _ = super::stopped(&mut stop) => break,
+                }
+            }
+            Ok(Event::SubAck { refused }) if refused > 0 => {
+                s.metrics
+                    .subscriptions_refused
+                    .fetch_add(refused as u64, Ordering::Relaxed);
+                tracing::error!(
+                    broker = %s.address, refused, filters = ?s.filters,
+                    "the source broker refused topic filters; nothing arrives on them (check its ACLs)"
+                );
+            }
+            Ok(Event::SubAck { .. }) => {
+                tracing::info!(broker = %s.address, filters = ?s.filters, "subscribed");
+            }
+            Ok(Event::OutgoingDisconnect) => break,
+            Ok(_) => {}
+            Err(error) => {
+                s.metrics.connection_errors.fetch_add(1, Ordering::Relaxed);
+                // Acks of the old connection: drop any that race in from now on, and purge those
+                // already queued.
+                s.generation.bump();
+                eventloop.after_error();
+                if *stop.borrow() {
+                    break;
+                }
+                let delay = s.backoff.next_delay();
+                tracing::warn!(
+                    broker = %s.address, %error, retry_in_ms = delay.as_millis() as u64,
+                    "source broker connection failed; retrying"
+                );
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = super::stopped(&mut stop) => break,
+                }
+                need_subscribe = false;
+            }
+        }
+    }
+    s.generation.bump();
+}

@@ -1,0 +1,249 @@
+//! Real processes for tests: a temp dir that cleans up, the `weir` binary built once, and a child
+//! process whose output is captured to files and which is always stopped by its pid.
+
+use std::fs::File;
+use std::io::{self, Read as _};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::repo;
+
+/// How long `terminate` waits for a process to exit after SIGTERM.
+pub const TERMINATE_DEADLINE: Duration = Duration::from_secs(15);
+
+/// A fresh directory under the system temp dir, removed on drop.
+#[derive(Debug)]
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    /// Creates `<tmp>/<prefix>-<pid>-<n>` (replacing a stale one left by an earlier process).
+    pub fn new(prefix: &str) -> TempDir {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!("{prefix}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path)
+            .unwrap_or_else(|e| panic!("cannot create temp dir {}: {e}", path.display()));
+        TempDir(path)
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A port on 127.0.0.1 that was free a moment ago (bound to port 0, read, released).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("can bind 127.0.0.1:0")
+        .port()
+}
+
+/// Polls `done` every 10 ms until it holds; panics with `what` (and the time waited) otherwise.
+pub fn poll_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !done() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A file's content so far, lossily decoded (empty if it cannot be read).
+pub fn read_lossy(path: &Path) -> String {
+    let mut bytes = Vec::new();
+    if let Ok(mut f) = File::open(path) {
+        let _ = f.read_to_end(&mut bytes);
+    }
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+/// Sends `signal` to `pid`.
+#[allow(unsafe_code)]
+pub fn send_signal(pid: u32, signal: libc::c_int) -> io::Result<()> {
+    let pid = libc::pid_t::try_from(pid).map_err(|_| io::Error::other("pid out of range"))?;
+    // SAFETY: kill(2) takes plain integers and touches no memory of ours.
+    if unsafe { libc::kill(pid, signal) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// `<repo>/target/debug/weir`, built once per process with `cargo build --locked -p weir --bin
+/// weir` (the dev profile the tests use; cargo's own lock orders concurrent builds).
+pub fn weir_bin() -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+            let status = Command::new(&cargo)
+                .args(["build", "--locked", "-p", "weir", "--bin", "weir"])
+                .current_dir(repo())
+                .status()
+                .unwrap_or_else(|e| panic!("cannot run {}: {e}", cargo.to_string_lossy()));
+            assert!(
+                status.success(),
+                "building the weir binary failed (its output is above)"
+            );
+            let target = std::env::var_os("CARGO_TARGET_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| repo().join("target"));
+            let bin = target.join("debug/weir");
+            assert!(
+                bin.exists(),
+                "{} missing after a successful build",
+                bin.display()
+            );
+            bin
+        })
+        .clone()
+}
+
+/// A running child process (normally `weir`) with stdout and stderr captured to files in its own
+/// temp dir. Dropping it kills it (SIGKILL by pid) and reaps it.
+#[derive(Debug)]
+pub struct WeirProcess {
+    child: Child,
+    status: Option<ExitStatus>,
+    dir: TempDir,
+}
+
+impl WeirProcess {
+    /// Starts the `weir` binary (see [`weir_bin`]) with `args` and extra `env`.
+    pub fn spawn(args: &[&str], env: &[(&str, &str)]) -> WeirProcess {
+        WeirProcess::spawn_program(&weir_bin(), args, env)
+    }
+
+    /// Starts any `program` the same way (stdin closed, output captured).
+    pub fn spawn_program(program: &Path, args: &[&str], env: &[(&str, &str)]) -> WeirProcess {
+        let dir = TempDir::new("weir-process");
+        let out = File::create(dir.path().join("stdout")).expect("create stdout file");
+        let err = File::create(dir.path().join("stderr")).expect("create stderr file");
+        let child = Command::new(program)
+            .args(args)
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", program.display()));
+        WeirProcess {
+            child,
+            status: None,
+            dir,
+        }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// A temp dir owned by this process handle (removed on drop): a place for its files.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Everything written to stdout so far.
+    pub fn stdout(&self) -> String {
+        read_lossy(&self.dir.path().join("stdout"))
+    }
+
+    /// Everything written to stderr so far.
+    pub fn stderr(&self) -> String {
+        read_lossy(&self.dir.path().join("stderr"))
+    }
+
+    /// The exit status if the process has exited (it is reaped then), `None` while it runs.
+    pub fn try_status(&mut self) -> Option<ExitStatus> {
+        if self.status.is_none() {
+            self.status = self.child.try_wait().expect("try_wait on a child");
+        }
+        self.status
+    }
+
+    /// Waits up to `timeout` for the process to exit by itself; panics with its stderr if not.
+    pub fn wait(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.try_status() {
+                return status;
+            }
+            if Instant::now() >= deadline {
+                panic!(
+                    "process {} still running after {timeout:?}; stderr:\n{}",
+                    self.pid(),
+                    self.stderr()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// SIGKILL by pid (unless it already exited), then reaps it.
+    pub fn kill9(&mut self) -> ExitStatus {
+        // The child is not reaped until `try_status` sees it exit, so its pid cannot be reused
+        // by another process before this signal.
+        if let Some(status) = self.try_status() {
+            return status;
+        }
+        send_signal(self.pid(), libc::SIGKILL).expect("SIGKILL a child we own");
+        let status = self.child.wait().expect("wait for a killed child");
+        self.status = Some(status);
+        status
+    }
+
+    /// SIGTERM by pid, then waits up to [`TERMINATE_DEADLINE`] for it to exit; panics with its
+    /// stderr if it does not.
+    pub fn terminate(&mut self) -> ExitStatus {
+        if self.try_status().is_none() {
+            send_signal(self.pid(), libc::SIGTERM).expect("SIGTERM a child we own");
+        }
+        self.wait(TERMINATE_DEADLINE)
+    }
+
+    /// Polls the captured stderr until it contains `needle`; panics with the stderr if the
+    /// deadline passes or the process exits without printing it.
+    pub fn wait_for_stderr(&mut self, needle: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            // Check the exit first: a process that printed `needle` and then exited still passes.
+            let exited = self.try_status();
+            let stderr = self.stderr();
+            if stderr.contains(needle) {
+                return;
+            }
+            if let Some(status) = exited {
+                panic!("process exited ({status}) without printing {needle:?}; stderr:\n{stderr}");
+            }
+            if Instant::now() >= deadline {
+                panic!("no {needle:?} on stderr after {timeout:?}; stderr:\n{stderr}");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for WeirProcess {
+    fn drop(&mut self) {
+        if self.try_status().is_none() {
+            let _ = send_signal(self.pid(), libc::SIGKILL);
+            let _ = self.child.wait();
+        }
+    }
+}

@@ -1,0 +1,502 @@
+//! `weir run` against real Mosquitto brokers: the farm end to end (checked against `weir replay`
+//! of the same input), SIGKILL at random moments, a flaky uplink, resent sensor messages, the
+//! outbox disk cap under both policies, and a corrupt database.
+//!
+//! Each test starts its own brokers on free loopback ports (`weir_tests::mosquitto`) and stops
+//! them, and the weir processes it starts, by pid.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value as Json, json};
+use weir_tests::mosquitto::Mosquitto;
+use weir_tests::mqtt_client::{Collector, Message, Publisher};
+use weir_tests::process::{TempDir, WeirProcess};
+use weir_tests::proxy::Proxy;
+
+/// How long weir may take to start (the first start compiles the plugins).
+const START: Duration = Duration::from_secs(120);
+
+/// The farm config from `configs/`, with absolute paths, pointed at the test brokers.
+fn farm_config(dir: &Path, sensors: u16, upstream: u16, extra: &str) -> std::path::PathBuf {
+    weir_tests::plugins();
+    let configs = weir_tests::repo().join("configs");
+    let text = std::fs::read_to_string(configs.join("farm.toml"))
+        .unwrap()
+        .replace("../plugins/", &format!("{}/", weir_tests::repo().join("plugins").display()))
+        .replace("\"sensors.csv\"", &format!("{:?}", configs.join("sensors.csv")));
+    let text = format!(
+        "{}\n{}",
+        live_sections(dir, sensors, upstream, extra),
+        text.replacen("version = 1\n", "", 1)
+    );
+    let path = dir.join("farm.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// `version`, `[source]`, `[upstream]` and `[storage]` for the test brokers; `extra` holds more
+/// lines, each `section.field = value`.
+fn live_sections(dir: &Path, sensors: u16, upstream: u16, extra: &str) -> String {
+    let mut source = vec![
+        format!("broker = \"127.0.0.1:{sensors}\""),
+        "client_id = \"weir-test\"".to_owned(),
+    ];
+    let mut up = vec![format!("broker = \"127.0.0.1:{upstream}\"")];
+    let mut storage = vec![format!("data_dir = {:?}", dir.join("data"))];
+    for line in extra.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        let (section, field) = line.split_once('.').expect("section.field = value");
+        match section {
+            "source" => source.push(field.to_owned()),
+            "upstream" => up.push(field.to_owned()),
+            "storage" => storage.push(field.to_owned()),
+            other => panic!("no section {other}"),
+        }
+    }
+    format!(
+        "version = 1\n\n[source]\n{}\n\n[upstream]\n{}\n\n[storage]\n{}\n",
+        source.join("\n"),
+        up.join("\n"),
+        storage.join("\n")
+    )
+}
+
+/// Starts `weir run CONFIG` and waits until it has subscribed.
+fn start_weir(config: &Path) -> WeirProcess {
+    let mut weir = WeirProcess::spawn(
+        &["run", config.to_str().unwrap()],
+        &[("WEIR_LOG", "weir=info")],
+    );
+    weir.wait_for_stderr("subscribed", START);
+    weir
+}
+
+/// A farm reading as (topic, payload).
+fn reading(sensor: usize, ts: i64, temp: f64, humidity: f64) -> (String, Vec<u8>) {
+    let location = LOCATIONS.with(|l| l[&format!("s{sensor:04}")].clone());
+    (
+        format!("farm/{location}/sensors/s{sensor:04}"),
+        json!({"sensor_id": format!("s{sensor:04}"), "ts": ts, "temp": temp, "humidity": humidity})
+            .to_string()
+            .into_bytes(),
+    )
+}
+
+thread_local! {
+    static LOCATIONS: BTreeMap<String, String> = {
+        let text = std::fs::read_to_string(weir_tests::repo().join("configs/sensors.csv")).unwrap();
+        text.lines()
+            .skip(1)
+            .map(|l| {
+                let cells: Vec<&str> = l.split(',').collect();
+                (cells[0].to_owned(), cells[1].to_owned())
+            })
+            .collect()
+    };
+}
+
+const BASE_MS: i64 = 1_700_000_040_000; // a minute boundary
+
+/// The minute of the final readings of [`farm_input`]: its windows are still open at the end.
+const FINAL_MINUTE_MS: i64 = BASE_MS + 10 * 60_000;
+
+/// `sensors` sensors reporting every 10 s for `steps` steps (at most 48), in time order; a few
+/// impossible humidities, an unknown sensor and a payload that is not JSON. Then one reading per
+/// sensor in [`FINAL_MINUTE_MS`], which moves every sensor's watermark past the earlier windows so
+/// they all fire (and is less than `max_future` ahead of the readings before it).
+fn farm_input(sensors: usize, steps: i64) -> Vec<(String, Vec<u8>)> {
+    let mut input = Vec::new();
+    for step in 0..steps {
+        for s in 0..sensors {
+            let ts = BASE_MS + step * 10_000 + s as i64;
+            let temp = 5.0 + (s % 17) as f64 + step as f64 * 0.1;
+            let humidity = if (s as i64 + step) % 41 == 0 { 140.0 } else { 30.0 + (s % 50) as f64 };
+            input.push(reading(s, ts, temp, humidity));
+        }
+        if step == 3 {
+            input.push((
+                "farm/x/sensors/s9999".into(),
+                json!({"sensor_id": "s9999", "ts": BASE_MS, "temp": 1.0, "humidity": 50.0})
+                    .to_string()
+                    .into_bytes(),
+            ));
+            input.push(("farm/x/sensors/s0001".into(), vec![0xff, 0x00]));
+        }
+    }
+    assert!(steps <= 48);
+    for s in 0..sensors {
+        input.push(reading(s, FINAL_MINUTE_MS + s as i64, 1.0, 50.0));
+    }
+    input
+}
+
+/// `weir replay` of `input` with `config`: every record, by id, without its `output` tag — what
+/// an upstream subscriber should see (topic and payload).
+fn replay(config: &Path, input: &[(String, Vec<u8>)]) -> BTreeMap<String, (String, Json)> {
+    let config = weir::config::Config::from_file(config).unwrap_or_else(|e| panic!("{e}"));
+    let mut lines = String::new();
+    for (topic, payload) in input {
+        let line = match serde_json::from_slice::<Json>(payload) {
+            Ok(p) => json!({"topic": topic, "payload": p}),
+            Err(_) => {
+                use base64::Engine as _;
+                json!({"topic": topic, "payload_base64": base64::engine::general_purpose::STANDARD.encode(payload)})
+            }
+        };
+        lines.push_str(&line.to_string());
+        lines.push('\n');
+    }
+    let mut out = Vec::new();
+    weir::replay::run(&config, &mut lines.as_bytes(), &mut out).unwrap();
+    let mut records = BTreeMap::new();
+    for line in String::from_utf8(out).unwrap().lines() {
+        let mut v: Json = serde_json::from_str(line).unwrap();
+        let map = v.as_object_mut().unwrap();
+        map.remove("output");
+        let topic = map.remove("topic").unwrap().as_str().unwrap().to_owned();
+        let id = map["id"].as_str().expect("every record has an id").to_owned();
+        assert!(records.insert(id, (topic, v)).is_none(), "ids are unique");
+    }
+    records
+}
+
+/// Upstream messages by id (repeats dropped), checking each repeat is identical and the id is
+/// both in the payload and in the user property.
+fn by_id(messages: &[Message]) -> BTreeMap<String, (String, Json)> {
+    let mut out = BTreeMap::new();
+    for m in messages {
+        let payload: Json = serde_json::from_slice(&m.payload).expect("upstream payloads are JSON");
+        let id = payload["id"].as_str().expect("an id in the payload").to_owned();
+        assert!(
+            m.user_properties.iter().any(|(k, v)| k == "weir-id" && *v == id),
+            "the id travels as a user property too: {:?}",
+            m.user_properties
+        );
+        let record = (m.topic.clone(), payload);
+        if let Some(earlier) = out.insert(id.clone(), record.clone()) {
+            assert_eq!(earlier, record, "a repeat of {id} differs");
+        }
+    }
+    out
+}
+
+/// The records of [`farm_input`] whose outcome does not depend on when the run ends: all but the
+/// windows of the final readings (they fire at a replay's end, and live only once the sensors
+/// have been silent for the idle timeout).
+fn settled(records: &BTreeMap<String, (String, Json)>) -> BTreeMap<String, (String, Json)> {
+    records
+        .iter()
+        .filter(|(_, (_, r))| r["start_ms"].as_i64().is_none_or(|s| s < FINAL_MINUTE_MS))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
+fn assert_same(got: &BTreeMap<String, (String, Json)>, want: &BTreeMap<String, (String, Json)>) {
+    let missing: Vec<&String> = want.keys().filter(|k| !got.contains_key(*k)).collect();
+    let extra: Vec<&String> = got.keys().filter(|k| !want.contains_key(*k)).collect();
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "{} missing upstream (first: {:?}), {} unexpected (first: {:?})",
+        missing.len(),
+        missing.first().map(|k| &want[*k]),
+        extra.len(),
+        extra.first().map(|k| &got[*k])
+    );
+    for (id, record) in want {
+        assert_eq!(&got[id], record, "record {id}");
+    }
+}
+
+#[test]
+fn the_farm_runs_live_and_upstream_gets_what_replay_computes() {
+    let sensors_broker = Mosquitto::start();
+    let cloud = Mosquitto::start();
+    let dir = TempDir::new("weir-live-farm");
+    let config = farm_config(dir.path(), sensors_broker.port(), cloud.port(), "");
+    let input = farm_input(300, 18);
+    let want = settled(&replay(&config, &input));
+    assert!(want.len() > 30, "the input makes windows, late data and dead letters");
+
+    let upstream = Collector::subscribe(cloud.port(), "#");
+    let mut weir = start_weir(&config);
+    weir_tests::mqtt_client::publish_all(sensors_broker.port(), &input, 1);
+    let got = upstream.wait_until(|m| settled(&by_id(m)).len() >= want.len(), Duration::from_secs(120));
+    assert_same(&settled(&by_id(&got)), &want);
+
+    let status = weir.terminate();
+    assert!(status.success(), "SIGTERM: a clean exit; stderr:\n{}", weir.stderr());
+}
+
+#[test]
+fn sigkill_at_random_moments_loses_nothing_and_changes_nothing() {
+    let sensors_broker = Mosquitto::start();
+    let cloud = Mosquitto::start();
+    let dir = TempDir::new("weir-live-crash");
+    let config = farm_config(dir.path(), sensors_broker.port(), cloud.port(), "");
+    let input = farm_input(300, 24);
+    let want = settled(&replay(&config, &input));
+    let kills: usize = std::env::var("WEIR_CRASH_KILLS").ok().and_then(|k| k.parse().ok()).unwrap_or(20);
+
+    let upstream = Collector::subscribe(cloud.port(), "#");
+    let mut weir = start_weir(&config);
+    // The publisher streams the whole time, at a rate that spreads the input over the kills.
+    let port = sensors_broker.port();
+    let feed = input.clone();
+    let publisher = std::thread::spawn(move || {
+        let mut p = Publisher::connect(port);
+        for (i, (topic, payload)) in feed.iter().enumerate() {
+            p.publish(topic, payload.clone());
+            if i % 50 == 49 {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+        p.wait_all_acked(Duration::from_secs(120));
+    });
+    let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+    for round in 0..kills {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        // A random moment: between 50 and 700 ms into this run.
+        std::thread::sleep(Duration::from_millis(50 + rng % 650));
+        let status = weir.kill9();
+        assert!(!status.success(), "round {round}: weir was killed");
+        weir = start_weir(&config);
+    }
+    publisher.join().expect("the publisher finishes");
+    let got = upstream.wait_until(|m| settled(&by_id(m)).len() >= want.len(), Duration::from_secs(180));
+    assert_same(&settled(&by_id(&got)), &want);
+    assert!(weir.terminate().success());
+}
+
+/// A pipeline without a window: every reading goes upstream as it is, keyed by sensor.
+fn passthrough_config(dir: &Path, sensors: u16, upstream: u16, extra: &str) -> std::path::PathBuf {
+    let text = format!(
+        "{}\n[[pipeline]]\nname = \"relay\"\ntopics = [\"sensors/#\"]\n\n[pipeline.decode]\n\
+         json = {{ key = \"sensor\", time = \"ts\", time_format = \"ms\" }}\n\n\
+         [pipeline.output]\ntopic = \"relay/{{key}}\"\n",
+        live_sections(dir, sensors, upstream, extra)
+    );
+    let path = dir.join("relay.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// `n` readings from 50 sensors, numbered per sensor.
+fn numbered(n: usize) -> Vec<(String, Vec<u8>)> {
+    (0..n)
+        .map(|i| {
+            let sensor = format!("s{}", i % 50);
+            let seq = i / 50;
+            (
+                format!("sensors/{sensor}"),
+                json!({"sensor": sensor, "ts": BASE_MS + i as i64, "seq": seq}).to_string().into_bytes(),
+            )
+        })
+        .collect()
+}
+
+/// Checks every reading arrived once after dedup, and per key in order of first arrival.
+fn assert_all_in_order(messages: &[Message], n: usize) {
+    let mut seen = BTreeSet::new();
+    let mut last: HashMap<String, i64> = HashMap::new();
+    for m in messages {
+        let p: Json = serde_json::from_slice(&m.payload).unwrap();
+        let id = p["id"].as_str().unwrap().to_owned();
+        if !seen.insert(id) {
+            continue;
+        }
+        let key = p["key"].as_str().unwrap().to_owned();
+        let seq = p["fields"]["seq"].as_i64().or(p["seq"].as_i64()).expect("seq");
+        let prev = last.insert(key.clone(), seq).unwrap_or(-1);
+        assert!(seq > prev, "key {key}: {seq} arrived after {prev}");
+    }
+    assert_eq!(seen.len(), n, "every reading once");
+}
+
+#[test]
+fn a_flaky_uplink_loses_nothing_and_keeps_order_per_key() {
+    let sensors_broker = Mosquitto::start();
+    let cloud = Mosquitto::start();
+    let proxy = Proxy::start(cloud.addr());
+    let dir = TempDir::new("weir-live-flaky");
+    let config = passthrough_config(
+        dir.path(),
+        sensors_broker.port(),
+        proxy.port(),
+        "upstream.reconnect = { initial = \"50ms\", max = \"500ms\" }",
+    );
+    let upstream = Collector::subscribe(cloud.port(), "relay/#");
+    let mut weir = start_weir(&config);
+
+    // Phase 1: a minute of drops and restores every few seconds while readings stream in.
+    let first = numbered(20_000);
+    let port = sensors_broker.port();
+    let feed = first.clone();
+    let publisher = std::thread::spawn(move || {
+        let mut p = Publisher::connect(port);
+        for (i, (t, m)) in feed.iter().enumerate() {
+            p.publish(t, m.clone());
+            if i % 100 == 99 {
+                std::thread::sleep(Duration::from_millis(25));
+            }
+        }
+        p.wait_all_acked(Duration::from_secs(120));
+    });
+    let started = Instant::now();
+    let mut flips = 0;
+    while started.elapsed() < Duration::from_secs(60) {
+        std::thread::sleep(Duration::from_millis(2_500));
+        if flips % 2 == 0 { proxy.down() } else { proxy.up() }
+        flips += 1;
+    }
+    proxy.up();
+    publisher.join().unwrap();
+    let got = upstream.wait_until(|m| distinct_ids(m) >= first.len(), Duration::from_secs(120));
+    assert_all_in_order(&got, first.len());
+
+    // Phase 2: the link held down while more than 65 535 records queue, then restored.
+    proxy.down();
+    let second: Vec<(String, Vec<u8>)> = numbered(90_000)
+        .into_iter()
+        .skip(first.len())
+        .collect();
+    weir_tests::mqtt_client::publish_all(sensors_broker.port(), &second, 1);
+    // Every reading is in the outbox before the link comes back.
+    weir_tests::process::poll_until("weir to log all readings", Duration::from_secs(120), || {
+        weir.stderr().contains("outbox=") && outbox_depth(&weir) >= 65_536
+    });
+    proxy.up();
+    let got = upstream.wait_until(|m| distinct_ids(m) >= 90_000, Duration::from_secs(240));
+    assert_all_in_order(&got, 90_000);
+    assert!(weir.terminate().success());
+}
+
+fn distinct_ids(messages: &[Message]) -> usize {
+    messages
+        .iter()
+        .filter_map(|m| m.user_properties.iter().find(|(k, _)| k == "weir-id").map(|(_, v)| v.clone()))
+        .collect::<BTreeSet<_>>()
+        .len()
+}
+
+/// The last outbox depth weir reported on stderr (`outbox=N`).
+fn outbox_depth(weir: &WeirProcess) -> u64 {
+    weir.stderr()
+        .rsplit("outbox=")
+        .next()
+        .and_then(|t| t.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn resent_sensor_messages_are_counted_once() {
+    let sensors_broker = Mosquitto::start();
+    let cloud = Mosquitto::start();
+    let dir = TempDir::new("weir-live-resend");
+    let config = farm_config(dir.path(), sensors_broker.port(), cloud.port(), "");
+    let input = farm_input(100, 12);
+    let want = settled(&replay(&config, &input));
+    // Every fifth reading is sent twice, some right away, some after others.
+    let mut resent = Vec::new();
+    for (i, m) in input.iter().enumerate() {
+        resent.push(m.clone());
+        if i % 5 == 0 {
+            resent.push(m.clone());
+        }
+        if i % 7 == 0 && i >= 30 {
+            resent.push(input[i - 30].clone());
+        }
+    }
+    let upstream = Collector::subscribe(cloud.port(), "#");
+    let mut weir = start_weir(&config);
+    weir_tests::mqtt_client::publish_all(sensors_broker.port(), &resent, 1);
+    let got = upstream.wait_until(|m| settled(&by_id(m)).len() >= want.len(), Duration::from_secs(120));
+    assert_same(&settled(&by_id(&got)), &want);
+    assert!(weir.terminate().success());
+    let repeats = resent.len() - input.len();
+    assert!(
+        weir.stderr().contains(&format!("deduped={repeats}")),
+        "weir counts {repeats} resends; stderr:\n{}",
+        weir.stderr()
+    );
+}
+
+/// Fills the outbox cap with the uplink down; returns what arrived once it came back, and weir.
+fn fill_the_cap(policy: &str, n: usize) -> (Vec<Message>, WeirProcess) {
+    let sensors_broker = Mosquitto::start();
+    let cloud = Mosquitto::start();
+    let proxy = Proxy::start(cloud.addr());
+    let dir = TempDir::new("weir-live-cap");
+    let config = passthrough_config(
+        dir.path(),
+        sensors_broker.port(),
+        proxy.port(),
+        &format!(
+            "storage.max_outbox = \"64KiB\"\nstorage.on_full = \"{policy}\"\n\
+             upstream.reconnect = {{ initial = \"50ms\", max = \"200ms\" }}"
+        ),
+    );
+    proxy.down();
+    let upstream = Collector::subscribe(cloud.port(), "relay/#");
+    let mut weir = start_weir(&config);
+    let input = numbered(n);
+    let port = sensors_broker.port();
+    let feed = input.clone();
+    let publisher = std::thread::spawn(move || weir_tests::mqtt_client::publish_all(port, &feed, 1));
+    match policy {
+        "block" => weir.wait_for_stderr("the outbox is full", Duration::from_secs(60)),
+        _ => weir.wait_for_stderr("dropped", Duration::from_secs(60)),
+    }
+    publisher.join().unwrap();
+    if policy == "drop-oldest" {
+        weir_tests::process::poll_until("weir to take every reading", Duration::from_secs(60), || {
+            weir.stderr().contains(&format!("messages_in={n}"))
+        });
+    }
+    proxy.up();
+    let wanted = if policy == "block" { n } else { 1 };
+    let got = upstream.wait_until(|m| distinct_ids(m) >= wanted, Duration::from_secs(120));
+    (got, weir)
+}
+
+#[test]
+fn a_full_outbox_with_block_holds_input_back_and_loses_nothing() {
+    let (got, mut weir) = fill_the_cap("block", 3_000);
+    assert_all_in_order(&got, 3_000);
+    assert!(weir.terminate().success());
+}
+
+#[test]
+fn a_full_outbox_with_drop_oldest_drops_the_oldest_counted() {
+    let n = 3_000;
+    let (_, mut weir) = fill_the_cap("drop-oldest", n);
+    assert!(weir.terminate().success());
+    let stderr = weir.stderr();
+    assert!(stderr.contains("ERROR"), "dropping data is an ERROR:\n{stderr}");
+    let dropped: u64 = stderr
+        .rsplit("dropped_by_cap=")
+        .next()
+        .and_then(|t| t.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok())
+        .expect("a dropped_by_cap count");
+    assert!(dropped > 0 && dropped < n as u64, "{dropped} of {n} dropped");
+}
+
+#[test]
+fn a_corrupt_database_is_refused_and_left_as_it_was() {
+    let dir = TempDir::new("weir-live-corrupt");
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let garbage: Vec<u8> = (0..100_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    std::fs::write(data.join("weir.redb"), &garbage).unwrap();
+    // Brokers are never reached: the store is opened first.
+    let config = passthrough_config(dir.path(), 1, 1, "");
+    let mut weir = WeirProcess::spawn(&["run", config.to_str().unwrap()], &[]);
+    let status = weir.wait(Duration::from_secs(60));
+    assert!(!status.success());
+    let stderr = weir.stderr();
+    assert!(stderr.contains("weir.redb"), "names the file:\n{stderr}");
+    assert!(stderr.contains("move it aside") || stderr.contains("mv "), "says how to recover:\n{stderr}");
+    assert_eq!(std::fs::read(data.join("weir.redb")).unwrap(), garbage, "the file is untouched");
+}
