@@ -364,9 +364,16 @@ fn a_flaky_uplink_loses_nothing_and_keeps_order_per_key() {
         .collect();
     weir_tests::mqtt_client::publish_all(sensors_broker.port(), &second, 1);
     // Every reading is in the outbox before the link comes back.
-    weir_tests::process::poll_until("weir to log all readings", Duration::from_secs(120), || {
-        weir.stderr().contains("outbox=") && outbox_depth(&weir) >= 65_536
-    });
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while outbox_depth(&weir) < 65_536 {
+        let stderr = weir.stderr();
+        assert!(
+            Instant::now() < deadline,
+            "the outbox never held 65 536 records; weir's last status:\n{}",
+            stderr.lines().filter(|l| l.contains("status")).last().unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
     proxy.up();
     let got = upstream.wait_until(|m| distinct_ids(m) >= 90_000, Duration::from_secs(240));
     assert_all_in_order(&got, 90_000);

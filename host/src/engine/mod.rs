@@ -43,6 +43,9 @@ const STATUS_EVERY: Duration = Duration::from_secs(1);
 const VOLATILE_QUEUE: usize = 10_000;
 /// Messages from the source waiting for the engine, at most.
 const INGEST_QUEUE: usize = 4096;
+// Every ack weir can owe at once (the ingest queue and one batch) fits the source's request
+// channel: see `mqtt::source::REQUEST_CAPACITY`.
+const _: () = assert!(INGEST_QUEUE + 10_000 < crate::mqtt::source::REQUEST_CAPACITY);
 
 /// Everything a live run shares with its observers.
 #[derive(Debug, Default)]

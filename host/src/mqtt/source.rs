@@ -169,8 +169,12 @@ impl std::fmt::Debug for Source {
     }
 }
 
-/// The request channel between the client and the event loop: room for a batch of acks.
-const REQUEST_CAPACITY: usize = 1024;
+/// The request channel between the client and the event loop. It must hold every ack weir can
+/// owe at once, or the engine (waiting to queue an ack) and the event loop (waiting to hand over
+/// a message) wait on each other for ever: the messages in the ingest channel plus one engine
+/// batch (`source.batch_max_messages`, at most 10 000) stay well below this. The channel only
+/// takes memory for what is queued.
+pub const REQUEST_CAPACITY: usize = 65_536;
 
 /// Sets the `closed` flag when the task ends, however it ends.
 struct ClosedOnDrop(Arc<AtomicBool>);

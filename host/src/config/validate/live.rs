@@ -53,6 +53,12 @@ impl Validator<'_> {
         }
         if let Some(n) = raw.batch_max_messages {
             source.batch_max_messages = self.positive("source.batch_max_messages", n).unwrap_or(1);
+            if n > 10_000 {
+                self.error(
+                    "source.batch_max_messages",
+                    format!("{n} is too large: at most 10000 messages share a commit"),
+                );
+            }
         }
         if let Some(v) = &raw.batch_linger {
             source.batch_linger = self.duration("source.batch_linger", v).unwrap_or_default();
