@@ -64,6 +64,9 @@ enum Decoder {
 /// The layout version of [`PipelineState`].
 const STATE_VERSION: u32 = 1;
 
+/// One entry of a step's keyed state: (key, name, value).
+type StateEntry = (String, String, Vec<u8>);
+
 /// Everything a pipeline holds that its output depends on, for a checkpoint: window state, the
 /// keyed state of each plugin step, the watermark source of each key, the newest event time.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -71,7 +74,7 @@ pub struct PipelineState {
     version: u32,
     window: Option<window::WindowState>,
     /// Per plugin step (by step name), its committed entries (key, name, value).
-    operators: Vec<(String, Vec<(String, String, Vec<u8>)>)>,
+    operators: Vec<(String, Vec<StateEntry>)>,
     /// Key → watermark source, sorted by key.
     sources: Vec<(String, String)>,
     newest_event_ms: i64,
@@ -278,7 +281,10 @@ impl Pipeline {
                 state.version
             ));
         }
-        let steps: Vec<String> = self.operators().map(|op| op.spec().step.to_string()).collect();
+        let steps: Vec<String> = self
+            .operators()
+            .map(|op| op.spec().step.to_string())
+            .collect();
         let saved: Vec<&str> = state.operators.iter().map(|(s, _)| s.as_str()).collect();
         if steps != saved {
             return Err(format!(
@@ -288,8 +294,12 @@ impl Pipeline {
         match (&mut self.window, state.window) {
             (Some(w), Some(ws)) => w.restore(ws)?,
             (None, None) => {}
-            (Some(_), None) => return Err("the checkpoint has no window state, the config has a window".into()),
-            (None, Some(_)) => return Err("the checkpoint has window state, the config has no window".into()),
+            (Some(_), None) => {
+                return Err("the checkpoint has no window state, the config has a window".into());
+            }
+            (None, Some(_)) => {
+                return Err("the checkpoint has window state, the config has no window".into());
+            }
         }
         let mut states = state.operators.into_iter();
         if let Decoder::Plugin(op) = &mut self.decoder {

@@ -24,8 +24,14 @@ fn farm_config(dir: &Path, sensors: u16, upstream: u16, extra: &str) -> std::pat
     let configs = weir_tests::repo().join("configs");
     let text = std::fs::read_to_string(configs.join("farm.toml"))
         .unwrap()
-        .replace("../plugins/", &format!("{}/", weir_tests::repo().join("plugins").display()))
-        .replace("\"sensors.csv\"", &format!("{:?}", configs.join("sensors.csv")));
+        .replace(
+            "../plugins/",
+            &format!("{}/", weir_tests::repo().join("plugins").display()),
+        )
+        .replace(
+            "\"sensors.csv\"",
+            &format!("{:?}", configs.join("sensors.csv")),
+        );
     let text = format!(
         "{}\n{}",
         live_sections(dir, sensors, upstream, extra),
@@ -111,7 +117,11 @@ fn farm_input(sensors: usize, steps: i64) -> Vec<(String, Vec<u8>)> {
         for s in 0..sensors {
             let ts = BASE_MS + step * 10_000 + s as i64;
             let temp = 5.0 + (s % 17) as f64 + step as f64 * 0.1;
-            let humidity = if (s as i64 + step) % 41 == 0 { 140.0 } else { 30.0 + (s % 50) as f64 };
+            let humidity = if (s as i64 + step) % 41 == 0 {
+                140.0
+            } else {
+                30.0 + (s % 50) as f64
+            };
             input.push(reading(s, ts, temp, humidity));
         }
         if step == 3 {
@@ -155,7 +165,10 @@ fn replay(config: &Path, input: &[(String, Vec<u8>)]) -> BTreeMap<String, (Strin
         let map = v.as_object_mut().unwrap();
         map.remove("output");
         let topic = map.remove("topic").unwrap().as_str().unwrap().to_owned();
-        let id = map["id"].as_str().expect("every record has an id").to_owned();
+        let id = map["id"]
+            .as_str()
+            .expect("every record has an id")
+            .to_owned();
         assert!(records.insert(id, (topic, v)).is_none(), "ids are unique");
     }
     records
@@ -167,9 +180,14 @@ fn by_id(messages: &[Message]) -> BTreeMap<String, (String, Json)> {
     let mut out = BTreeMap::new();
     for m in messages {
         let payload: Json = serde_json::from_slice(&m.payload).expect("upstream payloads are JSON");
-        let id = payload["id"].as_str().expect("an id in the payload").to_owned();
+        let id = payload["id"]
+            .as_str()
+            .expect("an id in the payload")
+            .to_owned();
         assert!(
-            m.user_properties.iter().any(|(k, v)| k == "weir-id" && *v == id),
+            m.user_properties
+                .iter()
+                .any(|(k, v)| k == "weir-id" && *v == id),
             "the id travels as a user property too: {:?}",
             m.user_properties
         );
@@ -216,16 +234,26 @@ fn the_farm_runs_live_and_upstream_gets_what_replay_computes() {
     let config = farm_config(dir.path(), sensors_broker.port(), cloud.port(), "");
     let input = farm_input(300, 18);
     let want = settled(&replay(&config, &input));
-    assert!(want.len() > 30, "the input makes windows, late data and dead letters");
+    assert!(
+        want.len() > 30,
+        "the input makes windows, late data and dead letters"
+    );
 
     let upstream = Collector::subscribe(cloud.port(), "#");
     let mut weir = start_weir(&config);
     weir_tests::mqtt_client::publish_all(sensors_broker.port(), &input, 1);
-    let got = upstream.wait_until(|m| settled(&by_id(m)).len() >= want.len(), Duration::from_secs(120));
+    let got = upstream.wait_until(
+        |m| settled(&by_id(m)).len() >= want.len(),
+        Duration::from_secs(120),
+    );
     assert_same(&settled(&by_id(&got)), &want);
 
     let status = weir.terminate();
-    assert!(status.success(), "SIGTERM: a clean exit; stderr:\n{}", weir.stderr());
+    assert!(
+        status.success(),
+        "SIGTERM: a clean exit; stderr:\n{}",
+        weir.stderr()
+    );
 }
 
 #[test]
@@ -236,7 +264,10 @@ fn sigkill_at_random_moments_loses_nothing_and_changes_nothing() {
     let config = farm_config(dir.path(), sensors_broker.port(), cloud.port(), "");
     let input = farm_input(300, 24);
     let want = settled(&replay(&config, &input));
-    let kills: usize = std::env::var("WEIR_CRASH_KILLS").ok().and_then(|k| k.parse().ok()).unwrap_or(20);
+    let kills: usize = std::env::var("WEIR_CRASH_KILLS")
+        .ok()
+        .and_then(|k| k.parse().ok())
+        .unwrap_or(20);
 
     let upstream = Collector::subscribe(cloud.port(), "#");
     let mut weir = start_weir(&config);
@@ -265,15 +296,28 @@ fn sigkill_at_random_moments_loses_nothing_and_changes_nothing() {
         weir = start_weir(&config);
     }
     publisher.join().expect("the publisher finishes");
-    let got = upstream.wait_until(|m| settled(&by_id(m)).len() >= want.len(), Duration::from_secs(180));
+    let got = upstream.wait_until(
+        |m| settled(&by_id(m)).len() >= want.len(),
+        Duration::from_secs(180),
+    );
     assert_same(&settled(&by_id(&got)), &want);
     assert!(weir.terminate().success());
 }
 
 /// A pipeline without a window: every reading goes upstream as it is, keyed by sensor.
 fn passthrough_config(dir: &Path, sensors: u16, upstream: u16, extra: &str) -> std::path::PathBuf {
+    relay_config(dir, sensors, upstream, extra, "effectively-once")
+}
+
+fn relay_config(
+    dir: &Path,
+    sensors: u16,
+    upstream: u16,
+    extra: &str,
+    guarantee: &str,
+) -> std::path::PathBuf {
     let text = format!(
-        "{}\n[[pipeline]]\nname = \"relay\"\ntopics = [\"sensors/#\"]\n\n[pipeline.decode]\n\
+        "{}\n[[pipeline]]\nname = \"relay\"\nguarantee = \"{guarantee}\"\ntopics = [\"sensors/#\"]\n\n[pipeline.decode]\n\
          json = {{ key = \"sensor\", time = \"ts\", time_format = \"ms\" }}\n\n\
          [pipeline.output]\ntopic = \"relay/{{key}}\"\n",
         live_sections(dir, sensors, upstream, extra)
@@ -291,7 +335,9 @@ fn numbered(n: usize) -> Vec<(String, Vec<u8>)> {
             let seq = i / 50;
             (
                 format!("sensors/{sensor}"),
-                json!({"sensor": sensor, "ts": BASE_MS + i as i64, "seq": seq}).to_string().into_bytes(),
+                json!({"sensor": sensor, "ts": BASE_MS + i as i64, "seq": seq})
+                    .to_string()
+                    .into_bytes(),
             )
         })
         .collect()
@@ -308,7 +354,10 @@ fn assert_all_in_order(messages: &[Message], n: usize) {
             continue;
         }
         let key = p["key"].as_str().unwrap().to_owned();
-        let seq = p["fields"]["seq"].as_i64().or(p["seq"].as_i64()).expect("seq");
+        let seq = p["fields"]["seq"]
+            .as_i64()
+            .or(p["seq"].as_i64())
+            .expect("seq");
         let prev = last.insert(key.clone(), seq).unwrap_or(-1);
         assert!(seq > prev, "key {key}: {seq} arrived after {prev}");
     }
@@ -348,7 +397,11 @@ fn a_flaky_uplink_loses_nothing_and_keeps_order_per_key() {
     let mut flips = 0;
     while started.elapsed() < Duration::from_secs(60) {
         std::thread::sleep(Duration::from_millis(2_500));
-        if flips % 2 == 0 { proxy.down() } else { proxy.up() }
+        if flips % 2 == 0 {
+            proxy.down()
+        } else {
+            proxy.up()
+        }
         flips += 1;
     }
     proxy.up();
@@ -358,10 +411,7 @@ fn a_flaky_uplink_loses_nothing_and_keeps_order_per_key() {
 
     // Phase 2: the link held down while more than 65 535 records queue, then restored.
     proxy.down();
-    let second: Vec<(String, Vec<u8>)> = numbered(90_000)
-        .into_iter()
-        .skip(first.len())
-        .collect();
+    let second: Vec<(String, Vec<u8>)> = numbered(90_000).into_iter().skip(first.len()).collect();
     weir_tests::mqtt_client::publish_all(sensors_broker.port(), &second, 1);
     // Every reading is in the outbox before the link comes back.
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -370,7 +420,10 @@ fn a_flaky_uplink_loses_nothing_and_keeps_order_per_key() {
         assert!(
             Instant::now() < deadline,
             "the outbox never held 65 536 records; weir's last status:\n{}",
-            stderr.lines().filter(|l| l.contains("status")).last().unwrap_or_default()
+            stderr
+                .lines()
+                .rfind(|l| l.contains("status"))
+                .unwrap_or_default()
         );
         std::thread::sleep(Duration::from_millis(200));
     }
@@ -383,7 +436,12 @@ fn a_flaky_uplink_loses_nothing_and_keeps_order_per_key() {
 fn distinct_ids(messages: &[Message]) -> usize {
     messages
         .iter()
-        .filter_map(|m| m.user_properties.iter().find(|(k, _)| k == "weir-id").map(|(_, v)| v.clone()))
+        .filter_map(|m| {
+            m.user_properties
+                .iter()
+                .find(|(k, _)| k == "weir-id")
+                .map(|(_, v)| v.clone())
+        })
         .collect::<BTreeSet<_>>()
         .len()
 }
@@ -419,7 +477,10 @@ fn resent_sensor_messages_are_counted_once() {
     let upstream = Collector::subscribe(cloud.port(), "#");
     let mut weir = start_weir(&config);
     weir_tests::mqtt_client::publish_all(sensors_broker.port(), &resent, 1);
-    let got = upstream.wait_until(|m| settled(&by_id(m)).len() >= want.len(), Duration::from_secs(120));
+    let got = upstream.wait_until(
+        |m| settled(&by_id(m)).len() >= want.len(),
+        Duration::from_secs(120),
+    );
     assert_same(&settled(&by_id(&got)), &want);
     assert!(weir.terminate().success());
     let repeats = resent.len() - input.len();
@@ -451,16 +512,19 @@ fn fill_the_cap(policy: &str, n: usize) -> (Vec<Message>, WeirProcess) {
     let input = numbered(n);
     let port = sensors_broker.port();
     let feed = input.clone();
-    let publisher = std::thread::spawn(move || weir_tests::mqtt_client::publish_all(port, &feed, 1));
+    let publisher =
+        std::thread::spawn(move || weir_tests::mqtt_client::publish_all(port, &feed, 1));
     match policy {
         "block" => weir.wait_for_stderr("the outbox is full", Duration::from_secs(60)),
         _ => weir.wait_for_stderr("dropped", Duration::from_secs(60)),
     }
     publisher.join().unwrap();
     if policy == "drop-oldest" {
-        weir_tests::process::poll_until("weir to take every reading", Duration::from_secs(60), || {
-            weir.stderr().contains(&format!("messages_in={n}"))
-        });
+        weir_tests::process::poll_until(
+            "weir to take every reading",
+            Duration::from_secs(60),
+            || weir.stderr().contains(&format!("messages_in={n}")),
+        );
     }
     proxy.up();
     let wanted = if policy == "block" { n } else { 1 };
@@ -481,13 +545,19 @@ fn a_full_outbox_with_drop_oldest_drops_the_oldest_counted() {
     let (_, mut weir) = fill_the_cap("drop-oldest", n);
     assert!(weir.terminate().success());
     let stderr = weir.stderr();
-    assert!(stderr.contains("ERROR"), "dropping data is an ERROR:\n{stderr}");
+    assert!(
+        stderr.contains("ERROR"),
+        "dropping data is an ERROR:\n{stderr}"
+    );
     let dropped: u64 = stderr
         .rsplit("dropped_by_cap=")
         .next()
         .and_then(|t| t.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok())
         .expect("a dropped_by_cap count");
-    assert!(dropped > 0 && dropped < n as u64, "{dropped} of {n} dropped");
+    assert!(
+        dropped > 0 && dropped < n as u64,
+        "{dropped} of {n} dropped"
+    );
 }
 
 #[test]
@@ -495,7 +565,9 @@ fn a_corrupt_database_is_refused_and_left_as_it_was() {
     let dir = TempDir::new("weir-live-corrupt");
     let data = dir.path().join("data");
     std::fs::create_dir_all(&data).unwrap();
-    let garbage: Vec<u8> = (0..100_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    let garbage: Vec<u8> = (0..100_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
     std::fs::write(data.join("weir.redb"), &garbage).unwrap();
     // Brokers are never reached: the store is opened first.
     let config = passthrough_config(dir.path(), 1, 1, "");
@@ -504,6 +576,39 @@ fn a_corrupt_database_is_refused_and_left_as_it_was() {
     assert!(!status.success());
     let stderr = weir.stderr();
     assert!(stderr.contains("weir.redb"), "names the file:\n{stderr}");
-    assert!(stderr.contains("move it aside") || stderr.contains("mv "), "says how to recover:\n{stderr}");
-    assert_eq!(std::fs::read(data.join("weir.redb")).unwrap(), garbage, "the file is untouched");
+    assert!(
+        stderr.contains("move it aside") || stderr.contains("mv "),
+        "says how to recover:\n{stderr}"
+    );
+    assert_eq!(
+        std::fs::read(data.join("weir.redb")).unwrap(),
+        garbage,
+        "the file is untouched"
+    );
+}
+
+#[test]
+fn an_at_most_once_pipeline_writes_nothing_to_disk_and_publishes_with_qos_0() {
+    let sensors_broker = Mosquitto::start();
+    let cloud = Mosquitto::start();
+    let dir = TempDir::new("weir-live-amo");
+    let config = relay_config(
+        dir.path(),
+        sensors_broker.port(),
+        cloud.port(),
+        "",
+        "at-most-once",
+    );
+    let upstream = Collector::subscribe(cloud.port(), "relay/#");
+    let mut weir = start_weir(&config);
+    let input = numbered(500);
+    weir_tests::mqtt_client::publish_all(sensors_broker.port(), &input, 1);
+    let got = upstream.wait_until(|m| distinct_ids(m) >= 500, Duration::from_secs(60));
+    assert!(got.iter().all(|m| m.qos == 0), "published with QoS 0");
+    assert_all_in_order(&got, 500);
+    assert!(weir.terminate().success());
+    assert!(
+        !dir.path().join("data/weir.redb").exists(),
+        "no database for at-most-once pipelines alone"
+    );
 }

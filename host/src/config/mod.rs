@@ -19,8 +19,8 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub(crate) use plugins::load_plugins;
 pub use live::{Broker, Dedup, Guarantee, Source, Storage, Upstream};
+pub(crate) use plugins::load_plugins;
 pub use plugins::{PluginUse, check_plugins, plugin_uses};
 pub use units::{parse_duration, parse_size};
 pub(crate) use validate::Validated;

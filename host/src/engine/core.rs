@@ -32,8 +32,8 @@ impl Checkpoint {
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Checkpoint, String> {
-        let c: Checkpoint =
-            postcard::from_bytes(bytes).map_err(|e| format!("the checkpoint is unreadable: {e}"))?;
+        let c: Checkpoint = postcard::from_bytes(bytes)
+            .map_err(|e| format!("the checkpoint is unreadable: {e}"))?;
         if c.version != CHECKPOINT_VERSION {
             return Err(format!(
                 "the checkpoint has layout version {}, this weir reads {CHECKPOINT_VERSION}",
@@ -71,7 +71,9 @@ pub struct Core {
 
 impl std::fmt::Debug for Core {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Core").field("lanes", &self.lanes.len()).finish_non_exhaustive()
+        f.debug_struct("Core")
+            .field("lanes", &self.lanes.len())
+            .finish_non_exhaustive()
     }
 }
 
@@ -194,7 +196,9 @@ impl Core {
                     push(&mut out, lane.durable, records, &self.metrics);
                 }
                 if !unknown.is_empty() {
-                    self.metrics.unknown_topic.fetch_add(unknown.len() as u64, Relaxed);
+                    self.metrics
+                        .unknown_topic
+                        .fetch_add(unknown.len() as u64, Relaxed);
                     let record = unknown_topic_record(&self.unknown_topic, &unknown);
                     let durable = self.any_durable();
                     push(&mut out, durable, vec![record], &self.metrics);
@@ -242,7 +246,9 @@ impl Core {
                          windows are then lost)"
                     )
                 })?,
-                None => tracing::info!(pipeline = %name, "no saved state: the pipeline starts empty"),
+                None => {
+                    tracing::info!(pipeline = %name, "no saved state: the pipeline starts empty")
+                }
             }
             lane.seen.restore(seen(&name)?);
         }
@@ -254,7 +260,9 @@ impl Core {
 
     /// The pipelines, for status.
     pub fn pipelines(&self) -> impl Iterator<Item = (&Pipeline, bool, usize)> {
-        self.lanes.iter().map(|l| (&l.pipeline, l.durable, l.seen.len()))
+        self.lanes
+            .iter()
+            .map(|l| (&l.pipeline, l.durable, l.seen.len()))
     }
 }
 

@@ -89,12 +89,12 @@ impl SeenSet {
         if self.seen.contains_key(&fingerprint) {
             return true;
         }
-        if self.order.len() >= self.config.max_entries {
-            if let Some((t, f)) = self.order.pop_front() {
-                self.seen.remove(&f);
-                self.changes.evicted.push((t, f));
-                self.evictions += 1;
-            }
+        if self.order.len() >= self.config.max_entries
+            && let Some((t, f)) = self.order.pop_front()
+        {
+            self.seen.remove(&f);
+            self.changes.evicted.push((t, f));
+            self.evictions += 1;
         }
         self.seen.insert(fingerprint, received_ms);
         self.order.push_back((received_ms, fingerprint));

@@ -30,7 +30,7 @@ use self::input::{LogEntry, Logged, OVERSIZED_KEPT_BYTES};
 pub use self::metrics::EngineMetrics;
 use crate::config::Config;
 use crate::mqtt::forwarder::{self, ForwarderMetrics, ForwarderSettings, VolatileRecord};
-use crate::mqtt::source::{Acker, AckToken, Incoming, Source, SourceMetrics};
+use crate::mqtt::source::{AckToken, Acker, Incoming, Source, SourceMetrics};
 use crate::pipeline::Record;
 use crate::runtime::{Runtime, RuntimeConfig};
 use crate::store::{OnFull, OutboxRecord, Store, StoreOptions};
@@ -64,7 +64,11 @@ pub fn now_ms() -> i64 {
 
 /// Runs `config` until `shutdown` turns true (or a part fails), then shuts down cleanly: a last
 /// checkpoint, the forwarder given a moment to deliver, the brokers disconnected.
-pub fn run(config: Config, metrics: Metrics, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+pub fn run(
+    config: Config,
+    metrics: Metrics,
+    shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
     let upstream = config.upstream.clone().with_context(|| {
         format!(
             "{}: no [upstream] section; weir run needs the broker to forward results to, e.g. \
@@ -143,12 +147,20 @@ pub fn run(config: Config, metrics: Metrics, shutdown: watch::Receiver<bool>) ->
     filters.sort();
     filters.dedup();
     let (ingest_tx, ingest_rx) = mpsc::channel(INGEST_QUEUE);
-    let max_packet_bytes =
-        usize::try_from(config.source.max_message_bytes.saturating_mul(16).max(1 << 20))
-            .unwrap_or(usize::MAX);
+    let max_packet_bytes = usize::try_from(
+        config
+            .source
+            .max_message_bytes
+            .saturating_mul(16)
+            .max(1 << 20),
+    )
+    .unwrap_or(usize::MAX);
     let source = Source::start(
         &config.source.broker.endpoint()?,
-        filters.iter().map(|f| (f.clone(), config.source.qos)).collect(),
+        filters
+            .iter()
+            .map(|f| (f.clone(), config.source.qos))
+            .collect(),
         max_packet_bytes,
         ingest_tx,
         metrics.source.clone(),
@@ -305,7 +317,7 @@ impl Engine<'_> {
                          until the uplink drains it; the source broker holds the messages"
                     );
                 }
-                self.maybe_checkpoint()?;
+                self.maybe_checkpoint();
                 std::thread::sleep(Duration::from_millis(20));
                 continue;
             }
@@ -326,7 +338,7 @@ impl Engine<'_> {
                 last_input = Instant::now();
                 self.tick()?;
             }
-            self.maybe_checkpoint()?;
+            self.maybe_checkpoint();
         }
         self.checkpoint()?;
         self.report("stopped");
@@ -346,6 +358,7 @@ impl Engine<'_> {
             outbox_bytes = self.store.as_ref().map_or(0, |s| s.outbox_bytes()),
             dropped_by_cap = m.dropped_by_cap.load(Relaxed),
             checkpoints = m.checkpoints.load(Relaxed),
+            commits = self.store.as_ref().map_or(0, |s| s.commits()),
             "{what}"
         );
     }
@@ -360,7 +373,9 @@ impl Engine<'_> {
 
     /// Logs a batch (if any of it must be), acknowledges it, and processes it.
     fn take_in(&mut self, live: &Live, batch: Vec<Incoming>) -> anyhow::Result<()> {
-        self.metrics.messages_in.fetch_add(batch.len() as u64, Relaxed);
+        self.metrics
+            .messages_in
+            .fetch_add(batch.len() as u64, Relaxed);
         let received_ms = now_ms();
         let mut tokens: Vec<AckToken> = Vec::with_capacity(batch.len());
         let mut all = Vec::with_capacity(batch.len());
@@ -368,7 +383,10 @@ impl Engine<'_> {
         for incoming in batch {
             let size = incoming.payload.len() as u64;
             let (payload, oversized) = if size > live.max_message_bytes {
-                (incoming.payload[..OVERSIZED_KEPT_BYTES.min(incoming.payload.len())].to_vec(), Some(size))
+                (
+                    incoming.payload[..OVERSIZED_KEPT_BYTES.min(incoming.payload.len())].to_vec(),
+                    Some(size),
+                )
             } else {
                 (incoming.payload.to_vec(), None)
             };
@@ -470,17 +488,17 @@ impl Engine<'_> {
 
     /// Checkpoints if one is due. A failed commit changed nothing on disk: it is reported, and
     /// the next one (after the interval) carries everything again.
-    fn maybe_checkpoint(&mut self) -> anyhow::Result<()> {
-        if self.dirty && self.last_checkpoint.elapsed() >= self.checkpoint_interval {
-            if let Err(e) = self.checkpoint() {
-                tracing::error!(
-                    error = %format!("{e:#}"),
-                    "cannot commit a checkpoint; records wait in memory and it is retried (the \
-                     input log still holds everything since the last one)"
-                );
-            }
+    fn maybe_checkpoint(&mut self) {
+        if self.dirty
+            && self.last_checkpoint.elapsed() >= self.checkpoint_interval
+            && let Err(e) = self.checkpoint()
+        {
+            tracing::error!(
+                error = %format!("{e:#}"),
+                "cannot commit a checkpoint; records wait in memory and it is retried (the \
+                 input log still holds everything since the last one)"
+            );
         }
-        Ok(())
     }
 
     /// Commits state, seen-set changes, the input position and pending records together.
@@ -513,8 +531,12 @@ impl Engine<'_> {
                 payload: r.body.to_string().into_bytes(),
             })
             .collect();
-        match store.commit_checkpoint(&checkpoint.encode(), self.processed_through, &records, &seen)
-        {
+        match store.commit_checkpoint(
+            &checkpoint.encode(),
+            self.processed_through,
+            &records,
+            &seen,
+        ) {
             Ok(commit) => {
                 self.pending.clear();
                 self.dirty = false;

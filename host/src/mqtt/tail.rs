@@ -245,6 +245,9 @@ async fn receive(
             Ok(Event::SubAck { refused }) if refused > 0 => {
                 tracing::error!(broker = %address, filter = %filters[0].0, "the broker refused the subscription");
             }
+            Ok(Event::SubAck { .. }) => {
+                tracing::info!(broker = %address, filter = %filters[0].0, "subscribed");
+            }
             Ok(Event::OutgoingDisconnect) => return,
             Ok(_) => {}
             Err(error) => {

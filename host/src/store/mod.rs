@@ -374,7 +374,11 @@ impl Store {
                         .remove(seen_key(pipeline, *t, Some(f)).as_slice())
                         .map_err(|e| self.err(OP, e))?;
                 }
-                for (t, f) in changes.added.iter().filter(|(t, _)| *t >= changes.forget_before_ms) {
+                for (t, f) in changes
+                    .added
+                    .iter()
+                    .filter(|(t, _)| *t >= changes.forget_before_ms)
+                {
                     table
                         .insert(seen_key(pipeline, *t, Some(f)).as_slice(), ())
                         .map_err(|e| self.err(OP, e))?;
@@ -449,7 +453,8 @@ impl Store {
                 if rest.len() != 24 {
                     continue;
                 }
-                let t = (u64::from_be_bytes(rest[..8].try_into().expect("8 bytes")) ^ (1 << 63)) as i64;
+                let t =
+                    (u64::from_be_bytes(rest[..8].try_into().expect("8 bytes")) ^ (1 << 63)) as i64;
                 out.push((t, rest[8..].try_into().expect("16 bytes")));
             }
             Ok(out)

@@ -157,14 +157,18 @@ fn outbox_seqs_continue_after_deletes_and_reopen() {
     assert_eq!(store.outbox_len(), 0);
     assert_eq!(store.last_outbox_seq(), Some(4));
 
-    let commit = store.commit_checkpoint(b"", None, &records[..2], &[]).unwrap();
+    let commit = store
+        .commit_checkpoint(b"", None, &records[..2], &[])
+        .unwrap();
     assert_eq!((commit.first_seq, commit.last_seq), (Some(5), Some(6)));
     assert_eq!(store.delete_outbox(&[5, 6]).unwrap(), 2);
     drop(store);
 
     let store = Store::open(dir.path(), unbounded()).unwrap();
     assert_eq!(store.last_outbox_seq(), Some(6));
-    let commit = store.commit_checkpoint(b"", None, &records[..1], &[]).unwrap();
+    let commit = store
+        .commit_checkpoint(b"", None, &records[..1], &[])
+        .unwrap();
     assert_eq!(commit.first_seq, Some(7));
     let empty = store.commit_checkpoint(b"", None, &[], &[]).unwrap();
     assert_eq!(empty, CheckpointCommit::default());
@@ -241,7 +245,12 @@ fn a_checkpoint_its_records_and_its_trim_are_one_commit() {
         store.append_input(b"raw").unwrap();
     }
     store
-        .commit_checkpoint(b"", None, &[record(0, 20), record(1, 20), record(2, 20)], &[])
+        .commit_checkpoint(
+            b"",
+            None,
+            &[record(0, 20), record(1, 20), record(2, 20)],
+            &[],
+        )
         .unwrap();
     let before = store.commits();
     let commit = store
@@ -530,7 +539,9 @@ fn run_model(seed: u64, on_full: OnFull) {
                     .map(|n| record(step * 100 + n, rng.below(200) as usize))
                     .collect();
                 let blob = step.to_le_bytes().to_vec();
-                let got = store.commit_checkpoint(&blob, covers, &records, &[]).unwrap();
+                let got = store
+                    .commit_checkpoint(&blob, covers, &records, &[])
+                    .unwrap();
                 if let Some(c) = covers {
                     model.input.retain(|&seq, _| seq > c);
                     model.input_next = model.input_next.max(c + 1);
@@ -651,18 +662,48 @@ fn dedup_memory_is_committed_with_checkpoints_and_forgotten_by_range() {
         forget_before_ms: i64::MIN,
     };
     store
-        .commit_checkpoint(b"", None, &[], &[("farm".into(), changes), ("other".into(), SeenChanges { added: vec![(1, f(9))], ..SeenChanges::default() })])
+        .commit_checkpoint(
+            b"",
+            None,
+            &[],
+            &[
+                ("farm".into(), changes),
+                (
+                    "other".into(),
+                    SeenChanges {
+                        added: vec![(1, f(9))],
+                        ..SeenChanges::default()
+                    },
+                ),
+            ],
+        )
         .unwrap();
-    assert_eq!(store.load_seen("farm").unwrap(), vec![(-5, f(1)), (10, f(2)), (20, f(3)), (30, f(4))]);
+    assert_eq!(
+        store.load_seen("farm").unwrap(),
+        vec![(-5, f(1)), (10, f(2)), (20, f(3)), (30, f(4))]
+    );
     let later = SeenChanges {
         added: vec![(40, f(5))],
         evicted: vec![(30, f(4))],
         forget_before_ms: 15,
     };
-    store.commit_checkpoint(b"", None, &[], &[("farm".into(), later)]).unwrap();
+    store
+        .commit_checkpoint(b"", None, &[], &[("farm".into(), later)])
+        .unwrap();
     drop(store);
     let store = Store::open(dir.path(), unbounded()).unwrap();
-    assert_eq!(store.load_seen("farm").unwrap(), vec![(20, f(3)), (40, f(5))]);
-    assert_eq!(store.load_seen("other").unwrap(), vec![(1, f(9))], "other pipelines keep theirs");
-    assert_eq!(store.load_seen("far").unwrap(), vec![], "a name that is a prefix of another");
+    assert_eq!(
+        store.load_seen("farm").unwrap(),
+        vec![(20, f(3)), (40, f(5))]
+    );
+    assert_eq!(
+        store.load_seen("other").unwrap(),
+        vec![(1, f(9))],
+        "other pipelines keep theirs"
+    );
+    assert_eq!(
+        store.load_seen("far").unwrap(),
+        vec![],
+        "a name that is a prefix of another"
+    );
 }

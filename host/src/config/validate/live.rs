@@ -2,9 +2,7 @@
 //! `dedup`.
 
 use super::super::live::{Broker, Dedup, Guarantee, Source, Storage, Upstream};
-use super::super::raw::{
-    Part, RawDedup, RawGuarantee, RawMqtt, RawOnFull, RawStorage, RawTls,
-};
+use super::super::raw::{Part, RawDedup, RawGuarantee, RawMqtt, RawOnFull, RawStorage, RawTls};
 use super::{SEE, Validator};
 use crate::mqtt::{Backoff, Protocol, Tls};
 use crate::store::OnFull;
@@ -41,7 +39,10 @@ impl Validator<'_> {
         let broker = self.broker(Side::Source, &raw, source.broker.clone());
         if let Some(qos) = raw.qos {
             if qos > 2 {
-                self.error("source.qos", format!("{qos} is not an MQTT QoS; write 0, 1 or 2"));
+                self.error(
+                    "source.qos",
+                    format!("{qos} is not an MQTT QoS; write 0, 1 or 2"),
+                );
             }
             source.qos = qos;
         }
@@ -137,7 +138,10 @@ impl Validator<'_> {
         let before = self.errors.len();
         if let Some(dir) = raw.data_dir {
             if dir.is_empty() {
-                self.error("storage.data_dir", "empty; name the directory weir keeps its data in");
+                self.error(
+                    "storage.data_dir",
+                    "empty; name the directory weir keeps its data in",
+                );
             }
             storage.data_dir = self.dir.join(dir);
         }
@@ -185,7 +189,9 @@ impl Validator<'_> {
             dedup.field = Some(field);
         }
         if let Some(v) = &raw.horizon {
-            dedup.horizon = self.duration(&format!("{at}.horizon"), v).unwrap_or_default();
+            dedup.horizon = self
+                .duration(&format!("{at}.horizon"), v)
+                .unwrap_or_default();
         }
         if let Some(n) = raw.max_entries {
             dedup.max_entries = self.positive(&format!("{at}.max_entries"), n).unwrap_or(1);
@@ -256,14 +262,18 @@ impl Validator<'_> {
                 other => {
                     self.error(
                         at("mqtt_version"),
-                        format!("{other:?} is not an MQTT version weir speaks; write \"5\" or \"3.1.1\""),
+                        format!(
+                            "{other:?} is not an MQTT version weir speaks; write \"5\" or \"3.1.1\""
+                        ),
                     );
                     b.protocol
                 }
             };
         }
         if let Some(v) = &raw.keep_alive {
-            b.keep_alive = self.positive_duration(&at("keep_alive"), v).unwrap_or_default();
+            b.keep_alive = self
+                .positive_duration(&at("keep_alive"), v)
+                .unwrap_or_default();
         }
         if let Some(c) = raw.clean_session {
             b.clean_session = c;
@@ -274,7 +284,10 @@ impl Validator<'_> {
             if !path.is_file() {
                 self.error(
                     at("password_file"),
-                    format!("{} is not a file; write the password on its first line", path.display()),
+                    format!(
+                        "{} is not a file; write the password on its first line",
+                        path.display()
+                    ),
                 );
             }
             b.password_file = Some(path);
@@ -288,10 +301,14 @@ impl Validator<'_> {
         if let Some(r) = &raw.reconnect {
             let mut backoff = Backoff::default();
             if let Some(v) = &r.initial {
-                backoff.initial = self.positive_duration(&at("reconnect.initial"), v).unwrap_or_default();
+                backoff.initial = self
+                    .positive_duration(&at("reconnect.initial"), v)
+                    .unwrap_or_default();
             }
             if let Some(v) = &r.max {
-                backoff.max = self.positive_duration(&at("reconnect.max"), v).unwrap_or_default();
+                backoff.max = self
+                    .positive_duration(&at("reconnect.max"), v)
+                    .unwrap_or_default();
             }
             if backoff.max < backoff.initial {
                 self.error(at("reconnect.max"), "must be at least reconnect.initial");
@@ -306,7 +323,10 @@ impl Validator<'_> {
             value.as_ref().map(|p| {
                 let path = self.dir.join(p);
                 if !path.is_file() {
-                    self.error(format!("{at}.{field}"), format!("{} is not a file", path.display()));
+                    self.error(
+                        format!("{at}.{field}"),
+                        format!("{} is not a file", path.display()),
+                    );
                 }
                 path
             })
@@ -337,7 +357,14 @@ fn parse_address(addr: &str) -> Result<(String, u16), String> {
         None => (addr, 1883),
     };
     if host.is_empty() || host.contains('/') {
-        return Err(format!("{addr:?} is not \"host:port\", e.g. \"127.0.0.1:1883\""));
+        return Err(format!(
+            "{addr:?} is not \"host:port\", e.g. \"127.0.0.1:1883\""
+        ));
     }
-    Ok((host.trim_start_matches('[').trim_end_matches(']').to_owned(), port))
+    Ok((
+        host.trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned(),
+        port,
+    ))
 }
