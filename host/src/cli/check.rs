@@ -241,12 +241,16 @@ mod tests {
     use super::*;
 
     fn run_check(text: &str) -> (ExitCode, String, String) {
-        let dir = std::env::temp_dir().join(format!("weir-check-{}", std::process::id()));
+        // One folder per call: tests run in parallel.
+        static CALLS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("weir-check-{}-{n}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("pipeline.toml");
         std::fs::write(&path, text).unwrap();
         let (mut out, mut err) = (Vec::new(), Vec::new());
         let code = check(&path, &mut out, &mut err).unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
         (
             code,
             String::from_utf8(out).unwrap(),

@@ -322,3 +322,82 @@ fn errors_display_one_per_line_and_say_whether_the_file_was_read() {
     let e = Config::from_str("[[pipeline]]\nname = \"A\"", Path::new("x.toml")).unwrap_err();
     assert_eq!(e.to_string().lines().count(), e.len());
 }
+
+#[test]
+fn live_sections_resolve_with_their_defaults_and_settings() {
+    let defaults = Config::from_str(MINIMAL, Path::new("cfg/test.toml")).unwrap();
+    assert_eq!(defaults.source, Source::default());
+    assert_eq!(defaults.storage, Storage::default());
+    assert_eq!(defaults.upstream, None);
+    assert_eq!(defaults.pipelines[0].guarantee, Guarantee::EffectivelyOnce);
+    assert_eq!(defaults.pipelines[0].dedup, Dedup::default());
+
+    let c = Config::from_str(LIVE, Path::new("cfg/test.toml")).unwrap_or_else(|e| panic!("{e}"));
+    let s = &c.source;
+    assert_eq!((s.broker.host.as_str(), s.broker.port), ("127.0.0.1", 1883));
+    assert_eq!(s.broker.protocol, crate::mqtt::Protocol::V311);
+    assert_eq!((s.qos, s.broker.clean_session), (2, true));
+    assert_eq!(s.max_message_bytes, 64 * 1024);
+    assert_eq!(
+        (s.batch_max_messages, s.batch_linger),
+        (500, Duration::from_millis(5))
+    );
+    assert_eq!(s.dead_letter, "gw-7/unmatched");
+    let u = c.upstream.as_ref().unwrap();
+    assert_eq!((u.broker.host.as_str(), u.broker.port), ("::1", 8883));
+    assert_eq!((u.max_inflight, u.drain_rate_per_s), (65535, Some(500)));
+    assert_eq!(u.id_property, "x-id");
+    assert_eq!(u.broker.reconnect.max, Duration::from_secs(60));
+    assert_eq!(c.storage.data_dir, Path::new("cfg/data"));
+    assert_eq!(c.storage.on_full, crate::store::OnFull::DropOldest);
+    assert_eq!(c.storage.max_outbox_bytes, 1 << 30);
+    let p = &c.pipelines[0];
+    assert_eq!(p.guarantee, Guarantee::AtMostOnce);
+    assert_eq!(p.dedup.field.as_deref(), Some("msg_id"));
+    assert_eq!(
+        (p.dedup.horizon, p.dedup.max_entries),
+        (Duration::from_secs(3600), 5000)
+    );
+}
+
+const LIVE: &str = r#"# Every live setting, valid: no errors.
+version = 1
+
+[source]
+broker = "127.0.0.1:1883"
+client_id = "gw-7"
+mqtt_version = "3.1.1"
+qos = 2
+clean_session = true
+keep_alive = "10s"
+max_message_bytes = "64KiB"
+batch_max_messages = 500
+batch_linger = "5ms"
+dead_letter = "gw-7/unmatched"
+
+[upstream]
+broker = "[::1]:8883"
+mqtt_version = "5"
+max_inflight = 65535
+drain_rate = 500
+id_property = "x-id"
+reconnect = { initial = "1s", max = "1m" }
+
+[storage]
+data_dir = "data"
+checkpoint_interval = "1s"
+max_outbox = "1GiB"
+on_full = "drop-oldest"
+
+[[pipeline]]
+name = "relay"
+topics = ["sensors/#"]
+guarantee = "at-most-once"
+dedup = { field = "msg_id", horizon = "1h", max_entries = 5000 }
+
+[pipeline.decode]
+json = { key = "sensor", time = "ts", time_format = "ms" }
+
+[pipeline.output]
+topic = "relay/{key}"
+"#;

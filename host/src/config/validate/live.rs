@@ -46,11 +46,13 @@ impl Validator<'_> {
             }
             source.qos = qos;
         }
-        if let Some(v) = &raw.max_message_bytes {
-            source.max_message_bytes = self.size("source.max_message_bytes", v).unwrap_or(0);
-            if source.max_message_bytes == 0 {
+        if let Some(v) = &raw.max_message_bytes
+            && let Some(n) = self.size("source.max_message_bytes", v)
+        {
+            if n == 0 {
                 self.error("source.max_message_bytes", "must be more than zero");
             }
+            source.max_message_bytes = n;
         }
         if let Some(n) = raw.batch_max_messages {
             source.batch_max_messages = self.positive("source.batch_max_messages", n).unwrap_or(1);
@@ -150,11 +152,13 @@ impl Validator<'_> {
                 .positive_duration("storage.checkpoint_interval", v)
                 .unwrap_or_default();
         }
-        if let Some(v) = &raw.max_outbox {
-            storage.max_outbox_bytes = self.size("storage.max_outbox", v).unwrap_or(0);
-            if storage.max_outbox_bytes == 0 {
+        if let Some(v) = &raw.max_outbox
+            && let Some(n) = self.size("storage.max_outbox", v)
+        {
+            if n == 0 {
                 self.error("storage.max_outbox", "must be more than zero");
             }
+            storage.max_outbox_bytes = n;
         }
         if let Some(p) = raw.on_full {
             storage.on_full = match p {
