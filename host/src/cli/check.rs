@@ -77,6 +77,7 @@ fn summary(
         config.file.display(),
         if n == 1 { "" } else { "s" }
     )?;
+    live(config, out)?;
     for p in &config.pipelines {
         pipeline(p, out)?;
     }
@@ -212,7 +213,70 @@ fn pipeline(p: &Pipeline, out: &mut dyn Write) -> std::io::Result<()> {
         "  outputs     {}{late}, dead letters {}",
         o.topic, o.dead_letter
     )?;
+    let dedup = if p.dedup.horizon.is_zero() {
+        "off".to_owned()
+    } else {
+        format!(
+            "by {} within {}",
+            p.dedup
+                .field
+                .as_deref()
+                .map_or("topic and payload".to_owned(), |f| format!(
+                    "topic and `{f}`"
+                )),
+            format_duration(p.dedup.horizon)
+        )
+    };
+    writeln!(out, "  guarantee   {}, dedup {dedup}", p.guarantee.as_str())?;
     Ok(())
+}
+
+/// The live sections: where messages come from and go, and where state is kept.
+fn live(config: &Config, out: &mut dyn Write) -> std::io::Result<()> {
+    let version = |p: crate::mqtt::Protocol| match p {
+        crate::mqtt::Protocol::V5 => "MQTT 5",
+        crate::mqtt::Protocol::V311 => "MQTT 3.1.1",
+    };
+    let s = &config.source;
+    writeln!(
+        out,
+        "source        {} ({}, QoS {}, {} session{})",
+        s.broker.address(),
+        version(s.broker.protocol),
+        s.qos,
+        if s.broker.clean_session {
+            "clean"
+        } else {
+            "persistent"
+        },
+        if s.broker.tls.is_some() { ", TLS" } else { "" }
+    )?;
+    match &config.upstream {
+        Some(u) => writeln!(
+            out,
+            "upstream      {} ({}, QoS 1, at most {} in flight{})",
+            u.broker.address(),
+            version(u.broker.protocol),
+            u.max_inflight,
+            if u.broker.tls.is_some() { ", TLS" } else { "" }
+        )?,
+        None => writeln!(
+            out,
+            "upstream      none: `weir run` needs an [upstream] broker"
+        )?,
+    }
+    let st = &config.storage;
+    writeln!(
+        out,
+        "storage       {} (checkpoint every {}, outbox cap {} bytes, on full: {})",
+        st.data_dir.display(),
+        format_duration(st.checkpoint_interval),
+        st.max_outbox_bytes,
+        match st.on_full {
+            crate::store::OnFull::Block => "block",
+            crate::store::OnFull::DropOldest => "drop-oldest",
+        }
+    )
 }
 
 /// A plugin step in a summary: its file name, and whether it has limits, grants or a pin.
@@ -279,8 +343,14 @@ topic = "farm/{key}/agg"
         let (code, out, err) = run_check(VALID);
         assert_eq!(code, ExitCode::SUCCESS, "{err}");
         assert!(err.is_empty());
+        assert!(out.contains(": valid, 1 pipeline\nsource "), "{out}");
+        assert!(out.contains("\npipeline farm\n"), "{out}");
         assert!(
-            out.contains(": valid, 1 pipeline\npipeline farm\n"),
+            out.contains("upstream      none: `weir run` needs an [upstream] broker"),
+            "{out}"
+        );
+        assert!(
+            out.contains("  guarantee   effectively-once, dedup by topic and payload within 10m"),
             "{out}"
         );
         assert!(
