@@ -125,3 +125,16 @@ pub mod mosquitto;
 pub mod mqtt_client;
 pub mod process;
 pub mod proxy;
+
+/// The location of each sensor, from `configs/sensors.csv` (the table the farm config enriches
+/// with).
+pub fn locations() -> std::collections::BTreeMap<String, String> {
+    let text = std::fs::read_to_string(repo().join("configs/sensors.csv")).unwrap();
+    text.lines()
+        .skip(1)
+        .map(|l| {
+            let cells: Vec<&str> = l.split(',').collect();
+            (cells[0].to_owned(), cells[1].to_owned())
+        })
+        .collect()
+}

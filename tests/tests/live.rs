@@ -90,16 +90,7 @@ fn reading(sensor: usize, ts: i64, temp: f64, humidity: f64) -> (String, Vec<u8>
 }
 
 thread_local! {
-    static LOCATIONS: BTreeMap<String, String> = {
-        let text = std::fs::read_to_string(weir_tests::repo().join("configs/sensors.csv")).unwrap();
-        text.lines()
-            .skip(1)
-            .map(|l| {
-                let cells: Vec<&str> = l.split(',').collect();
-                (cells[0].to_owned(), cells[1].to_owned())
-            })
-            .collect()
-    };
+    static LOCATIONS: BTreeMap<String, String> = weir_tests::locations();
 }
 
 const BASE_MS: i64 = 1_700_000_040_000; // a minute boundary

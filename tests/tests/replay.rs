@@ -379,18 +379,6 @@ fn late_events_refire_within_lateness_and_go_to_the_late_output_beyond_it() {
     assert_eq!(ids.len(), main.len());
 }
 
-/// The location of each sensor, from the table the farm config enriches with.
-fn locations() -> BTreeMap<String, String> {
-    let text = std::fs::read_to_string(weir_tests::repo().join("configs/sensors.csv")).unwrap();
-    text.lines()
-        .skip(1)
-        .map(|l| {
-            let cells: Vec<&str> = l.split(',').collect();
-            (cells[0].to_owned(), cells[1].to_owned())
-        })
-        .collect()
-}
-
 #[test]
 fn the_farm_config_gives_per_location_minute_aggregates_through_its_plugins() {
     weir_tests::plugins(); // the config names the built components
@@ -426,7 +414,7 @@ fn the_farm_config_gives_per_location_minute_aggregates_through_its_plugins() {
         .collect();
 
     // Expected, directly: drop humidity outside 0..100, °C to °F, group by location and minute.
-    let loc = locations();
+    let loc = weir_tests::locations();
     let mut expected: BTreeMap<(String, i64), (u64, f64)> = BTreeMap::new();
     for (sensor, ts, temp, humidity) in &readings {
         if !(0.0..=100.0).contains(humidity) {
@@ -496,7 +484,7 @@ fn a_pipeline_without_window_forwards_alerts_as_they_happen() {
         .collect();
     let alerts = by_output(&lines, "main");
     assert_eq!(alerts.len(), 1, "{lines:?}");
-    let loc = &locations()["s0001"];
+    let loc = &weir_tests::locations()["s0001"];
     assert_eq!(
         alerts[0]["key"],
         loc.as_str(),

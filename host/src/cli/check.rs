@@ -242,23 +242,31 @@ fn live(config: &Config, out: &mut dyn Write) -> std::io::Result<()> {
         out,
         "source        {} ({}, QoS {}, {} session{})",
         s.broker.address(),
-        version(s.broker.protocol),
+        version(s.broker.endpoint.protocol),
         s.qos,
-        if s.broker.clean_session {
+        if s.broker.endpoint.clean_session {
             "clean"
         } else {
             "persistent"
         },
-        if s.broker.tls.is_some() { ", TLS" } else { "" }
+        if s.broker.endpoint.tls.is_some() {
+            ", TLS"
+        } else {
+            ""
+        }
     )?;
     match &config.upstream {
         Some(u) => writeln!(
             out,
             "upstream      {} ({}, QoS 1, at most {} in flight{})",
             u.broker.address(),
-            version(u.broker.protocol),
+            version(u.broker.endpoint.protocol),
             u.max_inflight,
-            if u.broker.tls.is_some() { ", TLS" } else { "" }
+            if u.broker.endpoint.tls.is_some() {
+                ", TLS"
+            } else {
+                ""
+            }
         )?,
         None => writeln!(
             out,

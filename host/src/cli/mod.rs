@@ -64,6 +64,17 @@ enum PluginCommand {
     Run(plugin::RunArgs),
 }
 
+/// Reads and validates a config, printing every problem on stderr; the exit code when it is not
+/// valid (2, or 1 when it cannot be read).
+fn load_config(path: &std::path::Path) -> Result<crate::config::Config, ExitCode> {
+    crate::config::Config::from_file(path).map_err(|errors| {
+        for e in errors.iter() {
+            eprintln!("error: {e}");
+        }
+        ExitCode::from(if errors.is_read_error() { 1 } else { 2 })
+    })
+}
+
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {

@@ -6,8 +6,6 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 
-use crate::config::Config;
-
 #[derive(Debug, clap::Args)]
 pub(super) struct ReplayArgs {
     /// The pipeline config.
@@ -18,14 +16,9 @@ pub(super) struct ReplayArgs {
 }
 
 pub(super) fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
-    let config = match Config::from_file(&args.config) {
+    let config = match super::load_config(&args.config) {
         Ok(c) => c,
-        Err(errors) => {
-            for e in errors.iter() {
-                eprintln!("error: {e}");
-            }
-            return Ok(ExitCode::from(2));
-        }
+        Err(code) => return Ok(code),
     };
     let mut input: Box<dyn BufRead> = match &args.input {
         Some(path) => Box::new(BufReader::new(

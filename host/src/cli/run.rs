@@ -3,7 +3,6 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use crate::config::Config;
 use crate::engine::{self, Metrics};
 
 #[derive(Debug, clap::Args)]
@@ -13,14 +12,9 @@ pub(super) struct RunArgs {
 }
 
 pub(super) fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
-    let config = match Config::from_file(&args.config) {
+    let config = match super::load_config(&args.config) {
         Ok(c) => c,
-        Err(errors) => {
-            for e in errors.iter() {
-                eprintln!("error: {e}");
-            }
-            return Ok(ExitCode::from(2));
-        }
+        Err(code) => return Ok(code),
     };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     // Signals are waited for on a thread of their own, so a slow shutdown never misses them.

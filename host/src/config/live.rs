@@ -6,58 +6,38 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::mqtt::{Backoff, Endpoint, Protocol, Tls};
+use crate::mqtt::{Backoff, Endpoint, Protocol};
 use crate::store::OnFull;
 
-/// A broker weir connects to, as configured.
+/// A broker weir connects to, as configured: the endpoint, and where its password is.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Broker {
-    pub host: String,
-    pub port: u16,
-    pub client_id: String,
-    pub protocol: Protocol,
-    pub keep_alive: Duration,
-    pub clean_session: bool,
-    pub username: Option<String>,
+    /// Everything but the password (`None` here).
+    pub endpoint: Endpoint,
     /// The file holding the password (its first line), read at start.
     pub password_file: Option<PathBuf>,
-    pub tls: Option<Tls>,
-    pub reconnect: Backoff,
 }
 
 impl Broker {
     /// `host:port`, for messages.
     pub fn address(&self) -> String {
-        format!("{}:{}", self.host, self.port)
+        self.endpoint.address()
     }
 
     /// The endpoint to connect to, with the password read from its file.
     pub fn endpoint(&self) -> anyhow::Result<Endpoint> {
-        let password = match &self.password_file {
-            Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|e| {
-                    anyhow::anyhow!(
-                        "cannot read the password file {} of broker {}: {e}",
-                        path.display(),
-                        self.address()
-                    )
-                })?;
-                Some(text.lines().next().unwrap_or_default().to_owned())
-            }
-            None => None,
-        };
-        Ok(Endpoint {
-            host: self.host.clone(),
-            port: self.port,
-            client_id: self.client_id.clone(),
-            protocol: self.protocol,
-            keep_alive: self.keep_alive,
-            clean_session: self.clean_session,
-            username: self.username.clone(),
-            password,
-            tls: self.tls.clone(),
-            reconnect: self.reconnect,
-        })
+        let mut endpoint = self.endpoint.clone();
+        if let Some(path) = &self.password_file {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                anyhow::anyhow!(
+                    "cannot read the password file {} of broker {}: {e}",
+                    path.display(),
+                    self.address()
+                )
+            })?;
+            endpoint.password = Some(text.lines().next().unwrap_or_default().to_owned());
+        }
+        Ok(endpoint)
     }
 }
 
@@ -148,16 +128,19 @@ impl Default for Source {
     fn default() -> Self {
         Source {
             broker: Broker {
-                host: "127.0.0.1".into(),
-                port: 1883,
-                client_id: "weir".into(),
-                protocol: Protocol::V5,
-                keep_alive: Duration::from_secs(30),
-                clean_session: false,
-                username: None,
+                endpoint: Endpoint {
+                    host: "127.0.0.1".into(),
+                    port: 1883,
+                    client_id: "weir".into(),
+                    protocol: Protocol::V5,
+                    keep_alive: Duration::from_secs(30),
+                    clean_session: false,
+                    username: None,
+                    password: None,
+                    tls: None,
+                    reconnect: Backoff::default(),
+                },
                 password_file: None,
-                tls: None,
-                reconnect: Backoff::default(),
             },
             qos: 1,
             max_message_bytes: 256 * 1024,

@@ -334,9 +334,12 @@ fn live_sections_resolve_with_their_defaults_and_settings() {
 
     let c = Config::from_str(LIVE, Path::new("cfg/test.toml")).unwrap_or_else(|e| panic!("{e}"));
     let s = &c.source;
-    assert_eq!((s.broker.host.as_str(), s.broker.port), ("127.0.0.1", 1883));
-    assert_eq!(s.broker.protocol, crate::mqtt::Protocol::V311);
-    assert_eq!((s.qos, s.broker.clean_session), (2, true));
+    assert_eq!(
+        (s.broker.endpoint.host.as_str(), s.broker.endpoint.port),
+        ("127.0.0.1", 1883)
+    );
+    assert_eq!(s.broker.endpoint.protocol, crate::mqtt::Protocol::V311);
+    assert_eq!((s.qos, s.broker.endpoint.clean_session), (2, true));
     assert_eq!(s.max_message_bytes, 64 * 1024);
     assert_eq!(
         (s.batch_max_messages, s.batch_linger),
@@ -344,10 +347,13 @@ fn live_sections_resolve_with_their_defaults_and_settings() {
     );
     assert_eq!(s.dead_letter, "gw-7/unmatched");
     let u = c.upstream.as_ref().unwrap();
-    assert_eq!((u.broker.host.as_str(), u.broker.port), ("::1", 8883));
+    assert_eq!(
+        (u.broker.endpoint.host.as_str(), u.broker.endpoint.port),
+        ("::1", 8883)
+    );
     assert_eq!((u.max_inflight, u.drain_rate_per_s), (65535, Some(500)));
     assert_eq!(u.id_property, "x-id");
-    assert_eq!(u.broker.reconnect.max, Duration::from_secs(60));
+    assert_eq!(u.broker.endpoint.reconnect.max, Duration::from_secs(60));
     assert_eq!(c.storage.data_dir, Path::new("cfg/data"));
     assert_eq!(c.storage.on_full, crate::store::OnFull::DropOldest);
     assert_eq!(c.storage.max_outbox_bytes, 1 << 30);

@@ -94,11 +94,9 @@ impl Validator<'_> {
                  broker = \"mqtt.example.com:8883\"",
             );
         }
-        let defaults = Broker {
-            client_id: "weir-upstream".into(),
-            clean_session: true,
-            ..Source::default().broker
-        };
+        let mut defaults = Source::default().broker;
+        defaults.endpoint.client_id = "weir-upstream".into();
+        defaults.endpoint.clean_session = true;
         let broker = self.broker(Side::Upstream, &raw, defaults);
         let max_inflight = match raw.max_inflight {
             None => 1000,
@@ -247,8 +245,8 @@ impl Validator<'_> {
         if let Some(addr) = &raw.broker {
             match parse_address(addr) {
                 Ok((host, port)) => {
-                    b.host = host;
-                    b.port = port;
+                    b.endpoint.host = host;
+                    b.endpoint.port = port;
                 }
                 Err(e) => self.error(at("broker"), e),
             }
@@ -257,10 +255,10 @@ impl Validator<'_> {
             if id.is_empty() || id.len() > 65535 {
                 self.error(at("client_id"), "must be 1 to 65535 bytes");
             }
-            b.client_id = id.clone();
+            b.endpoint.client_id = id.clone();
         }
         if let Some(v) = &raw.mqtt_version {
-            b.protocol = match v.as_str() {
+            b.endpoint.protocol = match v.as_str() {
                 "5" | "5.0" => Protocol::V5,
                 "3.1.1" | "4" => Protocol::V311,
                 other => {
@@ -270,19 +268,19 @@ impl Validator<'_> {
                             "{other:?} is not an MQTT version weir speaks; write \"5\" or \"3.1.1\""
                         ),
                     );
-                    b.protocol
+                    b.endpoint.protocol
                 }
             };
         }
         if let Some(v) = &raw.keep_alive {
-            b.keep_alive = self
+            b.endpoint.keep_alive = self
                 .positive_duration(&at("keep_alive"), v)
                 .unwrap_or_default();
         }
         if let Some(c) = raw.clean_session {
-            b.clean_session = c;
+            b.endpoint.clean_session = c;
         }
-        b.username = raw.username.clone();
+        b.endpoint.username = raw.username.clone();
         if let Some(p) = &raw.password_file {
             let path = self.dir.join(p);
             if !path.is_file() {
@@ -300,7 +298,7 @@ impl Validator<'_> {
             self.error(at("username"), "missing; a password_file needs a username");
         }
         if let Some(tls) = &raw.tls {
-            b.tls = Some(self.tls(&at("tls"), tls));
+            b.endpoint.tls = Some(self.tls(&at("tls"), tls));
         }
         if let Some(r) = &raw.reconnect {
             let mut backoff = Backoff::default();
@@ -317,7 +315,7 @@ impl Validator<'_> {
             if backoff.max < backoff.initial {
                 self.error(at("reconnect.max"), "must be at least reconnect.initial");
             }
-            b.reconnect = backoff;
+            b.endpoint.reconnect = backoff;
         }
         (self.errors.len() == before).then_some(b)
     }
