@@ -3,6 +3,7 @@
 //! weir subscribes to sensor data, runs user operators compiled to WebAssembly components, and
 //! forwards what it computes upstream. See `ARCHITECTURE.md` for the map.
 
+pub mod admin;
 pub mod batch;
 pub mod cli;
 pub mod config;

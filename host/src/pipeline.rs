@@ -236,8 +236,25 @@ impl Pipeline {
         self.window.as_ref().and_then(Windower::watermark)
     }
 
+    /// The window, if the pipeline has one.
+    pub fn window(&self) -> Option<&Windower> {
+        self.window.as_ref()
+    }
+
+    /// The plugin step named `step` (`<pipeline>/decode`, `<pipeline>/transform[i]`).
+    pub fn step_mut(&mut self, step: &str) -> Option<&mut Operator> {
+        let decoder = match &mut self.decoder {
+            Decoder::Plugin(op) => Some(&mut **op),
+            Decoder::Json(_) => None,
+        };
+        decoder
+            .into_iter()
+            .chain(&mut self.transforms)
+            .find(|op| &*op.spec().step == step)
+    }
+
     /// The plugin steps with keyed state: the decoder plugin, then each transform.
-    fn operators(&self) -> impl Iterator<Item = &Operator> {
+    pub fn operators(&self) -> impl Iterator<Item = &Operator> {
         let decoder = match &self.decoder {
             Decoder::Plugin(op) => Some(&**op),
             Decoder::Json(_) => None,

@@ -32,6 +32,8 @@ pub struct Message {
     pub retain: bool,
     /// MQTT 5 user properties, in order.
     pub user_properties: Vec<(String, String)>,
+    /// When it arrived, by the wall clock (µs since the Unix epoch).
+    pub received_us: u64,
 }
 
 impl Message {
@@ -193,6 +195,9 @@ fn record(seen: &mut Seen, event: Event) {
             qos: p.qos as u8,
             retain: p.retain,
             user_properties: p.properties.map(|p| p.user_properties).unwrap_or_default(),
+            received_us: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_micros() as u64),
         }),
         Event::Incoming(Packet::Disconnect(_)) => seen.connected = false,
         Event::Outgoing(Outgoing::Publish(0)) => seen.acked += 1,

@@ -51,20 +51,24 @@ fn live_sections(dir: &Path, sensors: u16, upstream: u16, extra: &str) -> String
     ];
     let mut up = vec![format!("broker = \"127.0.0.1:{upstream}\"")];
     let mut storage = vec![format!("data_dir = {:?}", dir.join("data"))];
+    // Many weirs run at once: each admin API on a port of its own.
+    let mut admin = vec!["listen = \"127.0.0.1:0\"".to_owned()];
     for line in extra.lines().map(str::trim).filter(|l| !l.is_empty()) {
         let (section, field) = line.split_once('.').expect("section.field = value");
         match section {
             "source" => source.push(field.to_owned()),
             "upstream" => up.push(field.to_owned()),
             "storage" => storage.push(field.to_owned()),
+            "admin" => admin.push(field.to_owned()),
             other => panic!("no section {other}"),
         }
     }
     format!(
-        "version = 1\n\n[source]\n{}\n\n[upstream]\n{}\n\n[storage]\n{}\n",
+        "version = 1\n\n[source]\n{}\n\n[upstream]\n{}\n\n[storage]\n{}\n\n[admin]\n{}\n",
         source.join("\n"),
         up.join("\n"),
-        storage.join("\n")
+        storage.join("\n"),
+        admin.join("\n")
     )
 }
 
@@ -602,4 +606,118 @@ fn an_at_most_once_pipeline_writes_nothing_to_disk_and_publishes_with_qos_0() {
         !dir.path().join("data/weir.redb").exists(),
         "no database for at-most-once pipelines alone"
     );
+}
+
+/// The admin API's address, from weir's log.
+fn admin_address(weir: &mut WeirProcess) -> String {
+    weir.wait_for_stderr("admin API listening", START);
+    let stderr = weir.stderr();
+    let line = stderr
+        .lines()
+        .find(|l| l.contains("admin API listening"))
+        .unwrap();
+    line.split("address=")
+        .nth(1)
+        .and_then(|t| t.split_whitespace().next())
+        .expect("the address is logged")
+        .to_owned()
+}
+
+/// A field of a forwarded event, whether the record nests fields or not.
+fn field(record: &Json, name: &str) -> Option<i64> {
+    record["fields"][name].as_i64().or(record[name].as_i64())
+}
+
+#[test]
+fn a_live_swap_keeps_every_message_and_the_keyed_state_and_rolls_back() {
+    weir_tests::plugins();
+    let sensors_broker = Mosquitto::start();
+    let cloud = Mosquitto::start();
+    let dir = TempDir::new("weir-live-swap");
+    let counter = |v: &str| weir_tests::plugin_path(&format!("counter_{v}"));
+    let text = format!(
+        "{}\n[[pipeline]]\nname = \"relay\"\ntopics = [\"sensors/#\"]\n\n[pipeline.decode]\n\
+         json = {{ key = \"sensor\", time = \"ts\", time_format = \"ms\" }}\n\n\
+         [[pipeline.transform]]\nplugin = {:?}\n\n[pipeline.output]\ntopic = \"relay/{{key}}\"\n",
+        live_sections(dir.path(), sensors_broker.port(), cloud.port(), ""),
+        counter("v1")
+    );
+    let config = dir.path().join("swap.toml");
+    std::fs::write(&config, text).unwrap();
+    let upstream = Collector::subscribe(cloud.port(), "relay/#");
+    let mut weir = start_weir(&config);
+    let admin = admin_address(&mut weir);
+
+    let input = numbered(6_000);
+    let port = sensors_broker.port();
+    let feed = input.clone();
+    let publisher = std::thread::spawn(move || {
+        let mut p = Publisher::connect(port);
+        for (i, (t, m)) in feed.iter().enumerate() {
+            p.publish(t, m.clone());
+            if i % 100 == 99 {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        p.wait_all_acked(Duration::from_secs(120));
+    });
+    let plugin_cli = |args: &[&str]| {
+        let mut all = vec!["plugin"];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&["--admin", &admin]);
+        let mut p = WeirProcess::spawn(&all, &[]);
+        let status = p.wait(Duration::from_secs(120));
+        (status.success(), p.stdout(), p.stderr())
+    };
+    // Swap under load once some records went through.
+    upstream.wait_until(|m| m.len() >= 1_000, Duration::from_secs(60));
+    let v2 = counter("v2");
+    let (ok, out, err) = plugin_cli(&["swap", "relay", "transform[0]", v2.to_str().unwrap()]);
+    assert!(ok, "the swap succeeds: {out}{err}");
+    // A version that fails its init is refused with the reason; v2 keeps running.
+    upstream.wait_until(|m| m.len() >= 2_500, Duration::from_secs(60));
+    let broken = weir_tests::plugin_path("broken_init");
+    let (ok, out, err) = plugin_cli(&["swap", "relay", "transform[0]", broken.to_str().unwrap()]);
+    assert!(!ok, "a plugin that fails init is refused");
+    assert!(
+        format!("{out}{err}").contains("init"),
+        "says why: {out}{err}"
+    );
+    // Rollback: back to v1.
+    upstream.wait_until(|m| m.len() >= 4_000, Duration::from_secs(60));
+    let (ok, out, err) = plugin_cli(&["rollback", "relay", "transform[0]"]);
+    assert!(ok, "the rollback succeeds: {out}{err}");
+    publisher.join().unwrap();
+
+    let got = upstream.wait_until(|m| distinct_ids(m) >= input.len(), Duration::from_secs(120));
+    assert_all_in_order(&got, input.len());
+    // Per key: `seen` counts 1, 2, 3, ... across the versions (the state carried over), and the
+    // versions run 1, then 2, then 1 again.
+    let mut seen: HashMap<String, i64> = HashMap::new();
+    let mut versions: Vec<i64> = Vec::new();
+    let mut ids = BTreeSet::new();
+    for m in &got {
+        let r: Json = serde_json::from_slice(&m.payload).unwrap();
+        if !ids.insert(r["id"].as_str().unwrap().to_owned()) {
+            continue;
+        }
+        let key = r["key"].as_str().unwrap().to_owned();
+        let count = field(&r, "seen").expect("counted");
+        let last = seen.insert(key.clone(), count).unwrap_or(0);
+        assert_eq!(
+            count,
+            last + 1,
+            "key {key}: the count continues across swaps"
+        );
+        let v = field(&r, "version").expect("a version tag");
+        if versions.last() != Some(&v) {
+            versions.push(v);
+        }
+    }
+    assert_eq!(
+        versions,
+        vec![1, 2, 1],
+        "v1, swapped to v2, rolled back to v1"
+    );
+    assert!(weir.terminate().success());
 }

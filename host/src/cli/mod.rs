@@ -5,6 +5,7 @@ mod check;
 mod plugin;
 mod replay;
 mod run;
+mod status;
 mod tail;
 
 use std::path::PathBuf;
@@ -43,6 +44,9 @@ enum Command {
     /// Subscribe to a broker (QoS 1) and print what arrives, dropping repeats by id (the
     /// `weir-id` user property, else the payload's `"id"`), one JSON line per record or a table.
     Tail(tail::TailArgs),
+    /// Show what a running weir is doing (through its admin API): uplink, outbox, checkpoints,
+    /// each pipeline's watermark and windows, each plugin's calls, errors, time and limits.
+    Status(status::StatusArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -62,6 +66,16 @@ enum PluginCommand {
     /// <JSON>}` or `{"topic": ..., "payload_base64": "..."}`. Each output line carries its
     /// output, `main` or `dead-letter`. An aggregator aggregates all input per key.
     Run(plugin::RunArgs),
+    /// List the plugin steps of a running weir: file, world, sha256, calls, errors, time, limit
+    /// hits, quarantine.
+    List(status::AdminArgs),
+    /// Hot-swap the plugin of a running pipeline step: the new version is loaded, checked and
+    /// initialised off the data path, then switched in between two batches with the step's keyed
+    /// state; a version that fails to load, type-check or init is refused and the old one keeps
+    /// running. Lasts until weir restarts (the config names what runs then).
+    Swap(status::SwapArgs),
+    /// Swap back to the version that ran before the last swap.
+    Rollback(status::RollbackArgs),
 }
 
 /// Reads and validates a config, printing every problem on stderr; the exit code when it is not
@@ -87,5 +101,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Replay(args) => replay::run(args),
         Command::Tail(args) => tail::run(args),
         Command::Run(args) => run::run(args),
+        Command::Status(args) => status::status(args),
+        Command::Plugin(PluginCommand::List(args)) => status::list(args),
+        Command::Plugin(PluginCommand::Swap(args)) => status::swap(args),
+        Command::Plugin(PluginCommand::Rollback(args)) => status::rollback(args),
     }
 }

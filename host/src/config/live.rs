@@ -161,3 +161,48 @@ impl Default for Storage {
         }
     }
 }
+
+/// `[admin]`: the admin API (health, metrics, status, plugin swaps).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Admin {
+    /// Where it listens; `None`: no admin API.
+    pub listen: Option<std::net::SocketAddr>,
+    /// The file holding the token (its first line) required for changes.
+    pub token_file: Option<PathBuf>,
+}
+
+impl Default for Admin {
+    fn default() -> Self {
+        Admin {
+            listen: Some(std::net::SocketAddr::from(([127, 0, 0, 1], 9464))),
+            token_file: None,
+        }
+    }
+}
+
+impl Admin {
+    /// The token required for changes: `WEIR_ADMIN_TOKEN` if set, else the token file's first
+    /// line; `None`: changes need no token (then the API should stay on loopback).
+    pub fn token(&self) -> anyhow::Result<Option<String>> {
+        if let Ok(t) = std::env::var("WEIR_ADMIN_TOKEN")
+            && !t.is_empty()
+        {
+            return Ok(Some(t));
+        }
+        match &self.token_file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    anyhow::anyhow!("cannot read the admin token file {}: {e}", path.display())
+                })?;
+                let token = text.lines().next().unwrap_or_default().trim().to_owned();
+                anyhow::ensure!(
+                    !token.is_empty(),
+                    "the admin token file {} is empty",
+                    path.display()
+                );
+                Ok(Some(token))
+            }
+            None => Ok(None),
+        }
+    }
+}

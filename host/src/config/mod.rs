@@ -19,7 +19,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use live::{Broker, Dedup, Guarantee, Source, Storage, Upstream};
+pub use live::{Admin, Broker, Dedup, Guarantee, Source, Storage, Upstream};
 pub(crate) use plugins::load_plugins;
 pub use plugins::{PluginUse, check_plugins, plugin_uses};
 pub use units::{parse_duration, parse_size};
@@ -49,6 +49,8 @@ pub struct Config {
     pub upstream: Option<Upstream>,
     /// `[storage]`: the durable store.
     pub storage: Storage,
+    /// `[admin]`: the admin API.
+    pub admin: Admin,
 }
 
 /// One pipeline: topic filters → decode → transforms → enrichment → key by → window and

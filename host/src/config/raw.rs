@@ -46,6 +46,15 @@ pub(super) struct RawConfig {
     pub source: Option<Part<RawMqtt>>,
     pub upstream: Option<Part<RawMqtt>>,
     pub storage: Option<Part<RawStorage>>,
+    pub admin: Option<Part<RawAdmin>>,
+}
+
+/// `[admin]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawAdmin {
+    pub listen: Option<String>,
+    pub token_file: Option<String>,
 }
 
 /// `[source]` or `[upstream]`: a broker connection. Some fields belong to one side only; which is

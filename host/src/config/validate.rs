@@ -142,6 +142,7 @@ impl Validator<'_> {
         let source = self.source(raw.source);
         let upstream = self.upstream(raw.upstream);
         let storage = self.storage(raw.storage);
+        let admin = self.admin(raw.admin);
         let mut names = HashMap::new();
         let pipelines: Vec<Option<Pipeline>> = raw
             .pipeline
@@ -155,6 +156,7 @@ impl Validator<'_> {
             source: source?,
             upstream: upstream?,
             storage: storage?,
+            admin: admin?,
         })
     }
 

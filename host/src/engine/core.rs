@@ -258,7 +258,15 @@ impl Core {
         Ok(())
     }
 
-    /// The pipelines, for status.
+    /// The pipeline named `name`.
+    pub fn pipeline_mut(&mut self, name: &str) -> Option<&mut Pipeline> {
+        self.lanes
+            .iter_mut()
+            .map(|l| &mut l.pipeline)
+            .find(|p| p.name() == name)
+    }
+
+    /// The pipelines, for status: each with whether it is effectively-once and its dedup size.
     pub fn pipelines(&self) -> impl Iterator<Item = (&Pipeline, bool, usize)> {
         self.lanes
             .iter()
@@ -269,10 +277,28 @@ impl Core {
 fn push(out: &mut Produced, durable: bool, records: Vec<Record>, metrics: &EngineMetrics) {
     for r in &records {
         match r.output {
-            Output::Main => metrics.records.fetch_add(1, Relaxed),
-            Output::Late => metrics.late.fetch_add(1, Relaxed),
-            Output::DeadLetter => metrics.dead_letters.fetch_add(1, Relaxed),
-        };
+            Output::Main => {
+                metrics.records.fetch_add(1, Relaxed);
+                match r.body["revision"].as_u64() {
+                    Some(0) => metrics.windows_fired.fetch_add(1, Relaxed),
+                    Some(_) => metrics.windows_refired.fetch_add(1, Relaxed),
+                    None => 0,
+                };
+            }
+            Output::Late => {
+                metrics.late.fetch_add(1, Relaxed);
+            }
+            Output::DeadLetter => {
+                metrics.dead_letters.fetch_add(1, Relaxed);
+                let reason = r.body["reason"].as_str().unwrap_or("unknown").to_owned();
+                *metrics
+                    .dead_letters_by_reason
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .entry(reason)
+                    .or_default() += 1;
+            }
+        }
     }
     if durable {
         out.durable.extend(records);

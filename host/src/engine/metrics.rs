@@ -1,5 +1,7 @@
 //! Counters of a live run, shared with whoever reports them (logs, the admin API).
 
+use std::collections::BTreeMap;
+use std::sync::Mutex;
 use std::sync::atomic::AtomicU64;
 
 /// What the engine counts. Counters only grow; gauges say "now".
@@ -19,6 +21,15 @@ pub struct EngineMetrics {
     pub records: AtomicU64,
     pub late: AtomicU64,
     pub dead_letters: AtomicU64,
+    /// Dead letters by reason (`rejected`, `trap`, `time-limit`, ...).
+    pub dead_letters_by_reason: Mutex<BTreeMap<String, u64>>,
+    /// Windows fired the first time (revision 0), and fired again by late events.
+    pub windows_fired: AtomicU64,
+    pub windows_refired: AtomicU64,
+    /// When the last checkpoint committed (ms since the Unix epoch; 0: none yet) and how long
+    /// it took (µs).
+    pub last_checkpoint_ms: AtomicU64,
+    pub last_checkpoint_micros: AtomicU64,
     /// Checkpoints committed, their total time, and the outbox records they carried.
     pub checkpoints: AtomicU64,
     pub checkpoint_micros: AtomicU64,

@@ -11,6 +11,7 @@
 //! every entry is processed exactly as before (same messages, same gateway clock), so the
 //! records, and their ids, are the same ones.
 
+pub mod control;
 mod core;
 pub mod dedup;
 pub mod input;
@@ -48,7 +49,7 @@ const INGEST_QUEUE: usize = 4096;
 const _: () = assert!(INGEST_QUEUE + 10_000 < crate::mqtt::source::REQUEST_CAPACITY);
 
 /// Everything a live run shares with its observers.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct Metrics {
     pub engine: Arc<EngineMetrics>,
     pub source: Arc<SourceMetrics>,
@@ -101,6 +102,7 @@ pub fn run(
     let _guard = tokio.enter();
 
     // Restore, and replay what the last checkpoint does not cover, before taking anything new.
+    let (commands_tx, commands_rx) = control::channel();
     let (wake_tx, wake_rx) = watch::channel(0u64);
     let (volatile_tx, volatile_rx) = mpsc::channel(VOLATILE_QUEUE);
     let mut engine = Engine {
@@ -115,11 +117,13 @@ pub fn run(
         wake: wake_tx,
         volatile: volatile_tx,
         metrics: metrics.engine.clone(),
+        commands: commands_rx,
     };
     if let Some(store) = &store {
         engine.recover(store)?;
     }
     let (fwd_stop_tx, fwd_stop_rx) = watch::channel(false);
+    let fwd_stop_rx_admin = fwd_stop_rx.clone();
     let outbox: Arc<dyn forwarder::Outbox> = match &store {
         Some(s) => s.clone(),
         None => Arc::new(forwarder::EmptyOutbox),
@@ -165,6 +169,27 @@ pub fn run(
         ingest_tx,
         metrics.source.clone(),
     )?;
+    let admin = match config.admin.listen {
+        Some(addr) => {
+            let listener = tokio
+                .block_on(tokio::net::TcpListener::bind(addr))
+                .with_context(|| {
+                    format!("cannot listen for the admin API on {addr} ([admin] listen)")
+                })?;
+            let local = listener.local_addr()?;
+            let control = Arc::new(control::EngineControl::new(
+                commands_tx.clone(),
+                metrics.clone(),
+                store.clone(),
+                runtime.clone(),
+            ));
+            let token = config.admin.token()?;
+            tracing::info!(address = %local, token = token.is_some(), "admin API listening");
+            let stop = fwd_stop_rx_admin.clone();
+            Some(tokio.spawn(crate::admin::serve(listener, token, control, stop)))
+        }
+        None => None,
+    };
     tracing::info!(
         pipelines = config.pipelines.len(),
         source = %config.source.broker.address(),
@@ -203,10 +228,14 @@ pub fn run(
             .unwrap_or_else(|_| Err(anyhow::anyhow!("the engine thread panicked")))
     });
     watcher.abort();
+    drop(commands_tx);
     tokio.block_on(async {
         source.stop().await;
         let _ = fwd_stop_tx.send(true);
         let _ = forwarder.await;
+        if let Some(admin) = admin {
+            let _ = admin.await;
+        }
     });
     result
 }
@@ -240,6 +269,7 @@ struct Engine<'a> {
     wake: watch::Sender<u64>,
     volatile: mpsc::Sender<VolatileRecord>,
     metrics: Arc<EngineMetrics>,
+    commands: std::sync::mpsc::Receiver<control::Command>,
 }
 
 impl Engine<'_> {
@@ -299,6 +329,9 @@ impl Engine<'_> {
         let mut blocked = false;
         let mut last_report = (Instant::now(), u64::MAX);
         while !live.stop.load(SeqCst) {
+            while let Ok(command) = self.commands.try_recv() {
+                self.command(command);
+            }
             let activity = self.metrics.messages_in.load(Relaxed)
                 + self.metrics.checkpoints.load(Relaxed)
                 + self.store.as_ref().map_or(0, |s| s.outbox_len());
@@ -343,6 +376,139 @@ impl Engine<'_> {
         self.checkpoint()?;
         self.report("stopped");
         Ok(())
+    }
+
+    /// Answers a question of the admin API, or swaps a plugin, between two batches.
+    fn command(&mut self, command: control::Command) {
+        use control::Command;
+        match command {
+            Command::Status(reply) => {
+                let _ = reply.send(self.status());
+            }
+            Command::Plugins(reply) => {
+                let _ = reply.send(self.plugins());
+            }
+            Command::Spec {
+                pipeline,
+                step,
+                reply,
+            } => {
+                let found = self
+                    .operator(&pipeline, &step)
+                    .map(|op| (op.spec().clone(), op.config().to_owned()));
+                let _ = reply.send(found);
+            }
+            Command::Swap {
+                pipeline,
+                step,
+                prepared,
+                reply,
+            } => {
+                // A checkpoint first: the input log after it is then replayed, after a crash, by
+                // the version the config names (a swap lasts until a restart).
+                if let Err(e) = self.checkpoint() {
+                    let _ = reply.send(Err(format!("cannot checkpoint before the swap: {e:#}")));
+                    return;
+                }
+                let result = self.operator(&pipeline, &step).map(|op| op.swap(*prepared));
+                let _ = reply.send(result);
+            }
+            Command::Rollback {
+                pipeline,
+                step,
+                reply,
+            } => {
+                if let Err(e) = self.checkpoint() {
+                    let _ =
+                        reply.send(Err(format!("cannot checkpoint before the rollback: {e:#}")));
+                    return;
+                }
+                let result = self
+                    .operator(&pipeline, &step)
+                    .and_then(|op| op.rollback().map_err(|e| e.to_string()));
+                let _ = reply.send(result);
+            }
+        }
+    }
+
+    fn operator(
+        &mut self,
+        pipeline: &str,
+        step: &str,
+    ) -> Result<&mut crate::runtime::Operator, String> {
+        let p = self
+            .core
+            .pipeline_mut(pipeline)
+            .ok_or_else(|| format!("unknown pipeline {pipeline:?}"))?;
+        let steps: Vec<String> = p.operators().map(|op| op.spec().step.to_string()).collect();
+        p.step_mut(step).ok_or_else(|| {
+            format!("unknown step {step:?}; the plugin steps of {pipeline} are {steps:?}")
+        })
+    }
+
+    /// Every pipeline's state, as JSON.
+    fn status(&self) -> serde_json::Value {
+        let pipelines: Vec<serde_json::Value> = self
+            .core
+            .pipelines()
+            .map(|(p, durable, dedup)| {
+                let sources: serde_json::Map<String, serde_json::Value> = p
+                    .window()
+                    .map(|w| w.source_watermarks())
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|(s, wm, active)| {
+                        (s.to_string(), serde_json::json!({ "watermark_ms": wm, "active": active }))
+                    })
+                    .collect();
+                serde_json::json!({
+                    "name": p.name(),
+                    "guarantee": if durable { "effectively-once" } else { "at-most-once" },
+                    "watermark_ms": p.watermark(),
+                    "sources": sources,
+                    "open_windows": p.open_windows(),
+                    "keys": p.window().map_or(0, |w| w.keys()),
+                    "dedup_entries": dedup,
+                    "newest_event_ms": (p.newest_event_ms() != i64::MIN).then_some(p.newest_event_ms()),
+                })
+            })
+            .collect();
+        serde_json::json!({ "pipelines": pipelines, "now_ms": now_ms() })
+    }
+
+    /// Every plugin step, as JSON.
+    fn plugins(&self) -> serde_json::Value {
+        let wall = SystemTime::now();
+        let now = Instant::now();
+        let mut out = Vec::new();
+        for (p, _, _) in self.core.pipelines() {
+            for op in p.operators() {
+                let m = op.metrics().snapshot();
+                let plugin = op.plugin();
+                let quarantined = op.quarantined_until().filter(|u| *u > now).map(|until| {
+                    let left = until.saturating_duration_since(now);
+                    (wall + left)
+                        .duration_since(UNIX_EPOCH)
+                        .map_or(0, |d| d.as_millis() as u64)
+                });
+                out.push(serde_json::json!({
+                    "pipeline": p.name(),
+                    "step": &*op.spec().step,
+                    "plugin": plugin.path.display().to_string(),
+                    "sha256": plugin.sha256,
+                    "world": plugin.world.to_string(),
+                    "version": plugin.version,
+                    "calls": m.calls,
+                    "errors": m.failed_calls,
+                    "time_ms": m.call_ns as f64 / 1e6,
+                    "limit_hits": m.time_limit_hits + m.memory_limit_hits + m.output_limit_hits,
+                    "quarantined_until_ms": quarantined,
+                    "swaps": m.swaps,
+                    "previous_sha256": op.previous_plugin().map(|p| p.sha256.clone()),
+                }));
+            }
+        }
+        serde_json::Value::Array(out)
     }
 
     /// One line of counters (INFO): what came in, what went out, what waits.
@@ -542,9 +708,11 @@ impl Engine<'_> {
                 self.dirty = false;
                 self.last_checkpoint = Instant::now();
                 let m = &self.metrics;
+                let took = started.elapsed().as_micros() as u64;
                 m.checkpoints.fetch_add(1, Relaxed);
-                m.checkpoint_micros
-                    .fetch_add(started.elapsed().as_micros() as u64, Relaxed);
+                m.checkpoint_micros.fetch_add(took, Relaxed);
+                m.last_checkpoint_micros.store(took, Relaxed);
+                m.last_checkpoint_ms.store(now_ms().max(0) as u64, Relaxed);
                 m.outboxed.fetch_add(records.len() as u64, Relaxed);
                 m.dropped_by_cap.fetch_add(commit.dropped, Relaxed);
                 if let Some(last) = commit.last_seq {

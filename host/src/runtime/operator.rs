@@ -340,6 +340,16 @@ impl Operator {
         &self.current.plugin
     }
 
+    /// The step's config (JSON), as handed to `init`.
+    pub fn config(&self) -> &str {
+        &self.current.config
+    }
+
+    /// The version a [`Operator::rollback`] would restore, if any.
+    pub fn previous_plugin(&self) -> Option<&Arc<Plugin>> {
+        self.previous.as_ref().map(|v| &v.plugin)
+    }
+
     pub fn metrics(&self) -> &Arc<OperatorMetrics> {
         &self.metrics
     }

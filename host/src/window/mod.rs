@@ -493,6 +493,16 @@ impl Windower {
         self.clock.current()
     }
 
+    /// Each source's watermark and whether it is active (not idle), by source.
+    pub fn source_watermarks(&self) -> Vec<(Arc<str>, i64, bool)> {
+        self.clock.source_watermarks()
+    }
+
+    /// Keys with windows held.
+    pub fn keys(&self) -> usize {
+        self.keys.len()
+    }
+
     /// Windows held: open, or fired and kept for late events.
     pub fn open_windows(&self) -> usize {
         self.keys.values().map(|kw| kw.slots.len()).sum()

@@ -122,6 +122,18 @@ impl Clock {
     }
 
     /// The sources, for a snapshot.
+    /// Each source's watermark (newest event time minus the out-of-orderness bound) and whether
+    /// it is active (not idle).
+    pub(super) fn source_watermarks(&self) -> Vec<(Arc<str>, i64, bool)> {
+        self.sources
+            .iter()
+            .map(|(k, s)| {
+                let bound = s.max_ts_ms.saturating_sub(self.out_of_orderness_ms);
+                (k.clone(), bound, s.active)
+            })
+            .collect()
+    }
+
     pub(super) fn sources(&self) -> impl Iterator<Item = (&Arc<str>, &SourceClock)> {
         self.sources.iter()
     }

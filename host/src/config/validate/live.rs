@@ -1,8 +1,10 @@
 //! Validation of `[source]`, `[upstream]`, `[storage]` and each pipeline's `guarantee` and
 //! `dedup`.
 
-use super::super::live::{Broker, Dedup, Guarantee, Source, Storage, Upstream};
-use super::super::raw::{Part, RawDedup, RawGuarantee, RawMqtt, RawOnFull, RawStorage, RawTls};
+use super::super::live::{Admin, Broker, Dedup, Guarantee, Source, Storage, Upstream};
+use super::super::raw::{
+    Part, RawAdmin, RawDedup, RawGuarantee, RawMqtt, RawOnFull, RawStorage, RawTls,
+};
 use super::{SEE, Validator};
 use crate::mqtt::{Backoff, Protocol, Tls};
 use crate::store::OnFull;
@@ -165,6 +167,51 @@ impl Validator<'_> {
             };
         }
         (self.errors.len() == before).then_some(storage)
+    }
+
+    pub(super) fn admin(&mut self, part: Option<Part<RawAdmin>>) -> Option<Admin> {
+        let mut admin = Admin::default();
+        let raw = match part {
+            None => return Some(admin),
+            Some(Part::Bad { error, .. }) => {
+                self.serde_error("admin", &error);
+                return None;
+            }
+            Some(Part::Ok(raw)) => raw,
+        };
+        let before = self.errors.len();
+        if let Some(listen) = &raw.listen {
+            admin.listen = match listen.as_str() {
+                "off" => None,
+                text => match text.parse() {
+                    Ok(addr) => Some(addr),
+                    Err(_) => {
+                        self.error(
+                            "admin.listen",
+                            format!(
+                                "{text:?} is not an address; write \"127.0.0.1:9464\" (keep it on \
+                                 loopback unless a token is set), or \"off\""
+                            ),
+                        );
+                        None
+                    }
+                },
+            };
+        }
+        if let Some(p) = &raw.token_file {
+            let path = self.dir.join(p);
+            if !path.is_file() {
+                self.error(
+                    "admin.token_file",
+                    format!(
+                        "{} is not a file; write the token on its first line",
+                        path.display()
+                    ),
+                );
+            }
+            admin.token_file = Some(path);
+        }
+        (self.errors.len() == before).then_some(admin)
     }
 
     pub(super) fn guarantee(&mut self, raw: Option<RawGuarantee>) -> Guarantee {
