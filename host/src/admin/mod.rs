@@ -123,6 +123,18 @@ async fn read_request(stream: &mut TcpStream) -> Result<Request, (u16, String)> 
         }
     }
     if head_end + length > MAX_REQUEST_BYTES {
+        // Read (a bounded amount of) the body anyway, so the client sees the answer rather than
+        // a reset connection.
+        let mut left = (head_end + length - buf.len()).min(1 << 20);
+        let drain = async {
+            while left > 0 {
+                match stream.read(&mut chunk).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => left = left.saturating_sub(n),
+                }
+            }
+        };
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), drain).await;
         return Err((413, "the request is over 64 KiB".into()));
     }
     let mut body = buf[head_end..].to_vec();
