@@ -79,8 +79,9 @@ fn config(port: u16) -> String {
          # the default (1000) silently drops QoS 1 messages queued for a slow subscriber\n\
          max_queued_messages 10000000\n\
          max_queued_bytes 0\n\
-         # 0: no limit on outgoing QoS 1/2 messages in flight per client (default 20)\n\
-         max_inflight_messages 0\n\
+         # outgoing QoS 1/2 messages in flight per client (default 20): raised for throughput,\n\
+         # but bounded: a client that holds its acks (weir) relies on the broker's bound\n\
+         max_inflight_messages 1000\n\
          max_inflight_bytes 0\n\
          # the default, stated: MQTT 5 clients keep the keepalive they ask for\n\
          max_keepalive 65535\n"
@@ -92,6 +93,7 @@ fn config(port: u16) -> String {
 pub struct Mosquitto {
     child: Child,
     port: u16,
+    auth_port: Option<u16>,
     dir: TempDir,
 }
 
@@ -99,13 +101,49 @@ impl Mosquitto {
     /// Starts a broker listening on 127.0.0.1 and a free port; returns once it accepts TCP
     /// connections. Panics with the broker's log if it does not start.
     pub fn start() -> Mosquitto {
+        Mosquitto::launch(&[])
+    }
+
+    /// Starts a broker as [`Mosquitto::start`] does, with a second listener
+    /// ([`Mosquitto::auth_port`]) that takes only these users (name, password); the first stays
+    /// open to anonymous clients (the tests' own publishers and subscribers).
+    pub fn start_with_users(users: &[(&str, &str)]) -> Mosquitto {
+        Mosquitto::launch(users)
+    }
+
+    fn launch(users: &[(&str, &str)]) -> Mosquitto {
         let bin = ensure_installed();
         let dir = TempDir::new("weir-mosquitto");
         let conf = dir.path().join("mosquitto.conf");
         let log_path = dir.path().join("mosquitto.log");
         for attempt in 1..=START_ATTEMPTS {
             let port = free_port();
-            std::fs::write(&conf, config(port)).expect("write mosquitto.conf");
+            let mut text = config(port);
+            let auth_port = (!users.is_empty()).then(free_port);
+            if let Some(auth_port) = auth_port {
+                let passwords = dir.path().join("passwords");
+                for (i, (user, password)) in users.iter().enumerate() {
+                    let mut cmd = Command::new("mosquitto_passwd");
+                    cmd.arg("-b");
+                    if i == 0 {
+                        cmd.arg("-c");
+                    }
+                    let status = cmd
+                        .arg(&passwords)
+                        .args([user, password])
+                        .status()
+                        .expect("mosquitto_passwd (from the mosquitto package) runs");
+                    assert!(status.success(), "mosquitto_passwd failed");
+                }
+                // Readable by the user mosquitto drops to when started as root.
+                let _ = Command::new("chmod").arg("0644").arg(&passwords).status();
+                text = format!(
+                    "per_listener_settings true\n{text}\nlistener {auth_port} 127.0.0.1\n\
+                     allow_anonymous false\npassword_file {}\n",
+                    passwords.display()
+                );
+            }
+            std::fs::write(&conf, text).expect("write mosquitto.conf");
             let log = File::create(&log_path).expect("create mosquitto.log");
             let mut child = Command::new(bin)
                 .arg("-c")
@@ -130,7 +168,12 @@ impl Mosquitto {
                 if read_lossy(&log_path).contains(" running")
                     && TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_ok()
                 {
-                    return Mosquitto { child, port, dir };
+                    return Mosquitto {
+                        child,
+                        port,
+                        auth_port,
+                        dir,
+                    };
                 }
                 if Instant::now() >= deadline {
                     let _ = send_signal(child.id(), libc::SIGKILL);
@@ -144,6 +187,12 @@ impl Mosquitto {
             }
         }
         unreachable!("the last attempt panics instead of retrying")
+    }
+
+    /// The port of the listener that takes only the users given to
+    /// [`Mosquitto::start_with_users`].
+    pub fn auth_port(&self) -> u16 {
+        self.auth_port.expect("started with users")
     }
 
     /// The port it listens on (127.0.0.1).

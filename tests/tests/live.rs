@@ -721,3 +721,130 @@ fn a_live_swap_keeps_every_message_and_the_keyed_state_and_rolls_back() {
     );
     assert!(weir.terminate().success());
 }
+
+#[test]
+fn credentials_mqtt_3_1_1_and_qos_2_on_the_way_in() {
+    let sensors_broker = Mosquitto::start_with_users(&[("gateway", "field-7")]);
+    let cloud = Mosquitto::start_with_users(&[("uplink", "cloud-9")]);
+    let dir = TempDir::new("weir-live-auth");
+    std::fs::write(dir.path().join("source.password"), "field-7\n").unwrap();
+    std::fs::write(dir.path().join("upstream.password"), "cloud-9\n").unwrap();
+    let config = passthrough_config(
+        dir.path(),
+        sensors_broker.auth_port(),
+        cloud.auth_port(),
+        &format!(
+            "source.username = \"gateway\"\nsource.password_file = {:?}\nsource.mqtt_version = \"3.1.1\"\n\
+             source.qos = 2\nupstream.username = \"uplink\"\nupstream.password_file = {:?}\n\
+             upstream.mqtt_version = \"3.1.1\"",
+            dir.path().join("source.password"),
+            dir.path().join("upstream.password")
+        ),
+    );
+    let upstream = Collector::subscribe(cloud.port(), "relay/#");
+    let mut weir = start_weir(&config);
+    let input = numbered(1_000);
+    weir_tests::mqtt_client::publish_all(sensors_broker.port(), &input, 1);
+    let got = upstream.wait_until(
+        |m| {
+            m.iter()
+                .filter_map(|m| payload_id(m))
+                .collect::<BTreeSet<_>>()
+                .len()
+                >= 1_000
+        },
+        Duration::from_secs(60),
+    );
+    assert!(
+        got.iter().all(|m| m.user_properties.is_empty()),
+        "MQTT 3.1.1 has no user properties: the id is in the payload only"
+    );
+    assert_all_in_order(&got, 1_000);
+    assert!(weir.terminate().success());
+}
+
+fn payload_id(m: &Message) -> Option<String> {
+    let v: Json = serde_json::from_slice(&m.payload).ok()?;
+    Some(v["id"].as_str()?.to_owned())
+}
+
+#[test]
+fn a_wrong_password_is_reported_and_weir_keeps_trying() {
+    let sensors_broker = Mosquitto::start_with_users(&[("gateway", "field-7")]);
+    let cloud = Mosquitto::start();
+    let dir = TempDir::new("weir-live-badauth");
+    std::fs::write(dir.path().join("source.password"), "wrong\n").unwrap();
+    let config = passthrough_config(
+        dir.path(),
+        sensors_broker.auth_port(),
+        cloud.port(),
+        &format!(
+            "source.username = \"gateway\"\nsource.password_file = {:?}",
+            dir.path().join("source.password")
+        ),
+    );
+    let mut weir = WeirProcess::spawn(
+        &["run", config.to_str().unwrap()],
+        &[("WEIR_LOG", "weir=info")],
+    );
+    weir.wait_for_stderr("source broker connection failed", START);
+    // It keeps trying (with backoff): a second attempt is reported too, and weir is still up.
+    weir_tests::process::poll_until("a second attempt", Duration::from_secs(30), || {
+        weir.stderr()
+            .matches("source broker connection failed")
+            .count()
+            >= 2
+    });
+    let stderr = weir.stderr();
+    let line = stderr
+        .lines()
+        .find(|l| l.contains("source broker connection failed"))
+        .unwrap();
+    assert!(
+        line.contains(&format!("127.0.0.1:{}", sensors_broker.auth_port())),
+        "names the broker: {line}"
+    );
+    assert!(weir.terminate().success(), "{stderr}");
+}
+
+#[test]
+fn oversized_messages_are_dead_letters_and_the_rest_flows() {
+    let sensors_broker = Mosquitto::start();
+    let cloud = Mosquitto::start();
+    let dir = TempDir::new("weir-live-oversized");
+    let config = passthrough_config(
+        dir.path(),
+        sensors_broker.port(),
+        cloud.port(),
+        "source.max_message_bytes = \"1KiB\"",
+    );
+    let upstream = Collector::subscribe(cloud.port(), "relay/#");
+    let mut weir = start_weir(&config);
+    let mut input = numbered(3);
+    let big = json!({"sensor": "s1", "ts": BASE_MS, "blob": "x".repeat(5_000)}).to_string();
+    input.insert(1, ("sensors/s1".into(), big.clone().into_bytes()));
+    weir_tests::mqtt_client::publish_all(sensors_broker.port(), &input, 1);
+    let got = upstream.wait_for(4, Duration::from_secs(60));
+    let dead: Vec<Json> = got
+        .iter()
+        .filter(|m| m.topic == "relay/dead-letter")
+        .map(|m| serde_json::from_slice(&m.payload).unwrap())
+        .collect();
+    assert_eq!(dead.len(), 1, "one dead letter");
+    let detail = dead[0]["detail"].as_str().unwrap();
+    assert!(
+        detail.contains(&format!(
+            "{} bytes, over source.max_message_bytes (1024)",
+            big.len()
+        )),
+        "{detail}"
+    );
+    assert_eq!(
+        got.iter()
+            .filter(|m| m.topic.starts_with("relay/s"))
+            .count(),
+        3,
+        "the others flow"
+    );
+    assert!(weir.terminate().success());
+}

@@ -25,6 +25,8 @@ pub(crate) struct Options {
     pub manual_acks: bool,
     /// The client → event loop request channel.
     pub request_capacity: usize,
+    /// MQTT 5: unacknowledged QoS 1/2 messages the broker may send at once (Receive Maximum).
+    pub receive_maximum: Option<u16>,
 }
 
 pub(crate) enum Client {
@@ -178,6 +180,7 @@ pub(crate) fn connect(
                 .set_outgoing_inflight_upper_limit(inflight)
                 .set_manual_acks(options.manual_acks)
                 .set_transport(transport);
+            o.set_receive_maximum(options.receive_maximum);
             if !endpoint.clean_session {
                 o.set_session_expiry_interval(Some(PERSISTENT_SESSION_EXPIRY_S));
             }
@@ -327,8 +330,14 @@ impl Client {
 
     pub(crate) fn try_ack(&self, publish: &Received) -> Result<(), NotSent> {
         match (self, publish) {
-            (Client::V4(c), Received::V4(p)) => c.try_ack(p).map_err(|_| NotSent),
-            (Client::V5(c), Received::V5(p)) => c.try_ack(p).map_err(|_| NotSent),
+            (Client::V4(c), Received::V4(p)) => c.try_ack(p).map_err(|e| {
+                tracing::trace!(error = %e, "ack not queued");
+                NotSent
+            }),
+            (Client::V5(c), Received::V5(p)) => c.try_ack(p).map_err(|e| {
+                tracing::trace!(error = %e, "ack not queued");
+                NotSent
+            }),
             // A message from one protocol acked on the other cannot happen: one Source, one
             // client. Nothing to send.
             _ => Ok(()),

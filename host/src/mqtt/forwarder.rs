@@ -307,6 +307,7 @@ pub fn spawn(
             inflight: max_inflight,
             manual_acks: false,
             request_capacity: usize::from(max_inflight).clamp(16, 1024),
+            receive_maximum: None,
         },
     )?;
     // Unbounded, yet bounded in practice: at most two events per publish in flight (its

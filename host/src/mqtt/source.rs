@@ -144,6 +144,15 @@ impl Acker {
             // The channel is full: the event loop is draining it. Back off briefly (the lock is
             // released, so the event loop can declare a disconnect meanwhile).
             spins += 1;
+            if spins.is_multiple_of(5000) {
+                tracing::warn!(
+                    waiting_ms = spins / 1000 * 1000,
+                    left = tokens.len() - next,
+                    received = self.metrics.received.load(Ordering::Relaxed),
+                    acked = self.metrics.acked.load(Ordering::Relaxed),
+                    "acks wait for room in the MQTT client's request channel"
+                );
+            }
             if spins < 64 {
                 std::thread::yield_now();
             } else {
@@ -175,6 +184,15 @@ impl std::fmt::Debug for Source {
 /// batch (`source.batch_max_messages`, at most 10 000) stay well below this. The channel only
 /// takes memory for what is queued.
 pub const REQUEST_CAPACITY: usize = 65_536;
+
+/// MQTT 5 Receive Maximum: the broker sends at most this many messages before weir acknowledged
+/// them. rumqttc's event loop takes one request (an ack) per network read, and a read can bring
+/// hundreds of messages; without this bound, acks could queue faster than they leave, fill the
+/// request channel and stall the engine. With it, weir never owes more acks than this, so the
+/// request channel and the ingest channel (see the engine's `INGEST_QUEUE`) never fill. MQTT
+/// 3.1.1 has no such setting: there the broker's own limit applies (Mosquitto's
+/// `max_inflight_messages`, 20 by default; do not set it to 0 for weir).
+pub const RECEIVE_MAXIMUM: u16 = 4096;
 
 /// Sets the `closed` flag when the task ends, however it ends.
 struct ClosedOnDrop(Arc<AtomicBool>);
@@ -212,6 +230,7 @@ impl Source {
                 inflight: 100,
                 manual_acks: true,
                 request_capacity: REQUEST_CAPACITY,
+                receive_maximum: Some(RECEIVE_MAXIMUM),
             },
         )?;
         let generation = Arc::new(Generation::default());

@@ -143,6 +143,7 @@ pub async fn tail(
             inflight: 10,
             manual_acks: false,
             request_capacity: 16,
+            receive_maximum: None,
         },
     )?;
     let (tx, mut rx) = mpsc::channel(1024);
