@@ -748,7 +748,7 @@ fn credentials_mqtt_3_1_1_and_qos_2_on_the_way_in() {
     let got = upstream.wait_until(
         |m| {
             m.iter()
-                .filter_map(|m| payload_id(m))
+                .filter_map(payload_id)
                 .collect::<BTreeSet<_>>()
                 .len()
                 >= 1_000
