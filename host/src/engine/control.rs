@@ -91,9 +91,11 @@ impl EngineControl {
         rx.recv_timeout(ANSWER_WITHIN)
             .map_err(|_| "the engine did not answer in time".to_owned())
     }
+}
 
+impl crate::admin::Control for EngineControl {
     /// Pipelines, uplink, store: see [`Command::Status`].
-    pub fn status(&self) -> Value {
+    fn status(&self) -> Value {
         let mut status = self
             .ask(Command::Status)
             .unwrap_or_else(|e| json!({ "error": e }));
@@ -117,14 +119,14 @@ impl EngineControl {
         status
     }
 
-    pub fn plugins(&self) -> Value {
+    fn plugins(&self) -> Value {
         self.ask(Command::Plugins)
             .unwrap_or_else(|e| json!({ "error": e }))
     }
 
     /// Loads and prepares `path` for a step (off the engine thread), then has the engine switch
     /// to it between two batches.
-    pub fn swap(
+    fn swap(
         &self,
         pipeline: &str,
         step: &str,
@@ -148,7 +150,7 @@ impl EngineControl {
         Ok(report_json(&step, &report))
     }
 
-    pub fn rollback(&self, pipeline: &str, step: &str) -> Result<Value, String> {
+    fn rollback(&self, pipeline: &str, step: &str) -> Result<Value, String> {
         let step = full_step(pipeline, step);
         let report = self.ask(|reply| Command::Rollback {
             pipeline: pipeline.to_owned(),
@@ -157,11 +159,9 @@ impl EngineControl {
         })??;
         Ok(report_json(&step, &report))
     }
-}
 
-impl EngineControl {
     /// Prometheus text: the engine's, source's and forwarder's counters, and per plugin step.
-    pub fn metrics(&self) -> String {
+    fn metrics(&self) -> String {
         use crate::admin::Prometheus;
         let mut p = Prometheus::new();
         let e = &self.metrics.engine;
@@ -389,34 +389,6 @@ impl EngineControl {
             }
         }
         p.render()
-    }
-}
-
-impl crate::admin::Control for EngineControl {
-    fn status(&self) -> Value {
-        EngineControl::status(self)
-    }
-
-    fn plugins(&self) -> Value {
-        EngineControl::plugins(self)
-    }
-
-    fn metrics(&self) -> String {
-        EngineControl::metrics(self)
-    }
-
-    fn swap(
-        &self,
-        pipeline: &str,
-        step: &str,
-        path: &Path,
-        sha256: Option<&str>,
-    ) -> Result<Value, String> {
-        EngineControl::swap(self, pipeline, step, path, sha256)
-    }
-
-    fn rollback(&self, pipeline: &str, step: &str) -> Result<Value, String> {
-        EngineControl::rollback(self, pipeline, step)
     }
 }
 
