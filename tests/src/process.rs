@@ -88,30 +88,52 @@ pub fn send_signal(pid: u32, signal: libc::c_int) -> io::Result<()> {
 /// weir` (the dev profile the tests use; cargo's own lock orders concurrent builds).
 pub fn weir_bin() -> PathBuf {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
-    BUILT
-        .get_or_init(|| {
-            let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-            let status = Command::new(&cargo)
-                .args(["build", "--locked", "-p", "weir", "--bin", "weir"])
-                .current_dir(repo())
-                .status()
-                .unwrap_or_else(|e| panic!("cannot run {}: {e}", cargo.to_string_lossy()));
-            assert!(
-                status.success(),
-                "building the weir binary failed (its output is above)"
-            );
-            let target = std::env::var_os("CARGO_TARGET_DIR")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| repo().join("target"));
-            let bin = target.join("debug/weir");
-            assert!(
-                bin.exists(),
-                "{} missing after a successful build",
-                bin.display()
-            );
-            bin
-        })
-        .clone()
+    BUILT.get_or_init(|| build_weir(false)).clone()
+}
+
+/// Builds the `weir` binary (`--release` or the dev profile) with cargo and returns its path.
+pub fn build_weir(release: bool) -> PathBuf {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut build = Command::new(&cargo);
+    build
+        .args(["build", "--locked", "-p", "weir", "--bin", "weir"])
+        .args(release.then_some("--release"))
+        .current_dir(repo());
+    // The caller's own cargo environment (a test or `cargo run`) would change build scripts'
+    // inputs (ring's reads CARGO_MANIFEST_DIR and friends) and make cargo rebuild them each time.
+    for (key, _) in std::env::vars_os() {
+        let key = key.to_string_lossy();
+        if key.starts_with("CARGO_PKG_")
+            || key.starts_with("CARGO_BIN_")
+            || matches!(
+                key.as_ref(),
+                "CARGO_MANIFEST_DIR"
+                    | "CARGO_MANIFEST_PATH"
+                    | "CARGO_CRATE_NAME"
+                    | "CARGO_PRIMARY_PACKAGE"
+                    | "CARGO_TARGET_TMPDIR"
+            )
+        {
+            build.env_remove(key.as_ref());
+        }
+    }
+    let status = build
+        .status()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", cargo.to_string_lossy()));
+    assert!(
+        status.success(),
+        "building the weir binary failed (its output is above)"
+    );
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join("target"));
+    let bin = target.join(if release { "release/weir" } else { "debug/weir" });
+    assert!(
+        bin.exists(),
+        "{} missing after a successful build",
+        bin.display()
+    );
+    bin
 }
 
 /// A running child process (normally `weir`) with stdout and stderr captured to files in its own

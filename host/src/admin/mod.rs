@@ -1,16 +1,27 @@
-//! The admin API: a small HTTP/1.1 server on the address `[admin] listen` names (loopback by
-//! default).
+//! The admin API: a small HTTP/1.1 server on the address `[admin] listen` names (loopback,
+//! `127.0.0.1:9464`, by default), and the client `weir status` and `weir plugin list|swap|rollback`
+//! use ([`client`]).
 //!
 //! - `GET /health`: `ok`.
-//! - `GET /metrics`: Prometheus text format.
+//! - `GET /metrics`: Prometheus text format (`text/plain; version=0.0.4`).
 //! - `GET /status`, `GET /plugins`: JSON (what `weir status` and `weir plugin list` show).
 //! - `POST /plugins/swap` `{"pipeline", "step", "path", "sha256"?}` and `POST /plugins/rollback`
-//!   `{"pipeline", "step"}`: hot swaps.
+//!   `{"pipeline", "step"}`: hot swaps; the answer is the engine's report, or
+//!   `{"error": "..."}` with 404 (unknown pipeline or step) or 409 (refused: the reason).
 //!
-//! Security model: reading is open to whoever reaches the address, which is why it defaults to
-//! loopback. Anything that changes state needs the token (`[admin] token_file`, or the
-//! `WEIR_ADMIN_TOKEN` environment variable) as `Authorization: Bearer <token>` when one is set.
-//! Requests are limited to 64 KiB; one request per connection.
+//! Security model:
+//! - Reading (`/health`, `/metrics`, `/status`, `/plugins`) is open to whoever reaches the
+//!   address, which is why it defaults to loopback; bind it elsewhere only on a trusted network.
+//! - Anything that changes state needs the token when one is set (`[admin] token_file`'s first
+//!   line, or the `WEIR_ADMIN_TOKEN` environment variable) as `Authorization: Bearer <token>`,
+//!   compared in constant time; without a token, changes are open to whoever reaches the address.
+//! - Changes must be `Content-Type: application/json` and carry no `Origin` header, so that a web
+//!   page in a browser on the gateway cannot post one (a cross-site request with JSON needs a
+//!   CORS preflight, which this server never grants).
+//! - A swap names a file on the gateway, which weir loads (with its sha256 checked when given):
+//!   the token guards what code runs.
+//! - Requests are limited to 64 KiB and must arrive within 10 s; one request per connection, at
+//!   most 64 connections at a time.
 
 pub mod client;
 
@@ -25,11 +36,27 @@ use tokio::sync::watch;
 /// The largest request accepted.
 pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
 
-/// What the admin API asks of a running weir.
+/// How long a client has to send its whole request.
+pub const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// How many connections are served at once; more wait to be accepted.
+pub const MAX_CONNECTIONS: usize = 64;
+
+/// What the admin API asks of a running weir. Implemented by the engine. All methods are called
+/// on tokio's blocking threads (`spawn_blocking`); a swap may take a few seconds.
 pub trait Control: Send + Sync + 'static {
+    /// Pipelines: name, guarantee, watermark per source, open windows, keys, outbox depth and
+    /// bytes, uplink state, last checkpoint. Free-form JSON that `weir status` renders.
     fn status(&self) -> Value;
+    /// One object per plugin step: `{"pipeline", "step", "plugin" (file), "sha256", "world",
+    /// "version" (contract version), "calls", "errors", "time_ms", "limit_hits",
+    /// "quarantined_until_ms" (or null), "previous_sha256" (or null)}`.
     fn plugins(&self) -> Value;
+    /// Prometheus metrics, already in the text exposition format (see [`Prometheus`]).
     fn metrics(&self) -> String;
+    /// Swaps the plugin of a step: blocks until the engine switched (or refused). Ok: a JSON
+    /// report (old and new sha256, pause...). Err: why, shown to the user; an Err starting with
+    /// "unknown" (pipeline or step) answers 404, any other 409.
     fn swap(
         &self,
         pipeline: &str,
@@ -37,10 +64,12 @@ pub trait Control: Send + Sync + 'static {
         path: &Path,
         sha256: Option<&str>,
     ) -> Result<Value, String>;
+    /// Swaps back to the version that ran before the last swap.
     fn rollback(&self, pipeline: &str, step: &str) -> Result<Value, String>;
 }
 
-/// Serves until `shutdown` turns true.
+/// Serves until `shutdown` turns true (or its sender is dropped). The caller binds `listener`, so
+/// that a bad address is an error at start, naming it.
 pub async fn serve(
     listener: TcpListener,
     token: Option<String>,
@@ -48,16 +77,25 @@ pub async fn serve(
     mut shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let token: Option<Arc<str>> = token.map(Arc::from);
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
         tokio::select! {
-            accepted = listener.accept() => {
-                let Ok((stream, _)) = accepted else { continue };
+            accepted = async {
+                let slot = slots.clone().acquire_owned().await;
+                (slot, listener.accept().await)
+            } => {
+                let (Ok(slot), Ok((stream, _))) = accepted else {
+                    // Out of file descriptors, say: wait a little rather than spin.
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                };
                 let control = control.clone();
                 let token = token.clone();
                 tokio::spawn(async move {
                     if let Err(e) = connection(stream, token.as_deref(), control).await {
                         tracing::debug!(error = %e, "admin connection");
                     }
+                    drop(slot);
                 });
             }
             changed = shutdown.changed() => {
@@ -75,6 +113,8 @@ struct Request {
     method: String,
     path: String,
     authorization: Option<String>,
+    content_type: Option<String>,
+    origin: bool,
     body: Vec<u8>,
 }
 
@@ -108,6 +148,8 @@ async fn read_request(stream: &mut TcpStream) -> Result<Request, (u16, String)> 
     };
     let mut length = 0usize;
     let mut authorization = None;
+    let mut content_type = None;
+    let mut origin = false;
     for line in lines {
         if let Some((name, value)) = line.split_once(':') {
             let value = value.trim();
@@ -118,6 +160,11 @@ async fn read_request(stream: &mut TcpStream) -> Result<Request, (u16, String)> 
                         .map_err(|_| (400, "bad Content-Length".to_owned()))?
                 }
                 "authorization" => authorization = Some(value.to_owned()),
+                "content-type" => content_type = Some(value.to_ascii_lowercase()),
+                "origin" => origin = true,
+                "transfer-encoding" => {
+                    return Err((411, "send the body with a Content-Length".into()));
+                }
                 _ => {}
             }
         }
@@ -153,6 +200,8 @@ async fn read_request(stream: &mut TcpStream) -> Result<Request, (u16, String)> 
         method,
         path,
         authorization,
+        content_type,
+        origin,
         body,
     })
 }
@@ -160,7 +209,11 @@ async fn read_request(stream: &mut TcpStream) -> Result<Request, (u16, String)> 
 /// Whether `given` (an Authorization header) carries `token`, compared in constant time.
 fn authorized(token: Option<&str>, given: Option<&str>) -> bool {
     let Some(token) = token else { return true };
-    let Some(given) = given.and_then(|g| g.strip_prefix("Bearer ")) else {
+    let Some(given) = given
+        .and_then(|g| g.trim_start().split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, t)| t)
+    else {
         return false;
     };
     let (a, b) = (token.as_bytes(), given.trim().as_bytes());
@@ -172,7 +225,10 @@ async fn connection(
     token: Option<&str>,
     control: Arc<dyn Control>,
 ) -> std::io::Result<()> {
-    let (status, content_type, body) = match read_request(&mut stream).await {
+    let request = tokio::time::timeout(REQUEST_TIMEOUT, read_request(&mut stream))
+        .await
+        .unwrap_or_else(|_| Err((408, "the request did not arrive in time".into())));
+    let (status, content_type, body) = match request {
         Ok(request) => respond(request, token, control).await,
         Err((status, message)) => (status, JSON, json!({ "error": message }).to_string()),
     };
@@ -181,9 +237,13 @@ async fn connection(
         400 => "Bad Request",
         401 => "Unauthorized",
         404 => "Not Found",
+        403 => "Forbidden",
         405 => "Method Not Allowed",
+        408 => "Request Timeout",
         409 => "Conflict",
+        411 => "Length Required",
         413 => "Payload Too Large",
+        415 => "Unsupported Media Type",
         _ => "Error",
     };
     let head = format!(
@@ -192,7 +252,22 @@ async fn connection(
     );
     stream.write_all(head.as_bytes()).await?;
     stream.write_all(body.as_bytes()).await?;
-    stream.shutdown().await
+    stream.shutdown().await?;
+    // A lingering close: read what the client still sends (a body not read after an early
+    // answer) until it closes, briefly, so that closing does not reset the connection and lose
+    // the answer.
+    let mut sink = [0u8; 4096];
+    let mut left = MAX_REQUEST_BYTES;
+    let drain = async {
+        while left > 0 {
+            match stream.read(&mut sink).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => left = left.saturating_sub(n),
+            }
+        }
+    };
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), drain).await;
+    Ok(())
 }
 
 const JSON: &str = "application/json";
@@ -233,10 +308,22 @@ async fn respond(
             (200, JSON, v.to_string())
         }
         ("POST", "/plugins/swap" | "/plugins/rollback") => {
+            if request.origin {
+                let e = "changes are not accepted from web pages (the request has an Origin)";
+                return (403, JSON, json!({ "error": e }).to_string());
+            }
             if !authorized(token, request.authorization.as_deref()) {
                 let e = "a token is required: send `Authorization: Bearer <token>` (the token is \
                          [admin] token_file's first line, or WEIR_ADMIN_TOKEN)";
                 return (401, JSON, json!({ "error": e }).to_string());
+            }
+            let json_body = request
+                .content_type
+                .as_deref()
+                .is_some_and(|t| t.split(';').next().map(str::trim) == Some("application/json"));
+            if !json_body {
+                let e = "the body must be JSON, sent as `Content-Type: application/json`";
+                return (415, JSON, json!({ "error": e }).to_string());
             }
             let body: Value = match serde_json::from_slice(&request.body) {
                 Ok(v) => v,
@@ -304,8 +391,9 @@ async fn respond(
     }
 }
 
-/// A Prometheus text-format builder: counters and gauges with labels; HELP and TYPE once per
-/// family.
+/// A Prometheus text-format builder (exposition format 0.0.4): counters and gauges with labels;
+/// HELP and TYPE once per family (samples of a family are kept together, in the order families
+/// first appear); label values and HELP text escaped.
 #[derive(Debug, Default)]
 pub struct Prometheus {
     families: Vec<(String, String, &'static str, Vec<String>)>,
@@ -347,6 +435,12 @@ impl Prometheus {
                 .collect();
             format!("{{{}}}", inner.join(","))
         };
+        let value = match value {
+            v if v.is_nan() => "NaN".to_owned(),
+            v if v == f64::INFINITY => "+Inf".to_owned(),
+            v if v == f64::NEG_INFINITY => "-Inf".to_owned(),
+            v => v.to_string(),
+        };
         let sample = format!("{name}{labels} {value}");
         match self.families.iter_mut().find(|f| f.0 == name) {
             Some(f) => f.3.push(sample),
@@ -359,6 +453,7 @@ impl Prometheus {
     pub fn render(self) -> String {
         let mut out = String::new();
         for (name, help, kind, samples) in self.families {
+            let help = help.replace('\\', "\\\\").replace('\n', "\\n");
             out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
             for s in samples {
                 out.push_str(&s);
@@ -387,11 +482,72 @@ mod tests {
     }
 
     #[test]
+    fn prometheus_escapes_help_and_backslashes_and_writes_special_values() {
+        let mut p = Prometheus::new();
+        p.gauge("g", "a\\b\nc", &[("path", "C:\\x\ny")], f64::NAN);
+        p.gauge("g", "ignored: the first HELP stays", &[], f64::INFINITY);
+        p.counter("c", "C", &[("a", "1"), ("b", "2")], f64::NEG_INFINITY);
+        p.gauge("g", "", &[("k", "v")], -0.5);
+        assert_eq!(
+            p.render(),
+            "# HELP g a\\\\b\\nc\n# TYPE g gauge\ng{path=\"C:\\\\x\\ny\"} NaN\ng +Inf\n\
+             g{k=\"v\"} -0.5\n# HELP c C\n# TYPE c counter\nc{a=\"1\",b=\"2\"} -Inf\n"
+        );
+        assert_eq!(Prometheus::new().render(), "");
+    }
+
+    #[test]
+    fn requests_are_parsed_with_their_token_content_type_and_body() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let send = |raw: &'static [u8]| async move {
+                let mut c = TcpStream::connect(addr).await.unwrap();
+                c.write_all(raw).await.unwrap();
+                c
+            };
+            let _c = send(
+                b"POST /plugins/swap?x=1 HTTP/1.1\r\nauthorization: Bearer t\r\n\
+                  Content-Type: Application/JSON\r\ncontent-length: 4\r\n\r\n{}xyz",
+            )
+            .await;
+            let (mut s, _) = listener.accept().await.unwrap();
+            let r = read_request(&mut s).await.unwrap();
+            assert_eq!(
+                r,
+                Request {
+                    method: "POST".into(),
+                    path: "/plugins/swap?x=1".into(),
+                    authorization: Some("Bearer t".into()),
+                    content_type: Some("application/json".into()),
+                    origin: false,
+                    body: b"{}xy".to_vec(),
+                }
+            );
+            let _c = send(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n").await;
+            let (mut s, _) = listener.accept().await.unwrap();
+            assert_eq!(read_request(&mut s).await.unwrap_err().0, 411);
+            let _c = send(b"GET / HTTP/1.1\r\nContent-Length: many\r\n\r\n").await;
+            let (mut s, _) = listener.accept().await.unwrap();
+            assert_eq!(read_request(&mut s).await.unwrap_err().0, 400);
+        });
+    }
+
+    #[test]
     fn the_token_must_match_exactly() {
         assert!(authorized(None, None));
         assert!(authorized(Some("s3cret"), Some("Bearer s3cret")));
         assert!(!authorized(Some("s3cret"), Some("Bearer s3cre")));
         assert!(!authorized(Some("s3cret"), Some("s3cret")));
         assert!(!authorized(Some("s3cret"), None));
+        assert!(!authorized(Some("s3cret"), Some("Bearer ")));
+        assert!(!authorized(Some("s3cret"), Some("Basic s3cret")));
+        assert!(!authorized(Some("s3cret"), Some("Bearer s3cret2")));
+        assert!(authorized(Some("s3cret"), Some("Bearer  s3cret ")));
+        assert!(authorized(Some("s3cret"), Some("bearer s3cret")));
     }
 }

@@ -8,6 +8,14 @@ use serde_json::{Value, json};
 
 use crate::admin::client;
 
+/// `println!` that stops quietly when stdout is closed (`weir status | head`) instead of panicking.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 /// Where the admin API is, and the token for changes.
 #[derive(Debug, clap::Args)]
 pub(super) struct AdminArgs {
@@ -48,10 +56,35 @@ pub(super) struct StatusArgs {
     json: bool,
 }
 
-fn ms_text(ms: Option<i64>, now: i64) -> String {
-    match ms {
+/// `ms` (Unix epoch milliseconds) as UTC: `2026-11-22 09:58:03.250Z`.
+fn utc(ms: i64) -> String {
+    let (days, ms_of_day) = (ms.div_euclid(86_400_000), ms.rem_euclid(86_400_000));
+    // Days since 1970-01-01 to a civil date (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    let (h, m, sec, milli) = (
+        ms_of_day / 3_600_000,
+        ms_of_day / 60_000 % 60,
+        ms_of_day / 1000 % 60,
+        ms_of_day % 1000,
+    );
+    format!("{year:04}-{month:02}-{day:02} {h:02}:{m:02}:{sec:02}.{milli:03}Z")
+}
+
+/// A watermark (or other event time): UTC, and how far behind `now` it is.
+fn time_text(ms: Option<i64>, now: i64) -> String {
+    match ms.filter(|&m| m > i64::MIN / 2) {
         None => "none yet".into(),
-        Some(ms) => format!("{ms} ({} behind)", human_ms(now - ms)),
+        Some(ms) if now == 0 => utc(ms),
+        Some(ms) if ms > now => format!("{} ({} ahead)", utc(ms), human_ms(ms - now)),
+        Some(ms) => format!("{} ({} behind)", utc(ms), human_ms(now - ms)),
     }
 }
 
@@ -64,17 +97,35 @@ fn human_ms(ms: i64) -> String {
     }
 }
 
+/// The first 12 hex digits of a sha256 (or `-`).
+fn short_sha(v: &Value) -> String {
+    v.as_str()
+        .map_or_else(|| "-".to_owned(), |s| s.chars().take(12).collect())
+}
+
+/// The engine's `{"error": ...}` (it did not answer in time, say), as an error.
+fn engine_error(v: &Value) -> anyhow::Result<()> {
+    match v.get("error").and_then(Value::as_str) {
+        Some(e) => anyhow::bail!("weir's admin API answered: {e}"),
+        None => Ok(()),
+    }
+}
+
 pub(super) fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
     let status = client::get(&args.admin.admin, "/status")?.json()?;
     let plugins = client::get(&args.admin.admin, "/plugins")?.json()?;
     if args.json {
-        println!("{}", json!({ "status": status, "plugins": plugins }));
+        say!("{}", json!({ "status": status, "plugins": plugins }));
         return Ok(ExitCode::SUCCESS);
     }
+    engine_error(&status)?;
     let now = status["now_ms"].as_i64().unwrap_or_default();
+    if now > 0 {
+        say!("now         {}", utc(now));
+    }
     let up = &status["uplink"];
     let outbox = &status["outbox"];
-    println!(
+    say!(
         "uplink      {} (forwarded {}, acknowledged {}, in flight {}, reconnects {})",
         if up["connected"].as_bool() == Some(true) {
             "up"
@@ -86,7 +137,7 @@ pub(super) fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
         up["inflight"],
         up["reconnects"]
     );
-    println!(
+    say!(
         "outbox      {} records, {} bytes{}{}",
         outbox["records"],
         outbox["bytes"],
@@ -100,74 +151,119 @@ pub(super) fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
         }
     );
     let last = status["last_checkpoint_ms"].as_i64().filter(|&m| m > 0);
-    println!(
+    say!(
         "checkpoint  last {}",
-        last.map_or("none yet".into(), |m| format!("{} ago", human_ms(now - m)))
+        last.map_or("none yet".into(), |m| format!(
+            "{} ago, at {}",
+            human_ms(now - m),
+            utc(m)
+        ))
     );
-    println!("messages in {}", status["messages_in"]);
+    say!("messages in {}", status["messages_in"]);
     for p in status["pipelines"].as_array().into_iter().flatten() {
-        let sources = p["sources"].as_object().map_or(0, |s| s.len());
-        let idle = p["sources"]
-            .as_object()
-            .map_or(0, |s| s.values().filter(|v| v["active"] == false).count());
-        println!(
+        say!(
             "pipeline {} ({})",
             p["name"].as_str().unwrap_or_default(),
             p["guarantee"].as_str().unwrap_or_default()
         );
-        println!("  watermark   {}", ms_text(p["watermark_ms"].as_i64(), now));
-        println!("  sources     {sources} ({idle} idle)");
-        println!(
+        say!(
+            "  watermark   {}",
+            time_text(p["watermark_ms"].as_i64(), now)
+        );
+        let sources = p["sources"].as_object().cloned().unwrap_or_default();
+        let idle = sources.values().filter(|v| v["active"] == false).count();
+        if !sources.is_empty() {
+            say!("  sources     {} ({idle} idle)", sources.len());
+        }
+        for (name, s) in &sources {
+            say!(
+                "    {name:<20} {}{}",
+                time_text(s["watermark_ms"].as_i64(), now),
+                if s["active"] == false { ", idle" } else { "" }
+            );
+        }
+        if let Some(newest) = p["newest_event_ms"].as_i64() {
+            say!("  newest      {}", time_text(Some(newest), now));
+        }
+        say!(
             "  windows     {} open over {} keys; dedup remembers {}",
-            p["open_windows"], p["keys"], p["dedup_entries"]
+            p["open_windows"],
+            p["keys"],
+            p["dedup_entries"]
         );
     }
-    print_plugins(&plugins);
-    Ok(ExitCode::SUCCESS)
+    print_plugins(&plugins, now)
 }
 
-fn print_plugins(plugins: &Value) {
+fn print_plugins(plugins: &Value, now: i64) -> anyhow::Result<ExitCode> {
+    engine_error(plugins)?;
     let list = plugins.as_array().cloned().unwrap_or_default();
     if list.is_empty() {
-        println!("plugins     none");
-        return;
+        say!("plugins     none");
+        return Ok(ExitCode::SUCCESS);
     }
-    println!(
+    say!(
         "{:<28} {:<22} {:<12} {:<12} {:>9} {:>7} {:>10} {:>6}  quarantine",
-        "step", "plugin", "world", "sha256", "calls", "errors", "time ms", "limits"
+        "step",
+        "plugin",
+        "world",
+        "sha256",
+        "calls",
+        "errors",
+        "time ms",
+        "limits"
     );
     for p in list {
         let file = p["plugin"].as_str().unwrap_or_default();
         let file = std::path::Path::new(file)
             .file_name()
             .map_or(file.to_owned(), |f| f.to_string_lossy().into_owned());
-        println!(
-            "{:<28} {:<22} {:<12} {:<12} {:>9} {:>7} {:>10.1} {:>6}  {}",
-            p["step"].as_str().unwrap_or_default(),
+        // The engine names steps `pipeline/step`; add the pipeline if it does not.
+        let step = p["step"].as_str().unwrap_or_default();
+        let step = match p["pipeline"].as_str() {
+            Some(pipeline) if !step.starts_with(&format!("{pipeline}/")) => {
+                format!("{pipeline}/{step}")
+            }
+            _ => step.to_owned(),
+        };
+        let quarantine = match p["quarantined_until_ms"].as_i64() {
+            None => "-".to_owned(),
+            Some(until) if now > 0 => {
+                format!("until {} ({} left)", utc(until), human_ms(until - now))
+            }
+            Some(until) => format!("until {}", utc(until)),
+        };
+        say!(
+            "{:<28} {:<22} {:<12} {:<12} {:>9} {:>7} {:>10.1} {:>6}  {quarantine}",
+            step,
             file,
             p["world"].as_str().unwrap_or_default(),
-            &p["sha256"]
-                .as_str()
-                .unwrap_or_default()
-                .chars()
-                .take(12)
-                .collect::<String>(),
-            p["calls"],
-            p["errors"],
+            short_sha(&p["sha256"]),
+            p["calls"].as_u64().unwrap_or(0),
+            p["errors"].as_u64().unwrap_or(0),
             p["time_ms"].as_f64().unwrap_or(0.0),
-            p["limit_hits"],
-            if p["quarantined_until_ms"].is_null() {
-                "-".to_owned()
-            } else {
-                format!("until {}", p["quarantined_until_ms"])
-            }
+            p["limit_hits"].as_u64().unwrap_or(0),
         );
+        if let Some(previous) = p["previous_sha256"].as_str() {
+            say!(
+                "{:<28} (rollback to {})",
+                "",
+                short_sha(&Value::from(previous))
+            );
+        }
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The current time, as Unix epoch milliseconds.
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }
 
 pub(super) fn list(args: AdminArgs) -> anyhow::Result<ExitCode> {
-    print_plugins(&client::get(&args.admin, "/plugins")?.json()?);
-    Ok(ExitCode::SUCCESS)
+    print_plugins(&client::get(&args.admin, "/plugins")?.json()?, now_ms())
 }
 
 #[derive(Debug, clap::Args)]
@@ -193,37 +289,49 @@ pub(super) struct RollbackArgs {
     admin: AdminArgs,
 }
 
+/// Prints a swap's (or rollback's) report, or why it was refused (exit code 1).
 fn changed(response: client::Response) -> anyhow::Result<ExitCode> {
-    let v = response.json()?;
+    let v: Value = serde_json::from_str(&response.body).unwrap_or(Value::Null);
     if response.status == 200 {
-        println!(
+        say!(
             "{}: {} → {} (prepared in {:.1} ms off the data path, pause {:.0} µs)",
             v["step"].as_str().unwrap_or_default(),
-            &v["from_sha256"]
-                .as_str()
-                .unwrap_or_default()
-                .chars()
-                .take(12)
-                .collect::<String>(),
-            &v["to_sha256"]
-                .as_str()
-                .unwrap_or_default()
-                .chars()
-                .take(12)
-                .collect::<String>(),
+            short_sha(&v["from_sha256"]),
+            short_sha(&v["to_sha256"]),
             v["prepare_ms"].as_f64().unwrap_or(0.0),
             v["pause_us"].as_f64().unwrap_or(0.0)
         );
         Ok(ExitCode::SUCCESS)
     } else {
-        eprintln!("refused: {}", v["error"].as_str().unwrap_or(&response.body));
+        let why = v["error"].as_str().unwrap_or(response.body.trim());
+        match response.status {
+            401 | 403 => eprintln!("refused ({}): {why}", response.status),
+            404 => eprintln!("refused: {why} (see `weir plugin list`)"),
+            _ => eprintln!("refused: {why}"),
+        }
         Ok(ExitCode::FAILURE)
     }
 }
 
 pub(super) fn swap(args: SwapArgs) -> anyhow::Result<ExitCode> {
-    let path = std::fs::canonicalize(&args.file)
-        .with_context(|| format!("cannot find {}", args.file.display()))?;
+    // weir resolves the path on its side: send it absolute.
+    let path = match std::fs::canonicalize(&args.file) {
+        Ok(p) if p.is_file() => p,
+        Ok(p) => {
+            eprintln!("error: {} is not a file", p.display());
+            return Ok(ExitCode::from(2));
+        }
+        Err(e) => {
+            eprintln!("error: cannot find {}: {e}", args.file.display());
+            return Ok(ExitCode::from(2));
+        }
+    };
+    if let Some(h) = &args.sha256
+        && (h.len() != 64 || !h.bytes().all(|b| b.is_ascii_hexdigit()))
+    {
+        eprintln!("error: --sha256 must be 64 hex digits");
+        return Ok(ExitCode::from(2));
+    }
     let body = json!({ "pipeline": args.pipeline, "step": args.step, "path": path, "sha256": args.sha256 });
     changed(client::post(
         &args.admin.admin,
@@ -241,4 +349,29 @@ pub(super) fn rollback(args: RollbackArgs) -> anyhow::Result<ExitCode> {
         args.admin.token()?.as_deref(),
         &body,
     )?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_are_shown_in_utc_with_their_lag() {
+        assert_eq!(utc(0), "1970-01-01 00:00:00.000Z");
+        assert_eq!(utc(951_782_400_000), "2000-02-29 00:00:00.000Z");
+        assert_eq!(utc(1_700_000_000_250), "2023-11-14 22:13:20.250Z");
+        assert_eq!(utc(-1), "1969-12-31 23:59:59.999Z");
+        assert_eq!(
+            time_text(Some(1_700_000_000_000), 1_700_000_042_000),
+            "2023-11-14 22:13:20.000Z (42 s behind)"
+        );
+        assert_eq!(
+            time_text(Some(1_700_000_000_000), 1_699_999_999_000),
+            "2023-11-14 22:13:20.000Z (1000 ms ahead)"
+        );
+        assert_eq!(time_text(None, 5), "none yet");
+        assert_eq!(time_text(Some(i64::MIN), 5), "none yet");
+        assert_eq!(short_sha(&Value::from("0123456789abcdef")), "0123456789ab");
+        assert_eq!(short_sha(&Value::Null), "-");
+    }
 }

@@ -316,6 +316,18 @@ impl crate::admin::Control for EngineControl {
             c(&s.connection_errors),
         );
         p.counter(
+            "weir_source_acks_sent_total",
+            "Acks (PUBACK, PUBREC) written to the source broker",
+            &[],
+            c(&s.acks_sent),
+        );
+        p.gauge(
+            "weir_source_acks_backlog",
+            "Acks committed but waiting for the MQTT client (grows when the broker ignores the Receive Maximum)",
+            &[],
+            c(&s.acks_backlog),
+        );
+        p.counter(
             "weir_forwarded_total",
             "Records published upstream (QoS 1)",
             &[],

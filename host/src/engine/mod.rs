@@ -44,11 +44,8 @@ const STATUS_EVERY: Duration = Duration::from_secs(1);
 const VOLATILE_QUEUE: usize = 10_000;
 /// Messages from the source waiting for the engine, at most.
 const INGEST_QUEUE: usize = 4096;
-// Every ack weir can owe at once (the ingest queue and one batch) fits the source's request
-// channel: see `mqtt::source::REQUEST_CAPACITY`.
-const _: () = assert!(INGEST_QUEUE + 10_000 < crate::mqtt::source::REQUEST_CAPACITY);
-// The broker never has more unacknowledged messages out to weir (MQTT 5) than the ingest queue
-// holds, so the source's event loop never waits to hand one over.
+// A broker that honours the Receive Maximum never has more unacknowledged messages out to weir
+// (MQTT 5) than the ingest queue holds, so the source task seldom waits to hand one over.
 const _: () = assert!(crate::mqtt::source::RECEIVE_MAXIMUM as usize <= INGEST_QUEUE);
 
 /// Everything a live run shares with its observers.

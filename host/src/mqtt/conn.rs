@@ -75,6 +75,23 @@ impl Received {
         }
     }
 
+    /// The same message reduced to what an ack needs (its packet id and QoS), so a pending ack
+    /// does not keep the payload alive.
+    pub(crate) fn ack_only(&self) -> Received {
+        match self {
+            Received::V4(p) => {
+                let mut ack = rumqttc::Publish::new("", p.qos, Vec::new());
+                ack.pkid = p.pkid;
+                Received::V4(ack)
+            }
+            Received::V5(p) => {
+                let mut ack = p5::Publish::new("", p.qos, Vec::new(), None);
+                ack.pkid = p.pkid;
+                Received::V5(ack)
+            }
+        }
+    }
+
     /// QoS 0 messages need no ack.
     pub(crate) fn needs_ack(&self) -> bool {
         match self {
@@ -105,6 +122,8 @@ pub(crate) enum Event {
     OutgoingPublish(u16),
     /// Our DISCONNECT went out: stop polling.
     OutgoingDisconnect,
+    /// A PUBACK or PUBREC for a received message went out.
+    OutgoingAck,
     Other,
 }
 
@@ -276,6 +295,7 @@ fn outgoing(out: Outgoing) -> Event {
     match out {
         Outgoing::Publish(pkid) => Event::OutgoingPublish(pkid),
         Outgoing::Disconnect => Event::OutgoingDisconnect,
+        Outgoing::PubAck(_) | Outgoing::PubRec(_) => Event::OutgoingAck,
         _ => Event::Other,
     }
 }

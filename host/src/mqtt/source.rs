@@ -12,10 +12,14 @@
 //!   subscriptions of a session the broker forgot.
 //! - On an error: counted, logged at WARN with the broker's address, then an exponential backoff
 //!   with jitter (reset after a CONNACK) before the next poll reconnects.
+//! - Acks never wait for the event loop: what its request channel cannot take waits in a
+//!   backlog the task moves on before each poll (waiting would deadlock when the task is itself
+//!   waiting to hand over a message).
 //! - Acks belong to one connection: a token received before a disconnect is dropped, not sent on
 //!   the next connection (the broker may have given its packet id to another message there). The
 //!   broker redelivers that message; the ingest dedup drops the repeat.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -56,34 +60,71 @@ pub struct SourceMetrics {
     pub connection_errors: AtomicU64,
     /// Acks handed to the client.
     pub acked: AtomicU64,
+    /// Acks the client wrote to the connection.
+    pub acks_sent: AtomicU64,
+    /// Acks committed but waiting for room in the client's request channel.
+    pub acks_backlog: AtomicU64,
     /// Acks dropped because their connection had gone (the broker redelivers those messages).
     pub acks_dropped_stale: AtomicU64,
     /// Topic filters the broker refused in a SUBACK.
     pub subscriptions_refused: AtomicU64,
 }
 
-/// The connection generation, behind a lock held both while an ack is checked and queued and
-/// while a connection is declared over: an ack is either queued before the old connection's
-/// requests are purged, or sees the new generation and is dropped.
+/// The connection generation and the acks waiting for room in the client's request channel,
+/// behind one lock, held both while an ack is checked and queued and while a connection is
+/// declared over: an ack is either queued before the old connection's requests are purged, or
+/// sees the new generation and is dropped.
 #[derive(Debug, Default)]
-struct Generation(Mutex<u64>);
+struct AckState {
+    generation: u64,
+    /// Acks of the current connection, in the order their messages arrived (MQTT wants acks in
+    /// order), that the request channel did not take yet.
+    backlog: VecDeque<Received>,
+}
 
-impl Generation {
-    fn current(&self) -> u64 {
-        *self.0.lock().unwrap_or_else(|e| e.into_inner())
+#[derive(Debug, Default)]
+struct Acks(Mutex<AckState>);
+
+impl Acks {
+    fn lock(&self) -> std::sync::MutexGuard<'_, AckState> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn bump(&self) {
-        *self.0.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+    fn current(&self) -> u64 {
+        self.lock().generation
+    }
+
+    /// A connection is over: its acks are dropped (the broker redelivers their messages).
+    fn bump(&self, metrics: &SourceMetrics) {
+        let mut state = self.lock();
+        state.generation += 1;
+        let dropped = std::mem::take(&mut state.backlog).len() as u64;
+        metrics
+            .acks_dropped_stale
+            .fetch_add(dropped, Ordering::Relaxed);
+        metrics.acks_backlog.store(0, Ordering::Relaxed);
+    }
+
+    /// Moves backlogged acks into the client's request channel until it is full.
+    fn flush(state: &mut AckState, client: &Client, metrics: &SourceMetrics) {
+        while let Some(publish) = state.backlog.front() {
+            if client.try_ack(publish).is_err() {
+                break;
+            }
+            state.backlog.pop_front();
+            metrics.acked.fetch_add(1, Ordering::Relaxed);
+        }
+        metrics
+            .acks_backlog
+            .store(state.backlog.len() as u64, Ordering::Relaxed);
     }
 }
 
-/// Acks committed messages. Cheap to clone; usable from any thread (it never blocks on the async
-/// runtime).
+/// Acks committed messages. Cheap to clone; usable from any thread, and never blocks.
 #[derive(Clone)]
 pub struct Acker {
     client: Client,
-    generation: Arc<Generation>,
+    acks: Arc<Acks>,
     closed: Arc<AtomicBool>,
     metrics: Arc<SourceMetrics>,
 }
@@ -94,78 +135,49 @@ impl std::fmt::Debug for Acker {
     }
 }
 
+/// A backlog of acks this long is worth a warning (at most one per [`BACKLOG_WARN_EVERY`]).
+const BACKLOG_WARN: usize = 10_000;
+const BACKLOG_WARN_EVERY: Duration = Duration::from_secs(10);
+
 impl Acker {
-    /// Acks every token, in order, retrying while the client's request channel is full (a
-    /// failed `try_ack` is never ignored). Tokens of a connection that has since dropped are
-    /// discarded (counted in `acks_dropped_stale`), and so is everything once the source has
-    /// stopped. Blocking: call it from a plain thread or `spawn_blocking`, not from async code.
+    /// Acks every token, in order. What the client's request channel cannot take now waits in a
+    /// backlog that the source task moves on as the event loop drains the channel: the caller
+    /// never waits for the event loop. (Waiting would deadlock: the event loop is driven by the
+    /// task that may itself be waiting to hand the caller the next message.) Tokens of a
+    /// connection that has since dropped are discarded (counted in `acks_dropped_stale`), and so
+    /// is everything once the source has stopped.
     pub fn ack(&self, tokens: Vec<AckToken>) {
-        let mut next = 0;
-        let mut spins = 0u32;
-        while next < tokens.len() {
-            {
-                let generation = self.generation.0.lock().unwrap_or_else(|e| e.into_inner());
-                while let Some(token) = tokens.get(next) {
-                    let Some((token_generation, publish)) = &token.0 else {
-                        next += 1;
-                        continue;
-                    };
-                    if !publish.needs_ack() {
-                        next += 1;
-                        continue;
-                    }
-                    if *token_generation != *generation {
-                        self.metrics
-                            .acks_dropped_stale
-                            .fetch_add(1, Ordering::Relaxed);
-                        next += 1;
-                        continue;
-                    }
-                    match self.client.try_ack(publish) {
-                        Ok(()) => {
-                            self.metrics.acked.fetch_add(1, Ordering::Relaxed);
-                            next += 1;
-                        }
-                        Err(conn::NotSent) => break,
-                    }
-                }
+        if self.closed.load(Ordering::Acquire) {
+            let left = tokens.iter().filter(|t| t.0.is_some()).count() as u64;
+            self.metrics
+                .acks_dropped_stale
+                .fetch_add(left, Ordering::Relaxed);
+            return;
+        }
+        let mut state = self.acks.lock();
+        for token in tokens {
+            let Some((token_generation, publish)) = token.0 else {
+                continue;
+            };
+            if !publish.needs_ack() {
+                continue;
             }
-            if next == tokens.len() {
-                break;
-            }
-            if self.closed.load(Ordering::Acquire) {
-                let left = tokens[next..].iter().filter(|t| t.0.is_some()).count() as u64;
+            if token_generation != state.generation {
                 self.metrics
                     .acks_dropped_stale
-                    .fetch_add(left, Ordering::Relaxed);
-                tracing::debug!(left, "source stopped; acks dropped");
-                return;
+                    .fetch_add(1, Ordering::Relaxed);
+                continue;
             }
-            // The channel is full: the event loop is draining it. Back off briefly (the lock is
-            // released, so the event loop can declare a disconnect meanwhile).
-            spins += 1;
-            if spins.is_multiple_of(5000) {
-                tracing::warn!(
-                    waiting_ms = spins / 1000 * 1000,
-                    left = tokens.len() - next,
-                    received = self.metrics.received.load(Ordering::Relaxed),
-                    acked = self.metrics.acked.load(Ordering::Relaxed),
-                    "acks wait for room in the MQTT client's request channel"
-                );
-            }
-            if spins < 64 {
-                std::thread::yield_now();
-            } else {
-                std::thread::sleep(Duration::from_millis(1));
-            }
+            state.backlog.push_back(publish);
         }
+        Acks::flush(&mut state, &self.client, &self.metrics);
     }
 }
 
 /// A running subscription.
 pub struct Source {
     client: Client,
-    generation: Arc<Generation>,
+    acks: Arc<Acks>,
     closed: Arc<AtomicBool>,
     metrics: Arc<SourceMetrics>,
     stop: watch::Sender<bool>,
@@ -178,20 +190,18 @@ impl std::fmt::Debug for Source {
     }
 }
 
-/// The request channel between the client and the event loop. It must hold every ack weir can
-/// owe at once, or the engine (waiting to queue an ack) and the event loop (waiting to hand over
-/// a message) wait on each other for ever: the messages in the ingest channel plus one engine
-/// batch (`source.batch_max_messages`, at most 10 000) stay well below this. The channel only
-/// takes memory for what is queued.
-pub const REQUEST_CAPACITY: usize = 65_536;
+/// The request channel between the client and the event loop. Acks that find it full wait in
+/// the [`Acker`]'s backlog, so its size only trades memory for how often the source task moves
+/// acks on.
+pub const REQUEST_CAPACITY: usize = 8192;
 
-/// MQTT 5 Receive Maximum: the broker sends at most this many messages before weir acknowledged
-/// them. rumqttc's event loop takes one request (an ack) per network read, and a read can bring
-/// hundreds of messages; without this bound, acks could queue faster than they leave, fill the
-/// request channel and stall the engine. With it, weir never owes more acks than this, so the
-/// request channel and the ingest channel (see the engine's `INGEST_QUEUE`) never fill. MQTT
-/// 3.1.1 has no such setting: there the broker's own limit applies (Mosquitto's
-/// `max_inflight_messages`, 20 by default; do not set it to 0 for weir).
+/// MQTT 5 Receive Maximum: the broker should send at most this many messages before weir
+/// acknowledged them. rumqttc's event loop writes one request (an ack) per turn, while one
+/// network read brings up to ten messages, so a broker that ignores this bound (Mosquitto 2.0.11
+/// was measured sending 69 000 unacknowledged messages in a burst) makes acks fall behind: they
+/// wait in the [`Acker`]'s backlog (a few dozen bytes each, without the payload) and go out as
+/// the burst ends. MQTT 3.1.1 has no such setting: there the broker's own limit applies
+/// (Mosquitto's `max_inflight_messages`, 20 by default).
 pub const RECEIVE_MAXIMUM: u16 = 4096;
 
 /// Sets the `closed` flag when the task ends, however it ends.
@@ -233,7 +243,7 @@ impl Source {
                 receive_maximum: Some(RECEIVE_MAXIMUM),
             },
         )?;
-        let generation = Arc::new(Generation::default());
+        let acks = Arc::new(Acks::default());
         let closed = Arc::new(AtomicBool::new(false));
         let (stop, stop_rx) = watch::channel(false);
         let task = tokio::spawn(run(
@@ -243,7 +253,7 @@ impl Source {
                 filters,
                 tx,
                 metrics: metrics.clone(),
-                generation: generation.clone(),
+                acks: acks.clone(),
                 backoff: BackoffState::new(endpoint.reconnect),
                 _closed: ClosedOnDrop(closed.clone()),
             },
@@ -252,7 +262,7 @@ impl Source {
         ));
         Ok(Source {
             client,
-            generation,
+            acks,
             closed,
             metrics,
             stop,
@@ -264,7 +274,7 @@ impl Source {
     pub fn acker(&self) -> Acker {
         Acker {
             client: self.client.clone(),
-            generation: self.generation.clone(),
+            acks: self.acks.clone(),
             closed: self.closed.clone(),
             metrics: self.metrics.clone(),
         }
@@ -296,15 +306,46 @@ struct RunState {
     filters: Vec<(String, u8)>,
     tx: mpsc::Sender<Incoming>,
     metrics: Arc<SourceMetrics>,
-    generation: Arc<Generation>,
+    acks: Arc<Acks>,
     backoff: BackoffState,
     _closed: ClosedOnDrop,
+}
+
+impl RunState {
+    /// Moves backlogged acks into the request channel (the last poll may have made room), and
+    /// warns when the backlog grows: the broker then sends faster than acks leave, which a
+    /// broker that honours the Receive Maximum does not do.
+    fn flush_acks(&self, warned: &mut Option<std::time::Instant>) {
+        let mut state = self.acks.lock();
+        if state.backlog.is_empty() {
+            return;
+        }
+        Acks::flush(&mut state, &self.client, &self.metrics);
+        let backlog = state.backlog.len();
+        drop(state);
+        if backlog >= BACKLOG_WARN && warned.is_none_or(|at| at.elapsed() >= BACKLOG_WARN_EVERY) {
+            *warned = Some(std::time::Instant::now());
+            let received = self.metrics.received.load(Ordering::Relaxed);
+            let sent = self.metrics.acks_sent.load(Ordering::Relaxed);
+            tracing::warn!(
+                broker = %self.address,
+                backlog,
+                unacked_at_broker = received.saturating_sub(sent),
+                "acks fall behind: the source broker sends more unacknowledged messages than \
+                 weir's Receive Maximum ({RECEIVE_MAXIMUM}) allows; they are sent as the \
+                 connection allows (with MQTT 3.1.1, bound the broker's in-flight window, \
+                 e.g. Mosquitto's max_inflight_messages)"
+            );
+        }
+    }
 }
 
 async fn run(mut s: RunState, mut eventloop: conn::EventLoop, mut stop: watch::Receiver<bool>) {
     let mut connected_before = false;
     let mut need_subscribe = false;
+    let mut backlog_warned: Option<std::time::Instant> = None;
     loop {
+        s.flush_acks(&mut backlog_warned);
         if need_subscribe {
             // Non-blocking: if the channel is full, try again after the next poll drained it.
             need_subscribe = s.client.try_subscribe(&s.filters).is_err();
@@ -324,7 +365,7 @@ async fn run(mut s: RunState, mut eventloop: conn::EventLoop, mut stop: watch::R
                 let incoming = Incoming {
                     topic: publish.topic(),
                     payload: publish.payload(),
-                    ack: AckToken(Some((s.generation.current(), publish))),
+                    ack: AckToken(Some((s.acks.current(), publish.ack_only()))),
                 };
                 // Waiting here is the backpressure: the broker holds what we do not read.
                 tokio::select! {
@@ -334,6 +375,9 @@ async fn run(mut s: RunState, mut eventloop: conn::EventLoop, mut stop: watch::R
                     },
                     _ = super::stopped(&mut stop) => break,
                 }
+            }
+            Ok(Event::OutgoingAck) => {
+                s.metrics.acks_sent.fetch_add(1, Ordering::Relaxed);
             }
             Ok(Event::SubAck { refused }) if refused > 0 => {
                 s.metrics
@@ -353,7 +397,7 @@ async fn run(mut s: RunState, mut eventloop: conn::EventLoop, mut stop: watch::R
                 s.metrics.connection_errors.fetch_add(1, Ordering::Relaxed);
                 // Acks of the old connection: drop any that race in from now on, and purge those
                 // already queued.
-                s.generation.bump();
+                s.acks.bump(&s.metrics);
                 eventloop.after_error();
                 if *stop.borrow() {
                     break;
@@ -371,5 +415,5 @@ async fn run(mut s: RunState, mut eventloop: conn::EventLoop, mut stop: watch::R
             }
         }
     }
-    s.generation.bump();
+    s.acks.bump(&s.metrics);
 }

@@ -1,114 +1,570 @@
-//! The end-to-end benchmark of `weir run` between two real Mosquitto brokers (not a test: it
-//! measures and prints, it asserts nothing about time).
+//! `weir-live-bench`: the end-to-end benchmark of `weir run` between real Mosquitto brokers. It
+//! measures and prints; it asserts nothing about time.
 //!
 //! ```sh
-//! cargo run -p weir-tests --bin weir-live-bench [-- --quick]
+//! cargo run --release -p weir-tests --bin weir-live-bench -- [--quick]
 //! ```
 //!
-//! 1. Throughput: 100 000 real readings (the MnDOT traffic series of `../shared/data`, cycled with
-//!    shifted times) from one publisher, through the sensors' broker, weir (durable, QoS 1 in and
-//!    out, a windowless relay and a keyed one-minute window) and the upstream broker to a
-//!    subscriber; next to the broker alone (publisher → broker → subscriber) in the same run.
-//! 2. Latency from a sensor's publish to the upstream arrival of its record through a pipeline
-//!    without a window, at a steady 1 000 and 10 000 msg/s.
-//! 3. fsyncs per second at a steady 1 000 msg/s (from weir's `commits=` status field).
-//! 4. Recovery after SIGKILL with 1 000 000 records queued (the uplink absent).
+//! It builds weir itself (`cargo build --release --locked -p weir --bin weir`) and runs
+//! `<repo>/target/release/weir run CONFIG` with `WEIR_LOG=weir=info`, reading weir's `status`
+//! lines from its stderr. What it measures (`--quick`: one run instead of three, and 100 000
+//! instead of 1 000 000 queued records):
 //!
-//! weir itself is built and run in release; peak RSS is the process's VmHWM.
+//! 1. **Throughput**: 100 000 real readings (the MnDOT traffic series of
+//!    `../shared/data/derived/mndot-traffic-merged.jsonl`, cycled with shifted times if shorter),
+//!    topic `traffic/<sensor_id>/<metric>`, QoS 1. (a) broker only: publisher → Mosquitto →
+//!    subscriber on `traffic/#`; (b) publisher → sensors' Mosquitto → weir (durable; a keyed
+//!    one-minute tumbling window with count/mean/min/max of `value` to `agg/{key}`, and a
+//!    windowless `relay` of every reading to `relay/{key}`) → upstream Mosquitto → subscriber on
+//!    `relay/#`, until all 100 000 distinct `weir-id`s arrived. Medians, weir's peak RSS (VmHWM)
+//!    and CPU time (utime + stime).
+//! 2. **Latency** of a windowless pipeline, publish → upstream arrival (the payload carries the
+//!    publisher's wall clock `sent_us`): 1 000 msg/s for 10 s (with `checkpoint_interval` 200 ms,
+//!    the default, and 20 ms) and 10 000 msg/s for 5 s. p50, p99, max.
+//! 3. **fsyncs per second** at a steady rate, from the `commits=` and `checkpoints=` of weir's
+//!    status lines while the publisher ran (each commit is two fdatasyncs: quick-repair is on).
+//! 4. **Recovery after SIGKILL** with 1 000 000 records in the outbox (the upstream broker absent):
+//!    time from spawn to "recovered from the store" and to "subscribed", and the database size.
+//! 5. Peak RSS of weir per scenario.
+//!
+//! The report ends with the same numbers as one JSON line (`{"weir_live_bench": ...}`).
 
+use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use serde_json::{Value, json};
 use weir_tests::mosquitto::Mosquitto;
 use weir_tests::mqtt_client::{Collector, Message, Publisher, publish_all};
 use weir_tests::process::{TempDir, WeirProcess, free_port};
 
+/// Readings in the throughput scenario.
+const THROUGHPUT_N: usize = 100_000;
+/// A run in which nothing new arrives for this long is reported as stalled (and weir killed).
+const STALL: Duration = Duration::from_secs(30);
+
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
+    let started = Instant::now();
     let weir = build_release();
+    let mut report = serde_json::Map::new();
+
     println!(
         "# weir live benchmark ({})",
-        if quick { "quick" } else { "full" }
+        if quick { "--quick" } else { "full" }
+    );
+    let nproc = shell("nproc");
+    let kernel = shell("uname -r");
+    println!("machine: nproc {nproc}, kernel {kernel}");
+    println!("weir: {}", weir.display());
+    report.insert("nproc".into(), json!(nproc));
+    report.insert("kernel".into(), json!(kernel));
+    report.insert("quick".into(), json!(quick));
+
+    let mut peaks: Vec<(String, f64)> = Vec::new();
+
+    // `--throughput-only N`: N runs of the throughput scenario and nothing else.
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(i) = args.iter().position(|a| a == "--throughput-only") {
+        let runs = args.get(i + 1).and_then(|n| n.parse().ok()).unwrap_or(5);
+        let result = throughput(&weir, runs, &mut peaks);
+        println!("{}", json!({ "weir_live_bench": { "throughput": result } }));
+        return;
+    }
+
+    report.insert(
+        "throughput".into(),
+        throughput(&weir, if quick { 1 } else { 3 }, &mut peaks),
+    );
+
+    println!("\n## 2. latency, publish → upstream arrival, windowless pipeline");
+    println!("(checkpoint_interval and batch_linger = 20 ms bound it from below)");
+    let mut latencies = Vec::new();
+    for (rate, secs, checkpoint) in [
+        (1_000, 10, "200ms"),
+        (1_000, 10, "20ms"),
+        (10_000, 5, "200ms"),
+    ] {
+        latencies.push(latency(&weir, rate, secs, checkpoint, &mut peaks));
+    }
+
+    println!("\n## 3. store commits and fsyncs at a steady rate (from weir's status lines)");
+    for l in &latencies {
+        let f = &l["fsync"];
+        println!(
+            "{:>6} msg/s, checkpoint_interval {:>5}: over {:.1} s: {:.1} commits/s = {:.1} fdatasyncs/s, {:.1} checkpoints/s",
+            l["target_rate"],
+            l["checkpoint_interval"].as_str().unwrap_or(""),
+            f["window_s"].as_f64().unwrap_or(0.0),
+            f["commits_per_s"].as_f64().unwrap_or(0.0),
+            f["fdatasyncs_per_s"].as_f64().unwrap_or(0.0),
+            f["checkpoints_per_s"].as_f64().unwrap_or(0.0),
+        );
+    }
+    report.insert("latency".into(), Value::Array(latencies));
+
+    report.insert(
+        "recovery".into(),
+        recovery(&weir, if quick { 100_000 } else { 1_000_000 }, &mut peaks),
+    );
+
+    println!("\n## 5. weir's peak RSS (VmHWM) per scenario");
+    for (name, mib) in &peaks {
+        println!("{name:<55} {mib:>7.1} MiB");
+    }
+    report.insert(
+        "peak_rss_mib".into(),
+        peaks
+            .iter()
+            .map(|(n, m)| (n.clone(), json!(round(*m, 1))))
+            .collect::<serde_json::Map<_, _>>()
+            .into(),
+    );
+    let total = started.elapsed().as_secs_f64();
+    report.insert("total_s".into(), json!(round(total, 1)));
+    println!("\nbenchmark took {total:.0} s");
+    println!("{}", json!({ "weir_live_bench": report }));
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1. Throughput
+
+fn throughput(weir: &Path, runs: usize, peaks: &mut Vec<(String, f64)>) -> Value {
+    let input = readings(THROUGHPUT_N);
+    let n = THROUGHPUT_N;
+    let (mut broker_s, mut weir_s, mut rss, mut cpu) = (vec![], vec![], vec![], vec![]);
+    let mut stalls = vec![];
+    println!("\n## 1. throughput: {n} real readings, QoS 1");
+    for run in 1..=runs {
+        // (a) publisher → Mosquitto → subscriber.
+        let broker = Mosquitto::start();
+        let sub = Collector::subscribe(broker.port(), "traffic/#");
+        let mut publisher = Publisher::connect(broker.port());
+        let t = Instant::now();
+        for (topic, payload) in &input {
+            publisher.publish(topic, payload.clone());
+        }
+        sub.wait_for(n, Duration::from_secs(600));
+        let b = t.elapsed().as_secs_f64();
+        drop((publisher, sub, broker));
+
+        // (b) publisher → Mosquitto → weir → Mosquitto → subscriber.
+        let sensors = Mosquitto::start();
+        let cloud = Mosquitto::start();
+        let dir = TempDir::new("weir-bench");
+        let cfg = config(dir.path(), sensors.port(), cloud.port(), "200ms", true);
+        let mut w = start(weir, &cfg);
+        let up = Collector::subscribe(cloud.port(), "relay/#");
+        let agg = Collector::subscribe(cloud.port(), "agg/#");
+        let mut publisher = Publisher::connect(sensors.port());
+        let (t, start_us) = (Instant::now(), now_us());
+        for (topic, payload) in &input {
+            publisher.publish(topic, payload.clone());
+        }
+        let published = t.elapsed().as_secs_f64();
+        let outcome = collect(&up, n, STALL);
+        let (r, c) = usage(w.pid());
+        let last = last_status(&w.stderr()).unwrap_or_default();
+        let (got, through) = match outcome {
+            Ok((got, done_us)) => {
+                w.terminate();
+                (got, done_us.saturating_sub(start_us) as f64 / 1e6)
+            }
+            Err(got) => {
+                let tail = tail(&w.stderr(), 6);
+                w.kill9();
+                println!(
+                    "run {run}: STALLED through weir: {} of {n} distinct relay records after {:.0} s, nothing new for {STALL:?} (publisher done at {published:.2} s); weir's last lines:\n{tail}",
+                    distinct(&got),
+                    t.elapsed().as_secs_f64()
+                );
+                stalls.push(
+                    json!({ "run": run, "received": distinct(&got), "weir_stderr_tail": tail }),
+                );
+                broker_s.push(b);
+                continue;
+            }
+        };
+        println!(
+            "run {run}: broker only {b:.2} s ({:.0} msg/s); through weir {through:.2} s ({:.0} msg/s; \
+             publisher done at {published:.2} s; {} relay messages, {} window results); \
+             weir RSS {r:.1} MiB, CPU {c:.2} s; weir's last status: {last}",
+            n as f64 / b,
+            n as f64 / through,
+            got.len(),
+            agg.messages().len(),
+        );
+        broker_s.push(b);
+        weir_s.push(through);
+        rss.push(r);
+        cpu.push(c);
+    }
+    let b = median(&broker_s);
+    if weir_s.is_empty() {
+        println!("every run through weir stalled; broker only: median {b:.2} s");
+        return json!({ "readings": n, "runs": runs, "broker_only_s": round(b, 3), "weir_stalls": stalls });
+    }
+    let w = median(&weir_s);
+    let (r, c) = (median(&rss), median(&cpu));
+    println!(
+        "median of {runs} broker-only runs, {} completed weir runs:",
+        weir_s.len()
     );
     println!(
-        "machine: {} cores, kernel {}",
-        std::thread::available_parallelism().map_or(0, |n| n.get()),
-        std::fs::read_to_string("/proc/sys/kernel/osrelease")
-            .unwrap_or_default()
-            .trim()
+        "  broker only (publisher → Mosquitto → subscriber):      {b:>6.2} s = {:>6.0} msg/s",
+        n as f64 / b
     );
-    let runs = if quick { 1 } else { 3 };
-    throughput(&weir, runs);
-    latency(&weir, 1_000, Duration::from_secs(10), "200ms");
-    latency(&weir, 1_000, Duration::from_secs(10), "20ms");
-    latency(&weir, 10_000, Duration::from_secs(5), "200ms");
-    recovery(&weir, if quick { 100_000 } else { 1_000_000 });
+    println!(
+        "  through weir (input log, relay + 1-minute window, outbox): {w:>6.2} s = {:>6.0} msg/s",
+        n as f64 / w
+    );
+    println!(
+        "  weir's rate / broker-only rate: {:.2} (weir takes {:.2}× the time)",
+        b / w,
+        w / b
+    );
+    println!(
+        "  weir peak RSS {r:.1} MiB, CPU {c:.2} s ({:.1} µs per reading)",
+        c / n as f64 * 1e6
+    );
+    peaks.push((
+        "1. throughput, 100 000 readings (max of runs)".into(),
+        max(&rss),
+    ));
+    json!({
+        "readings": n,
+        "runs": runs,
+        "broker_only_s": round(b, 3),
+        "broker_only_msgs_per_s": round(n as f64 / b, 0),
+        "weir_s": round(w, 3),
+        "weir_msgs_per_s": round(n as f64 / w, 0),
+        "weir_over_broker_rate": round(b / w, 3),
+        "broker_only_runs_s": broker_s.iter().map(|x| round(*x, 3)).collect::<Vec<_>>(),
+        "weir_runs_s": weir_s.iter().map(|x| round(*x, 3)).collect::<Vec<_>>(),
+        "weir_peak_rss_mib": round(r, 1),
+        "weir_cpu_s": round(c, 2),
+        "weir_cpu_us_per_reading": round(c / n as f64 * 1e6, 1),
+        "weir_stalls": stalls,
+    })
 }
 
-fn build_release() -> PathBuf {
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let status = Command::new(cargo)
-        .args([
-            "build",
-            "--release",
-            "--locked",
-            "-p",
-            "weir",
-            "--bin",
-            "weir",
-        ])
-        .current_dir(weir_tests::repo())
-        .status()
-        .expect("cargo runs");
-    assert!(status.success(), "building weir failed");
-    weir_tests::repo().join("target/release/weir")
-}
-
-fn now_us() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as u64)
-}
-
-/// `n` real readings: the traffic series, cycled with times shifted so no two are alike.
+/// `n` real readings as (topic, payload): the traffic series, cycled with times shifted by the
+/// series' span so that no two payloads are alike (weir dedups by topic and payload).
 fn readings(n: usize) -> Vec<(String, Vec<u8>)> {
     let path = weir_tests::repo().join("../shared/data/derived/mndot-traffic-merged.jsonl");
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
-        panic!(
-            "{}: {e}; the benchmark needs ../shared/data",
-            path.display()
-        )
-    });
-    let lines: Vec<serde_json::Value> = text
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e}; the benchmark needs it", path.display()));
+    let lines: Vec<Value> = text
         .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).expect("a JSON reading per line"))
         .collect();
-    let span =
-        lines.last().unwrap()["ts"].as_i64().unwrap() - lines[0]["ts"].as_i64().unwrap() + 300_000;
+    let ts = |v: &Value| v["ts"].as_i64().expect("ts in ms");
+    let lo = lines.iter().map(ts).min().unwrap();
+    let hi = lines.iter().map(ts).max().unwrap();
+    let span = hi - lo + 3_600_000;
     (0..n)
         .map(|i| {
-            let mut v = lines[i % lines.len()].clone();
             let cycle = (i / lines.len()) as i64;
-            v["ts"] = (v["ts"].as_i64().unwrap() + cycle * span).into();
-            let topic = format!(
-                "traffic/{}/{}",
-                v["sensor_id"].as_str().unwrap(),
-                v["metric"].as_str().unwrap()
-            );
+            let mut v = lines[i % lines.len()].clone();
+            if cycle > 0 {
+                v["ts"] = (ts(&v) + cycle * span).into();
+            }
+            let field = |name: &str| match &v[name] {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            let topic = format!("traffic/{}/{}", field("sensor_id"), field("metric"));
             (topic, v.to_string().into_bytes())
         })
         .collect()
 }
 
-/// A config for the test brokers: a windowless relay of every reading, and (optionally) a keyed
-/// one-minute window of the traffic values.
+// ---------------------------------------------------------------------------------------------
+// 2. and 3. Latency and fsyncs at a steady rate
+
+fn latency(
+    weir: &Path,
+    rate: u64,
+    secs: u64,
+    checkpoint: &str,
+    peaks: &mut Vec<(String, f64)>,
+) -> Value {
+    let sensors = Mosquitto::start();
+    let cloud = Mosquitto::start();
+    let dir = TempDir::new("weir-bench-latency");
+    let cfg = config(dir.path(), sensors.port(), cloud.port(), checkpoint, false);
+    let mut w = start(weir, &cfg);
+    let up = Collector::subscribe(cloud.port(), "relay/#");
+    let mut publisher = Publisher::connect(sensors.port());
+    let n = rate * secs;
+    // Pace by a deadline per message (i / rate after the start): no drift; when behind, publish
+    // at once.
+    let start_us = now_us();
+    let t0 = Instant::now();
+    let mut behind_max = Duration::ZERO;
+    for i in 0..n {
+        let due = t0 + Duration::from_nanos(i * 1_000_000_000 / rate);
+        let now = Instant::now();
+        match due.checked_duration_since(now) {
+            Some(wait) => std::thread::sleep(wait),
+            None => behind_max = behind_max.max(now - due),
+        }
+        let sensor = i % 100;
+        let payload = format!(
+            "{{\"sensor_id\":\"s{sensor}\",\"ts\":{},\"seq\":{i},\"sent_us\":{}}}",
+            now_ms(),
+            now_us()
+        );
+        publisher.publish(&format!("bench/s{sensor}"), payload);
+    }
+    let publish_s = t0.elapsed().as_secs_f64();
+    let end_us = now_us();
+    let achieved = n as f64 / publish_s;
+    let outcome = collect(&up, n as usize, STALL);
+    // Let the status line after the end be written, then read the steady part.
+    std::thread::sleep(Duration::from_millis(1_200));
+    let stderr = w.stderr();
+    let fsync = steady_rates(&stderr, start_us, end_us);
+    let (rss, cpu) = usage(w.pid());
+    let stalled = outcome.is_err();
+    let got = match outcome {
+        Ok((got, _)) => {
+            w.terminate();
+            got
+        }
+        Err(got) => {
+            let tail = tail(&stderr, 6);
+            w.kill9();
+            println!(
+                "STALLED at {rate} msg/s: {} of {n} distinct records arrived, nothing new for {STALL:?}; weir's last lines:\n{tail}",
+                distinct(&got)
+            );
+            got
+        }
+    };
+    let mut seen = HashSet::new();
+    let mut lat: Vec<f64> = got
+        .iter()
+        .filter(|m| seen.insert(weir_id(m).unwrap_or_default().to_owned()))
+        .filter_map(|m| {
+            let v: Value = serde_json::from_slice(&m.payload).ok()?;
+            let sent = v["fields"]["sent_us"]
+                .as_u64()
+                .or_else(|| v["fields"]["sent_us"].as_f64().map(|x| x as u64))
+                .or_else(|| v["sent_us"].as_u64())?;
+            Some(m.received_us.saturating_sub(sent) as f64 / 1000.0)
+        })
+        .collect();
+    lat.sort_by(f64::total_cmp);
+    let q = |p: f64| {
+        lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(f64::NAN)
+    };
+    let kept_up = achieved >= rate as f64 * 0.98;
+    println!(
+        "{rate:>6} msg/s for {secs} s, checkpoint_interval {checkpoint:>5}: p50 {:>6.1} ms, p99 {:>6.1} ms, max {:>6.1} ms \
+         ({} of {n} with a latency; {} messages incl. duplicates); achieved {achieved:.0} msg/s{}; \
+         weir RSS {rss:.1} MiB, CPU {cpu:.2} s",
+        q(0.5),
+        q(0.99),
+        q(1.0),
+        lat.len(),
+        got.len(),
+        if kept_up {
+            String::new()
+        } else {
+            format!(
+                " (the publisher could NOT keep up: up to {:.0} ms behind schedule)",
+                behind_max.as_secs_f64() * 1e3
+            )
+        },
+    );
+    if lat.is_empty() {
+        println!(
+            "  no sent_us found in the records; one looks like: {:?}",
+            got.first().map(Message::text)
+        );
+    }
+    peaks.push((
+        format!("2. latency {rate} msg/s, checkpoint_interval {checkpoint}"),
+        rss,
+    ));
+    json!({
+        "target_rate": rate,
+        "seconds": secs,
+        "checkpoint_interval": checkpoint,
+        "achieved_rate": round(achieved, 0),
+        "publisher_kept_up": kept_up,
+        "p50_ms": round(q(0.5), 2),
+        "p99_ms": round(q(0.99), 2),
+        "max_ms": round(q(1.0), 2),
+        "records": lat.len(),
+        "messages_with_duplicates": got.len(),
+        "weir_peak_rss_mib": round(rss, 1),
+        "weir_cpu_s": round(cpu, 2),
+        "fsync": fsync,
+        "stalled": stalled,
+    })
+}
+
+/// Commits and checkpoints per second between the first and the last status line written while
+/// the publisher ran (from `start_us` + 1 s, to skip the ramp-up, until `end_us`), by weir's own
+/// log timestamps.
+fn steady_rates(stderr: &str, start_us: u64, end_us: u64) -> Value {
+    let lines: Vec<(u64, BTreeMap<String, u64>)> = stderr
+        .lines()
+        .filter(|l| l.contains(": status "))
+        .filter_map(|l| Some((log_time_us(l)?, fields(l))))
+        .filter(|(t, _)| *t >= start_us + 1_000_000 && *t <= end_us + 100_000)
+        .collect();
+    let (Some(first), Some(last)) = (lines.first(), lines.last()) else {
+        return json!({ "window_s": 0.0, "note": "no status lines while publishing" });
+    };
+    let window = (last.0 - first.0) as f64 / 1e6;
+    let delta = |name: &str| last.1.get(name).unwrap_or(&0) - first.1.get(name).unwrap_or(&0);
+    let per_s = |x: u64| if window > 0.0 { x as f64 / window } else { 0.0 };
+    let (commits, checkpoints, messages) =
+        (delta("commits"), delta("checkpoints"), delta("messages_in"));
+    json!({
+        "window_s": round(window, 2),
+        "status_lines": lines.len(),
+        "messages_in_per_s": round(per_s(messages), 1),
+        "commits": commits,
+        "commits_per_s": round(per_s(commits), 1),
+        "fdatasyncs_per_s": round(2.0 * per_s(commits), 1),
+        "checkpoints_per_s": round(per_s(checkpoints), 1),
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// 4. Recovery
+
+fn recovery(weir: &Path, n: usize, peaks: &mut Vec<(String, f64)>) -> Value {
+    println!("\n## 4. recovery after SIGKILL with {n} records queued (upstream broker absent)");
+    let sensors = Mosquitto::start();
+    let dir = TempDir::new("weir-bench-recovery");
+    // A port nothing listens on: everything stays in the outbox.
+    let cfg = config(dir.path(), sensors.port(), free_port(), "200ms", false);
+    let mut w = start(weir, &cfg);
+    let input: Vec<(String, Vec<u8>)> = (0..n)
+        .map(|i| {
+            let sensor = i % 1000;
+            (
+                format!("bench/s{sensor}"),
+                format!(
+                    "{{\"sensor_id\":\"s{sensor}\",\"ts\":{},\"value\":{}}}",
+                    1_700_000_000_000i64 + i as i64,
+                    i % 97
+                )
+                .into_bytes(),
+            )
+        })
+        .collect();
+    let t = Instant::now();
+    publish_all(sensors.port(), &input, 1);
+    let published = t.elapsed().as_secs_f64();
+    // Until the outbox holds all n, or weir's status stops changing for STALL.
+    let (mut seen_status, mut changed) = (String::new(), Instant::now());
+    let mut stalled = false;
+    loop {
+        let status = last_status(&w.stderr()).unwrap_or_default();
+        if fields(&status).get("outbox").copied().unwrap_or(0) >= n as u64 {
+            break;
+        }
+        if status != seen_status {
+            (seen_status, changed) = (status, Instant::now());
+        } else if changed.elapsed() > STALL {
+            stalled = true;
+            println!(
+                "STALLED: weir's status unchanged for {STALL:?}, before the outbox held {n}; weir's last lines:\n{}",
+                tail(&w.stderr(), 6)
+            );
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let queued = t.elapsed().as_secs_f64();
+    let (rss_before, cpu_before) = usage(w.pid());
+    let last_before = last_status(&w.stderr()).unwrap_or_default();
+    w.kill9();
+    let db = dir.path().join("data/weir.redb");
+    let size = std::fs::metadata(&db).map_or(0, |m| m.len());
+
+    let t = Instant::now();
+    let mut w = WeirProcess::spawn_program(
+        weir,
+        &["run", cfg.to_str().unwrap()],
+        &[("WEIR_LOG", "weir=info")],
+    );
+    w.wait_for_stderr("recovered from the store", Duration::from_secs(900));
+    let recovered = t.elapsed().as_secs_f64();
+    w.wait_for_stderr("subscribed", Duration::from_secs(900));
+    let subscribed = t.elapsed().as_secs_f64();
+    let stderr = w.stderr();
+    let line = stderr
+        .lines()
+        .find(|l| l.contains("recovered from the store"))
+        .unwrap_or_default()
+        .to_owned();
+    let f = fields(&line);
+    let (rss_after, _) = usage(w.pid());
+    w.terminate();
+
+    println!(
+        "published (broker acks) in {published:.1} s; all {n} in weir's outbox after {queued:.1} s ({:.0} msg/s); \
+         weir RSS {rss_before:.1} MiB, CPU {cpu_before:.1} s; last status: {last_before}",
+        n as f64 / queued
+    );
+    println!(
+        "database {:.1} MiB ({:.0} bytes per record)",
+        size as f64 / 1_048_576.0,
+        size as f64 / n as f64
+    );
+    println!(
+        "restart → \"recovered from the store\" {recovered:.2} s (took_ms={}, replayed_entries={}, outbox={}), → \"subscribed\" {subscribed:.2} s; RSS after recovery {rss_after:.1} MiB",
+        f.get("took_ms").copied().unwrap_or(0),
+        f.get("replayed_entries").copied().unwrap_or(0),
+        f.get("outbox").copied().unwrap_or(0),
+    );
+    peaks.push((format!("4. {n} records queued, before SIGKILL"), rss_before));
+    peaks.push((format!("4. restarted with {n} records queued"), rss_after));
+    json!({
+        "records": n,
+        "stalled_before_all_queued": stalled,
+        "outbox_at_kill": fields(&last_before).get("outbox"),
+        "published_s": round(published, 2),
+        "queued_s": round(queued, 2),
+        "queued_msgs_per_s": round(n as f64 / queued, 0),
+        "db_bytes": size,
+        "spawn_to_recovered_s": round(recovered, 3),
+        "recovery_took_ms": f.get("took_ms"),
+        "replayed_entries": f.get("replayed_entries"),
+        "outbox_after_restart": f.get("outbox"),
+        "spawn_to_subscribed_s": round(subscribed, 3),
+        "peak_rss_before_kill_mib": round(rss_before, 1),
+        "peak_rss_after_restart_mib": round(rss_after, 1),
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Shared
+
+fn build_release() -> PathBuf {
+    weir_tests::process::build_weir(true)
+}
+
+/// A config for the test brokers: a windowless relay of every reading (`relay/{key}`) and, with
+/// `window`, a keyed one-minute tumbling window of the traffic values (`agg/{key}`).
 fn config(dir: &Path, sensors: u16, upstream: u16, checkpoint: &str, window: bool) -> PathBuf {
     let mut text = format!(
-        "version = 1\n[source]\nbroker = \"127.0.0.1:{sensors}\"\nclient_id = \"weir-bench\"\n\
-         [upstream]\nbroker = \"127.0.0.1:{upstream}\"\nmax_inflight = 10000\n\
-         [storage]\ndata_dir = {:?}\ncheckpoint_interval = \"{checkpoint}\"\nmax_outbox = \"4GiB\"\n\
-         [admin]\nlisten = \"off\"\n\
+        "version = 1\n\n\
+         [source]\nbroker = \"127.0.0.1:{sensors}\"\nclient_id = \"weir-bench\"\n\n\
+         [upstream]\nbroker = \"127.0.0.1:{upstream}\"\n\n\
+         [storage]\ndata_dir = {:?}\ncheckpoint_interval = \"{checkpoint}\"\nmax_outbox = \"4GiB\"\n\n\
+         [admin]\nlisten = \"off\"\n\n\
          [[pipeline]]\nname = \"relay\"\ntopics = [\"traffic/#\", \"bench/#\"]\n\
          [pipeline.decode]\njson = {{ key = \"sensor_id\", time = \"ts\", time_format = \"ms\" }}\n\
          [pipeline.output]\ntopic = \"relay/{{key}}\"\n",
@@ -116,11 +572,13 @@ fn config(dir: &Path, sensors: u16, upstream: u16, checkpoint: &str, window: boo
     );
     if window {
         text.push_str(
-            "[[pipeline]]\nname = \"agg\"\ntopics = [\"traffic/#\"]\n\
+            "\n[[pipeline]]\nname = \"agg\"\ntopics = [\"traffic/#\"]\n\
              [pipeline.decode]\njson = { key = \"sensor_id\", time = \"ts\", time_format = \"ms\", values = [\"value\"] }\n\
              [pipeline.window]\nkind = \"tumbling\"\nsize = \"1m\"\nout_of_orderness = \"1h\"\n\
-             [[pipeline.aggregate]]\nfn = \"count\"\n[[pipeline.aggregate]]\nfn = \"mean\"\nfield = \"value\"\n\
-             [[pipeline.aggregate]]\nfn = \"min\"\nfield = \"value\"\n[[pipeline.aggregate]]\nfn = \"max\"\nfield = \"value\"\n\
+             [[pipeline.aggregate]]\nfn = \"count\"\n\
+             [[pipeline.aggregate]]\nfn = \"mean\"\nfield = \"value\"\n\
+             [[pipeline.aggregate]]\nfn = \"min\"\nfield = \"value\"\n\
+             [[pipeline.aggregate]]\nfn = \"max\"\nfield = \"value\"\n\
              [pipeline.output]\ntopic = \"agg/{key}\"\n",
         );
     }
@@ -129,6 +587,7 @@ fn config(dir: &Path, sensors: u16, upstream: u16, checkpoint: &str, window: boo
     path
 }
 
+/// Starts `weir run CONFIG` and waits until it has subscribed.
 fn start(weir: &Path, config: &Path) -> WeirProcess {
     let mut p = WeirProcess::spawn_program(
         weir,
@@ -139,7 +598,7 @@ fn start(weir: &Path, config: &Path) -> WeirProcess {
     p
 }
 
-/// Peak RSS (MiB) and CPU seconds of a running process.
+/// Peak RSS (VmHWM, MiB) and CPU time (utime + stime, s) of a running process.
 fn usage(pid: u32) -> (f64, f64) {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     let hwm_kb: f64 = status
@@ -148,220 +607,143 @@ fn usage(pid: u32) -> (f64, f64) {
         .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
         .unwrap_or(0.0);
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> = stat
+    // Fields after the command name: state is field 3, utime 14, stime 15.
+    let rest: Vec<&str> = stat
         .rsplit(')')
         .next()
         .unwrap_or_default()
         .split_whitespace()
         .collect();
     let ticks = |i: usize| {
-        fields
-            .get(i)
+        rest.get(i)
             .and_then(|v| v.parse::<f64>().ok())
             .unwrap_or(0.0)
     };
-    (hwm_kb / 1024.0, (ticks(11) + ticks(12)) / 100.0)
+    #[allow(unsafe_code)]
+    // SAFETY: sysconf takes an integer and touches no memory of ours.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    (hwm_kb / 1024.0, (ticks(11) + ticks(12)) / hz)
 }
 
-fn distinct(messages: &[Message]) -> usize {
-    let mut ids: Vec<&str> = messages
+fn weir_id(m: &Message) -> Option<&str> {
+    m.user_properties
         .iter()
-        .filter_map(|m| {
-            m.user_properties
-                .iter()
-                .find(|(k, _)| k == "weir-id")
-                .map(|(_, v)| v.as_str())
-        })
-        .collect();
-    ids.sort_unstable();
-    ids.dedup();
-    ids.len()
+        .find(|(k, _)| k == "weir-id")
+        .map(|(_, v)| v.as_str())
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
+/// Distinct `weir-id`s among `messages`.
+fn distinct(messages: &[Message]) -> usize {
+    messages
+        .iter()
+        .filter_map(weir_id)
+        .collect::<HashSet<_>>()
+        .len()
+}
+
+/// Polls `c` until `n` distinct `weir-id`s arrived: Ok with the messages and the arrival time
+/// (µs since the epoch) of the n-th distinct one; Err with the messages so far if nothing new
+/// arrived for `stall`.
+fn collect(c: &Collector, n: usize, stall: Duration) -> Result<(Vec<Message>, u64), Vec<Message>> {
+    let (mut count, mut progress) = (0, Instant::now());
+    loop {
+        let m = c.messages();
+        if m.len() >= n {
+            let mut ids = HashSet::new();
+            for msg in &m {
+                if ids.insert(weir_id(msg).unwrap_or_default()) && ids.len() == n {
+                    let at = msg.received_us;
+                    return Ok((m, at));
+                }
+            }
+        }
+        if m.len() > count {
+            (count, progress) = (m.len(), Instant::now());
+        } else if progress.elapsed() > stall {
+            return Err(m);
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// The last `n` lines of `text`, indented.
+fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..]
+        .iter()
+        .map(|l| format!("    {l}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The last status line in weir's stderr.
+fn last_status(stderr: &str) -> Option<String> {
+    stderr
+        .lines()
+        .rev()
+        .find(|l| l.contains(": status "))
+        .map(str::to_owned)
+}
+
+/// The numeric `name=value` fields of a log line.
+fn fields(line: &str) -> BTreeMap<String, u64> {
+    line.split_whitespace()
+        .filter_map(|t| {
+            let (k, v) = t.split_once('=')?;
+            Some((k.to_owned(), v.parse().ok()?))
+        })
+        .collect()
+}
+
+/// The time of a tracing log line (`2026-11-22T10:45:12.345678Z ...`) in µs since the epoch.
+fn log_time_us(line: &str) -> Option<u64> {
+    let stamp = line.split_whitespace().next()?.strip_suffix('Z')?;
+    let (date, time) = stamp.split_once('T')?;
+    let mut d = date.split('-').map(|x| x.parse::<i64>());
+    let (y, m, day) = (d.next()?.ok()?, d.next()?.ok()?, d.next()?.ok()?);
+    let mut t = time.split(':');
+    let (hh, mm): (i64, i64) = (t.next()?.parse().ok()?, t.next()?.parse().ok()?);
+    let ss: f64 = t.next()?.parse().ok()?;
+    // Days from the civil date (Howard Hinnant's algorithm).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let secs = (days * 86_400 + hh * 3_600 + mm * 60) as f64 + ss;
+    Some((secs * 1e6) as u64)
+}
+
+fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+fn now_ms() -> u64 {
+    now_us() / 1000
+}
+
+fn shell(cmd: &str) -> String {
+    Command::new("sh")
+        .args(["-c", cmd])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default()
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
 }
 
-fn throughput(weir: &Path, runs: usize) {
-    const N: usize = 100_000;
-    let input = readings(N);
-    let (mut broker_only, mut through_weir, mut rss, mut cpu) = (vec![], vec![], vec![], vec![]);
-    let cpu_median = |cpu: &Vec<f64>| median(cpu.clone());
-    for _ in 0..runs {
-        let broker = Mosquitto::start();
-        let sub = Collector::subscribe(broker.port(), "traffic/#");
-        let t = Instant::now();
-        publish_all(broker.port(), &input, 1);
-        sub.wait_for(N, Duration::from_secs(600));
-        broker_only.push(t.elapsed().as_secs_f64());
-
-        let sensors = Mosquitto::start();
-        let cloud = Mosquitto::start();
-        let dir = TempDir::new("weir-bench");
-        let cfg = config(dir.path(), sensors.port(), cloud.port(), "200ms", true);
-        let mut w = start(weir, &cfg);
-        let up = Collector::subscribe(cloud.port(), "relay/#");
-        let t = Instant::now();
-        publish_all(sensors.port(), &input, 1);
-        up.wait_until(
-            |m| m.len() >= N && distinct(m) >= N,
-            Duration::from_secs(900),
-        );
-        through_weir.push(t.elapsed().as_secs_f64());
-        let (r, c) = usage(w.pid());
-        rss.push(r);
-        cpu.push(c);
-        w.terminate();
-    }
-    let (b, w) = (median(broker_only), median(through_weir));
-    println!("\n## 1. throughput: {N} real readings, QoS 1, median of {runs}");
-    println!(
-        "broker only (publisher → Mosquitto → subscriber): {b:.2} s = {:.0} msg/s",
-        N as f64 / b
-    );
-    println!(
-        "through weir (→ Mosquitto → weir: input log, relay + 1-minute window, checkpoints, outbox → Mosquitto → subscriber): {w:.2} s = {:.0} msg/s",
-        N as f64 / w
-    );
-    println!("weir / broker-only time: {:.2}×", w / b);
-    println!(
-        "weir peak RSS {:.1} MiB, CPU {:.2} s ({:.1} µs per reading)",
-        median(rss),
-        cpu_median(&cpu),
-        cpu_median(&cpu) / N as f64 * 1e6
-    );
+fn max(v: &[f64]) -> f64 {
+    v.iter().copied().fold(0.0, f64::max)
 }
 
-fn latency(weir: &Path, rate: u64, duration: Duration, checkpoint: &str) {
-    let sensors = Mosquitto::start();
-    let cloud = Mosquitto::start();
-    let dir = TempDir::new("weir-bench-latency");
-    let cfg = config(dir.path(), sensors.port(), cloud.port(), checkpoint, false);
-    let mut w = start(weir, &cfg);
-    let up = Collector::subscribe(cloud.port(), "relay/#");
-    let mut publisher = Publisher::connect(sensors.port());
-    let n = rate * duration.as_secs();
-    let t0 = Instant::now();
-    let commits_before = status_field(&w, "commits");
-    let checkpoints_before = status_field(&w, "checkpoints");
-    for i in 0..n {
-        let due = t0 + Duration::from_secs_f64(i as f64 / rate as f64);
-        if let Some(wait) = due.checked_duration_since(Instant::now()) {
-            std::thread::sleep(wait);
-        }
-        let payload = format!(
-            "{{\"sensor_id\": \"s{}\", \"ts\": {}, \"sent_us\": {}}}",
-            i % 100,
-            1_700_000_000_000 + i as i64,
-            now_us()
-        );
-        publisher.publish(&format!("bench/s{}", i % 100), payload);
-    }
-    let achieved = n as f64 / t0.elapsed().as_secs_f64();
-    let got = up.wait_until(|m| distinct(m) >= n as usize, Duration::from_secs(300));
-    let elapsed = t0.elapsed().as_secs_f64();
-    // weir's status lines come once a second: the commits over the steady part.
-    std::thread::sleep(Duration::from_millis(1_500));
-    let commits = status_field(&w, "commits") - commits_before;
-    let checkpoints = status_field(&w, "checkpoints") - checkpoints_before;
-    let mut lat: Vec<f64> = got
-        .iter()
-        .filter_map(|m| {
-            let v: serde_json::Value = serde_json::from_slice(&m.payload).ok()?;
-            let sent = v["fields"]["sent_us"].as_u64().or(v["sent_us"].as_u64())?;
-            Some(m.received_us.saturating_sub(sent) as f64 / 1000.0)
-        })
-        .collect();
-    lat.sort_by(f64::total_cmp);
-    let q = |p: f64| lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)];
-    println!(
-        "\n## 2. latency, publish → upstream arrival, no window, {rate} msg/s for {}s (checkpoint_interval {checkpoint})",
-        duration.as_secs()
-    );
-    println!(
-        "achieved rate {achieved:.0} msg/s; p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms ({} records)",
-        q(0.5),
-        q(0.99),
-        q(1.0),
-        lat.len()
-    );
-    println!(
-        "store commits {commits} in {elapsed:.1} s = {:.1}/s ({:.1} fdatasyncs/s with quick repair), checkpoints {:.1}/s",
-        commits / elapsed,
-        2.0 * commits / elapsed,
-        checkpoints / elapsed
-    );
-    let (rss, _) = usage(w.pid());
-    println!("weir peak RSS {rss:.1} MiB");
-    w.terminate();
-}
-
-/// The last value of `name=` in weir's status lines.
-fn status_field(w: &WeirProcess, name: &str) -> f64 {
-    let needle = format!("{name}=");
-    w.stderr()
-        .lines()
-        .rev()
-        .find_map(|l| {
-            let t = l.split(&needle).nth(1)?;
-            t.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
-        })
-        .unwrap_or(0.0)
-}
-
-fn recovery(weir: &Path, n: usize) {
-    let sensors = Mosquitto::start();
-    let dir = TempDir::new("weir-bench-recovery");
-    // The uplink is absent: everything stays queued.
-    let cfg = config(dir.path(), sensors.port(), free_port(), "200ms", false);
-    let mut w = start(weir, &cfg);
-    let input: Vec<(String, Vec<u8>)> = (0..n)
-        .map(|i| {
-            (
-                format!("bench/s{}", i % 1000),
-                format!(
-                    "{{\"sensor_id\":\"s{}\",\"ts\":{}}}",
-                    i % 1000,
-                    1_700_000_000_000i64 + i as i64
-                )
-                .into_bytes(),
-            )
-        })
-        .collect();
-    let t = Instant::now();
-    publish_all(sensors.port(), &input, 1);
-    let deadline = Instant::now() + Duration::from_secs(1800);
-    while (status_field(&w, "outbox") as usize) < n {
-        assert!(Instant::now() < deadline, "weir did not queue {n} records");
-        std::thread::sleep(Duration::from_millis(500));
-    }
-    let queued_in = t.elapsed().as_secs_f64();
-    let (rss, _) = usage(w.pid());
-    w.kill9();
-    let db = dir.path().join("data/weir.redb");
-    let size = std::fs::metadata(&db).map_or(0, |m| m.len());
-    let t = Instant::now();
-    let mut w = WeirProcess::spawn_program(
-        weir,
-        &["run", cfg.to_str().unwrap()],
-        &[("WEIR_LOG", "weir=info")],
-    );
-    w.wait_for_stderr("recovered from the store", Duration::from_secs(600));
-    let recovered = t.elapsed().as_secs_f64();
-    w.wait_for_stderr("subscribed", Duration::from_secs(600));
-    let subscribed = t.elapsed().as_secs_f64();
-    let took = status_field(&w, "took_ms");
-    println!("\n## 4. recovery after SIGKILL with {n} records queued (uplink absent)");
-    println!(
-        "queued in {queued_in:.1} s ({:.0} msg/s into the outbox); peak RSS before the kill {rss:.1} MiB",
-        n as f64 / queued_in
-    );
-    println!(
-        "database {:.1} MiB; restart → recovered {recovered:.2} s (store reopen + restore: {took} ms), → subscribed {subscribed:.2} s",
-        size as f64 / 1048576.0
-    );
-    let (rss, _) = usage(w.pid());
-    println!("peak RSS after recovery {rss:.1} MiB");
-    w.terminate();
+fn round(x: f64, digits: i32) -> f64 {
+    let p = 10f64.powi(digits);
+    (x * p).round() / p
 }
