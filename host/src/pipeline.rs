@@ -97,6 +97,15 @@ pub struct Pipeline {
     /// The newest event time seen that was not future-dated (the clock of a replay).
     newest_event_ms: i64,
     max_future_ms: i64,
+    counts: PipelineCounts,
+}
+
+/// What a pipeline took in: messages by the topic filter that matched them (the first one, in
+/// config order), and the events its decoder made of them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PipelineCounts {
+    pub messages_by_filter: Vec<(String, u64)>,
+    pub decoded: u64,
 }
 
 impl std::fmt::Debug for Pipeline {
@@ -219,6 +228,10 @@ impl Pipeline {
                 .window
                 .as_ref()
                 .map_or(i64::MAX, |w| ms(w.max_future)),
+            counts: PipelineCounts {
+                messages_by_filter: config.topics.iter().map(|t| (t.clone(), 0)).collect(),
+                decoded: 0,
+            },
         })
     }
 
@@ -341,6 +354,11 @@ impl Pipeline {
         self.topics.iter().any(|f| topic_matches(f, topic))
     }
 
+    /// What this pipeline took in so far.
+    pub fn counts(&self) -> &PipelineCounts {
+        &self.counts
+    }
+
     /// The newest event time this pipeline has seen, not counting future-dated events (those
     /// more than `max_future` ahead of the clock); `i64::MIN` before the first event.
     pub fn newest_event_ms(&self) -> i64 {
@@ -351,15 +369,18 @@ impl Pipeline {
     /// (no time known yet) stands for the newest event time of the batch.
     pub fn process(&mut self, messages: &[Message], now_ms: i64) -> Vec<Record> {
         let mut records = Vec::new();
-        let messages: Vec<Message> = messages
-            .iter()
-            .filter(|m| self.accepts(&m.topic))
-            .cloned()
-            .collect();
-        if messages.is_empty() {
+        let mut taken = Vec::with_capacity(messages.len());
+        for m in messages {
+            if let Some(i) = self.topics.iter().position(|f| topic_matches(f, &m.topic)) {
+                self.counts.messages_by_filter[i].1 += 1;
+                taken.push(m.clone());
+            }
+        }
+        if taken.is_empty() {
             return records;
         }
-        let mut events = self.decode(messages, &mut records);
+        let mut events = self.decode(taken, &mut records);
+        self.counts.decoded += events.len() as u64;
         for op in &mut self.transforms {
             let outcome = op.transform(events);
             for d in outcome.dead_letters {

@@ -745,6 +745,24 @@ fn a_live_swap_keeps_every_message_and_the_keyed_state_and_rolls_back() {
         vec![1, 2, 1],
         "v1, swapped to v2, rolled back to v1"
     );
+    // The metrics count what went through, per pipeline and topic filter, and per plugin step.
+    let metrics = weir::admin::client::get(&admin, "/metrics").unwrap().body;
+    let sample = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or_else(|| panic!("{name} in the metrics:\n{metrics}"))
+    };
+    let n = input.len() as f64;
+    assert_eq!(
+        sample("weir_pipeline_messages_total{pipeline=\"relay\",topic_filter=\"sensors/#\"}"),
+        n
+    );
+    assert_eq!(sample("weir_pipeline_decoded_total{pipeline=\"relay\"}"), n);
+    assert_eq!(sample("weir_messages_in_total"), n);
+    assert!(sample("weir_plugin_calls_total") > 0.0);
+    assert!(sample("weir_store_fsyncs_total") > 0.0);
     assert!(weir.terminate().success());
 }
 

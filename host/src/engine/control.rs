@@ -204,6 +204,22 @@ impl crate::admin::Control for EngineControl {
             &[],
             c(&e.unknown_topic),
         );
+        for (pipeline, counts) in e.pipelines.lock().unwrap_or_else(|x| x.into_inner()).iter() {
+            for (filter, n) in &counts.messages_by_filter {
+                p.counter(
+                    "weir_pipeline_messages_total",
+                    "Messages a pipeline took, by the topic filter that matched them",
+                    &[("pipeline", pipeline), ("topic_filter", filter)],
+                    *n as f64,
+                );
+            }
+            p.counter(
+                "weir_pipeline_decoded_total",
+                "Events a pipeline's decoder made of its messages",
+                &[("pipeline", pipeline)],
+                counts.decoded as f64,
+            );
+        }
         p.counter(
             "weir_records_total",
             "Records emitted to the main output",
@@ -301,6 +317,12 @@ impl crate::admin::Control for EngineControl {
                 "Durable redb commits (two fdatasyncs each with quick repair)",
                 &[],
                 store.commits() as f64,
+            );
+            p.counter(
+                "weir_store_fsyncs_total",
+                "fdatasyncs of the store: two per commit (redb's quick repair)",
+                &[],
+                (store.commits() * 2) as f64,
             );
         }
         p.counter(

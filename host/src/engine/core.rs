@@ -192,6 +192,12 @@ impl Core {
                     }
                     if !batch.is_empty() {
                         records.extend(lane.pipeline.process(&batch, *received_ms));
+                        let counts = lane.pipeline.counts().clone();
+                        self.metrics
+                            .pipelines
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .insert(lane.pipeline.name().to_owned(), counts);
                     }
                     push(&mut out, lane.durable, records, &self.metrics);
                 }

@@ -44,4 +44,6 @@ pub struct EngineMetrics {
     pub ingest_blocks: AtomicU64,
     /// Failed store writes (retried).
     pub store_errors: AtomicU64,
+    /// Per pipeline (by name): messages by topic filter, events decoded.
+    pub pipelines: Mutex<BTreeMap<String, crate::pipeline::PipelineCounts>>,
 }
