@@ -2,7 +2,7 @@
 //! measures and prints; it asserts nothing about time.
 //!
 //! ```sh
-//! cargo run --release -p weir-tests --bin weir-live-bench -- [--quick]
+//! cargo run --release -p weir-tests --bin weir-live-bench -- [--quick | --throughput-only N]
 //! ```
 //!
 //! It builds weir itself (`cargo build --release --locked -p weir --bin weir`) and runs
