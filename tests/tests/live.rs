@@ -428,6 +428,64 @@ fn a_flaky_uplink_loses_nothing_and_keeps_order_per_key() {
     assert!(weir.terminate().success());
 }
 
+/// The link to the sensors' broker drops again and again while readings stream in: weir
+/// reconnects with backoff, resubscribes, and its persistent session keeps what arrived
+/// meanwhile. Acks of a dropped connection are discarded (never sent on the next one), so the
+/// broker redelivers those messages and ingest dedup drops the repeats: every reading arrives
+/// upstream once, in order per key.
+#[test]
+fn a_flaky_source_link_loses_nothing_and_counts_nothing_twice() {
+    let sensors_broker = Mosquitto::start();
+    let cloud = Mosquitto::start();
+    let proxy = Proxy::start(sensors_broker.addr());
+    let dir = TempDir::new("weir-live-flaky-source");
+    let config = passthrough_config(
+        dir.path(),
+        proxy.port(),
+        cloud.port(),
+        "source.reconnect = { initial = \"50ms\", max = \"400ms\" }\nsource.keep_alive = \"2s\"",
+    );
+    let upstream = Collector::subscribe(cloud.port(), "relay/#");
+    let mut weir = start_weir(&config);
+    let input = numbered(15_000);
+    let port = sensors_broker.port();
+    let feed = input.clone();
+    let publisher = std::thread::spawn(move || {
+        let mut p = Publisher::connect(port);
+        for (i, (t, m)) in feed.iter().enumerate() {
+            p.publish(t, m.clone());
+            if i % 100 == 99 {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        p.wait_all_acked(Duration::from_secs(120));
+    });
+    // Drop the link each time some more readings went through, six times.
+    for round in 1..=6 {
+        upstream.wait_until(|m| m.len() >= round * 2_000, Duration::from_secs(60));
+        proxy.down();
+        std::thread::sleep(Duration::from_millis(300));
+        proxy.up();
+        // Until weir is back: subscribed once more than before.
+        weir_tests::process::poll_until("weir to subscribe again", Duration::from_secs(30), || {
+            weir.stderr().matches("subscribed").count() > round
+        });
+    }
+    publisher.join().unwrap();
+    let got = upstream.wait_until(
+        |m| m.len() >= input.len() && distinct_ids(m) >= input.len(),
+        Duration::from_secs(120),
+    );
+    assert_all_in_order(&got, input.len());
+    let stderr = weir.stderr();
+    assert!(
+        stderr.matches("connected to the source broker").count() >= 7
+            && stderr.matches("subscribed").count() >= 7,
+        "weir reconnected and subscribed again after each drop:\n{stderr}"
+    );
+    assert!(weir.terminate().success());
+}
+
 /// A burst published as fast as one client can: Mosquitto 2.0 then sends far more
 /// unacknowledged messages than weir's Receive Maximum (tens of thousands), faster than rumqttc
 /// writes acks. weir must neither stall (acks waiting for the client while the client waits for
