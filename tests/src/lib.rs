@@ -121,6 +121,7 @@ pub fn value(batch: &Batch, name: &str, i: usize) -> Option<Value> {
     batch.column(name).and_then(|c| c.get(i))
 }
 
+pub mod apt;
 pub mod mosquitto;
 pub mod mqtt_client;
 pub mod process;

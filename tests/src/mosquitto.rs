@@ -11,56 +11,16 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use crate::process::{TempDir, free_port, read_lossy, send_signal};
-use crate::repo;
 
 /// How long a broker may take to listen.
 const START_DEADLINE: Duration = Duration::from_secs(10);
 /// Start attempts when the port picked was taken in the meantime.
 const START_ATTEMPTS: usize = 5;
 
-/// The `mosquitto` binary, installed with apt-get if missing (once per process, under a file lock
-/// shared by every test process); panics saying what to install if that fails.
+/// The `mosquitto` binary, installed with apt-get if missing (see [`crate::apt::ensure`]).
 pub fn ensure_installed() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        if let Some(bin) = find_mosquitto() {
-            return bin;
-        }
-        let lock_path = repo().join("target/weir-test-apt.lock");
-        let _ = std::fs::create_dir_all(repo().join("target"));
-        let lock = File::create(&lock_path)
-            .unwrap_or_else(|e| panic!("cannot create {}: {e}", lock_path.display()));
-        lock.lock()
-            .unwrap_or_else(|e| panic!("cannot lock {}: {e}", lock_path.display()));
-        // Another test process may have installed it while this one waited for the lock.
-        if let Some(bin) = find_mosquitto() {
-            return bin;
-        }
-        for args in [&["update"][..], &["install", "-y", "mosquitto"][..]] {
-            let status = Command::new("apt-get")
-                .args(args)
-                .env("DEBIAN_FRONTEND", "noninteractive")
-                .status();
-            if !matches!(status, Ok(s) if s.success()) {
-                panic!(
-                    "mosquitto is not installed and `apt-get {}` failed ({status:?}): install the \
-                     `mosquitto` package (Debian/Ubuntu: apt-get install mosquitto)",
-                    args.join(" ")
-                );
-            }
-        }
-        find_mosquitto().expect(
-            "apt-get installed mosquitto but no `mosquitto` binary is on PATH or in /usr/sbin",
-        )
-    })
-}
-
-fn find_mosquitto() -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain([PathBuf::from("/usr/sbin")])
-        .map(|dir| dir.join("mosquitto"))
-        .find(|bin| bin.is_file())
+    BIN.get_or_init(|| crate::apt::ensure("mosquitto", "mosquitto"))
 }
 
 /// The broker config: everything a test relies on is explicit.
