@@ -4,7 +4,15 @@
 //! Input, one JSON object per line:
 //! - a message: `{"topic": "farm/north/sensors/s1", "payload": {...}}`, the payload as JSON (it is
 //!   re-serialized to bytes) or `"payload_base64": "..."` for bytes; optional `"received_ms"`;
-//! - a time marker: `{"watermark": 1700000060000}` moves every pipeline's watermark there.
+//! - a time marker: `{"watermark": 1700000060000}` moves every pipeline's watermark there;
+//! - a clock tick: `{"tick": 1700000060000}`: the gateway clock moved there with no input (idle
+//!   sources, processing-time windows), as in a live run;
+//! - a hot swap, `{"swap": {"pipeline": "farm", "step": "farm/transform[2]", "plugin": "x.wasm"}}`,
+//!   or a rollback, `{"rollback": {"pipeline": "farm", "step": "farm/transform[2]"}}`.
+//!
+//! `weir run --record-input FILE` writes exactly this, so a live session replays to the same
+//! records. Messages with a `received_ms` (recorded live) go through each pipeline's ingest
+//! dedup, as they did live; messages without one are all taken.
 //!
 //! The gateway clock during a replay is the input's: a message's `received_ms` if it has one
 //! (messages are batched only with neighbours received at the same time), otherwise the highest
@@ -30,6 +38,16 @@ use crate::runtime::{Runtime, RuntimeConfig};
 pub enum Input {
     Message(Message),
     Watermark(i64),
+    Tick(i64),
+    Swap {
+        pipeline: String,
+        step: String,
+        plugin: std::path::PathBuf,
+    },
+    Rollback {
+        pipeline: String,
+        step: String,
+    },
 }
 
 /// Reads one line of replay input.
@@ -38,6 +56,30 @@ pub fn parse_line(line: &str) -> Result<Input, String> {
     if let Some(w) = v.get("watermark") {
         let ms = w.as_i64().ok_or("\"watermark\" is not an integer (ms)")?;
         return Ok(Input::Watermark(ms));
+    }
+    if let Some(t) = v.get("tick") {
+        let ms = t.as_i64().ok_or("\"tick\" is not an integer (ms)")?;
+        return Ok(Input::Tick(ms));
+    }
+    for what in ["swap", "rollback"] {
+        if let Some(o) = v.get(what) {
+            let field = |name: &str| {
+                o.get(name)
+                    .and_then(|x| x.as_str())
+                    .map(str::to_owned)
+                    .ok_or_else(|| format!("\"{what}\" needs a \"{name}\" string"))
+            };
+            let (pipeline, step) = (field("pipeline")?, field("step")?);
+            return Ok(if what == "swap" {
+                Input::Swap {
+                    pipeline,
+                    step,
+                    plugin: field("plugin")?.into(),
+                }
+            } else {
+                Input::Rollback { pipeline, step }
+            });
+        }
     }
     let topic = v["topic"]
         .as_str()
@@ -78,14 +120,44 @@ pub fn run(
     input: &mut dyn BufRead,
     out: &mut dyn Write,
 ) -> anyhow::Result<Summary> {
+    run_with(config, input, out, Options::default())
+}
+
+/// How a replay ends.
+#[derive(Debug, Clone, Copy)]
+pub struct Options {
+    /// Fire every open window at the end of the input (the default). Without it, windows still
+    /// open stay unfired, as when a live run stops.
+    pub flush_at_end: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options { flush_at_end: true }
+    }
+}
+
+/// [`run`], with [`Options`].
+pub fn run_with(
+    config: &Config,
+    input: &mut dyn BufRead,
+    out: &mut dyn Write,
+    options: Options,
+) -> anyhow::Result<Summary> {
     let runtime = Runtime::new(RuntimeConfig::default())?;
     let pipelines = config
         .pipelines
         .iter()
         .map(|p| Pipeline::start(p, &runtime))
         .collect::<anyhow::Result<Vec<_>>>()?;
+    let seen = config
+        .pipelines
+        .iter()
+        .map(|p| crate::engine::dedup::SeenSet::new(p.dedup.clone()))
+        .collect();
     let mut replay = Replay {
         pipelines,
+        seen,
         pending: Vec::new(),
         summary: Summary::default(),
         out,
@@ -118,12 +190,44 @@ pub fn run(
                     replay.write(records)?;
                 }
             }
+            Input::Tick(ms) => {
+                replay.process()?;
+                for i in 0..replay.pipelines.len() {
+                    let records = replay.pipelines[i].tick(ms);
+                    replay.write(records)?;
+                }
+            }
+            Input::Swap {
+                pipeline,
+                step,
+                plugin,
+            } => {
+                replay.process()?;
+                let op = replay.step(&pipeline, &step, n)?;
+                let loaded = runtime
+                    .load(&plugin, None)
+                    .map_err(|e| anyhow::anyhow!("input line {}: {e}", n + 1))?;
+                let prepared = op
+                    .spec()
+                    .prepare(loaded, op.config())
+                    .map_err(|e| anyhow::anyhow!("input line {}: {e}", n + 1))?;
+                op.swap(prepared);
+            }
+            Input::Rollback { pipeline, step } => {
+                replay.process()?;
+                replay
+                    .step(&pipeline, &step, n)?
+                    .rollback()
+                    .map_err(|e| anyhow::anyhow!("input line {}: {e}", n + 1))?;
+            }
         }
     }
     replay.process()?;
-    for i in 0..replay.pipelines.len() {
-        let records = replay.pipelines[i].flush();
-        replay.write(records)?;
+    if options.flush_at_end {
+        for i in 0..replay.pipelines.len() {
+            let records = replay.pipelines[i].flush();
+            replay.write(records)?;
+        }
     }
     replay.out.flush()?;
     Ok(replay.summary)
@@ -131,6 +235,8 @@ pub fn run(
 
 struct Replay<'a> {
     pipelines: Vec<Pipeline>,
+    /// Each pipeline's ingest dedup (for messages recorded with their receive time).
+    seen: Vec<crate::engine::dedup::SeenSet>,
     pending: Vec<Message>,
     summary: Summary,
     out: &'a mut dyn Write,
@@ -154,10 +260,38 @@ impl Replay<'_> {
             } else {
                 self.pipelines[i].newest_event_ms()
             };
-            let records = self.pipelines[i].process(&messages, now);
+            let batch: Vec<Message> = if received == i64::MIN {
+                messages.clone()
+            } else {
+                let (pipeline, seen) = (&self.pipelines[i], &mut self.seen[i]);
+                messages
+                    .iter()
+                    .filter(|m| {
+                        !pipeline.accepts(&m.topic)
+                            || !seen.check(seen.fingerprint(&m.topic, &m.payload), received)
+                    })
+                    .cloned()
+                    .collect()
+            };
+            let records = self.pipelines[i].process(&batch, now);
             self.write(records)?;
         }
         Ok(())
+    }
+
+    fn step(
+        &mut self,
+        pipeline: &str,
+        step: &str,
+        line: usize,
+    ) -> anyhow::Result<&mut crate::runtime::Operator> {
+        let p = self
+            .pipelines
+            .iter_mut()
+            .find(|p| p.name() == pipeline)
+            .ok_or_else(|| anyhow::anyhow!("input line {}: no pipeline {pipeline:?}", line + 1))?;
+        p.step_mut(step)
+            .ok_or_else(|| anyhow::anyhow!("input line {}: no plugin step {step:?}", line + 1))
     }
 
     fn write(&mut self, records: Vec<Record>) -> anyhow::Result<()> {
@@ -180,6 +314,29 @@ mod tests {
     #[test]
     fn reads_messages_and_markers_and_says_what_is_wrong() {
         assert_eq!(parse_line(r#"{"watermark": 5}"#), Ok(Input::Watermark(5)));
+        assert_eq!(parse_line(r#"{"tick": 7}"#), Ok(Input::Tick(7)));
+        assert_eq!(
+            parse_line(
+                r#"{"swap": {"pipeline": "p", "step": "p/transform[0]", "plugin": "x.wasm"}}"#
+            ),
+            Ok(Input::Swap {
+                pipeline: "p".into(),
+                step: "p/transform[0]".into(),
+                plugin: "x.wasm".into()
+            })
+        );
+        assert_eq!(
+            parse_line(r#"{"rollback": {"pipeline": "p", "step": "s"}}"#),
+            Ok(Input::Rollback {
+                pipeline: "p".into(),
+                step: "s".into()
+            })
+        );
+        assert!(
+            parse_line(r#"{"swap": {"pipeline": "p"}}"#)
+                .unwrap_err()
+                .contains("\"step\"")
+        );
         let Input::Message(m) =
             parse_line(r#"{"topic": "t", "payload": {"a": 1}, "received_ms": 9}"#).unwrap()
         else {

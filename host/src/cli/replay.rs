@@ -13,6 +13,10 @@ pub(super) struct ReplayArgs {
     /// Recorded input (JSON lines); standard input if not given.
     #[arg(long)]
     input: Option<PathBuf>,
+    /// Leave windows still open at the end unfired, as a live run that stops does (to compare
+    /// with a session recorded by `weir run --record-input`).
+    #[arg(long)]
+    keep_open: bool,
 }
 
 pub(super) fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
@@ -28,7 +32,10 @@ pub(super) fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
     };
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
-    let summary = crate::replay::run(&config, &mut input, &mut out)?;
+    let options = crate::replay::Options {
+        flush_at_end: !args.keep_open,
+    };
+    let summary = crate::replay::run_with(&config, &mut input, &mut out, options)?;
     out.flush()?;
     eprintln!(
         "replayed {} messages: {} records, {} late, {} dead letters",

@@ -9,6 +9,10 @@ use crate::engine::{self, Metrics};
 pub(super) struct RunArgs {
     /// The pipeline config.
     config: PathBuf,
+    /// Also write the input as weir takes it (messages with their receive time, clock ticks,
+    /// hot swaps) to this file, in the format `weir replay` reads.
+    #[arg(long, value_name = "FILE")]
+    record_input: Option<PathBuf>,
 }
 
 pub(super) fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
@@ -37,6 +41,10 @@ pub(super) fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
                 let _ = stop_tx.send(true);
             });
         })?;
-    engine::run(config, Metrics::default(), stop_rx)?;
+    let options = engine::RunOptions {
+        record_input: args.record_input,
+        ..Default::default()
+    };
+    engine::run_with(config, Metrics::default(), stop_rx, options)?;
     Ok(ExitCode::SUCCESS)
 }

@@ -31,6 +31,8 @@ pub(super) enum Command {
     Swap {
         pipeline: String,
         step: String,
+        /// The plugin file (for the input recording).
+        path: std::path::PathBuf,
         prepared: Box<Prepared>,
         reply: SyncSender<Result<SwapReport, String>>,
     },
@@ -144,6 +146,7 @@ impl crate::admin::Control for EngineControl {
         let report = self.ask(|reply| Command::Swap {
             pipeline: pipeline.to_owned(),
             step: step.clone(),
+            path: path.to_owned(),
             prepared: Box::new(prepared),
             reply,
         })??;

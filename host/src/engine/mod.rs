@@ -16,6 +16,7 @@ mod core;
 pub mod dedup;
 pub mod input;
 pub mod metrics;
+pub mod record;
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -70,6 +71,25 @@ pub fn run(
     metrics: Metrics,
     shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
+    run_with(config, metrics, shutdown, RunOptions::default())
+}
+
+/// What a run may do besides what the config says.
+#[derive(Debug, Default, Clone)]
+pub struct RunOptions {
+    /// Write the input as the engine takes it, for `weir replay` (see [`record`]).
+    pub record_input: Option<std::path::PathBuf>,
+    /// Filled with the admin API's address once it listens.
+    pub admin_address: Option<Arc<std::sync::OnceLock<std::net::SocketAddr>>>,
+}
+
+/// [`run`], with [`RunOptions`].
+pub fn run_with(
+    config: Config,
+    metrics: Metrics,
+    shutdown: watch::Receiver<bool>,
+    options: RunOptions,
+) -> anyhow::Result<()> {
     let upstream = config.upstream.clone().with_context(|| {
         format!(
             "{}: no [upstream] section; weir run needs the broker to forward results to, e.g. \
@@ -118,6 +138,11 @@ pub fn run(
         volatile: volatile_tx,
         metrics: metrics.engine.clone(),
         commands: commands_rx,
+        recorder: options
+            .record_input
+            .as_deref()
+            .map(record::InputRecorder::create)
+            .transpose()?,
     };
     if let Some(store) = &store {
         engine.recover(store)?;
@@ -185,6 +210,9 @@ pub fn run(
             ));
             let token = config.admin.token()?;
             tracing::info!(address = %local, token = token.is_some(), "admin API listening");
+            if let Some(cell) = &options.admin_address {
+                let _ = cell.set(local);
+            }
             let stop = fwd_stop_rx_admin.clone();
             Some(tokio.spawn(crate::admin::serve(listener, token, control, stop)))
         }
@@ -270,6 +298,8 @@ struct Engine<'a> {
     volatile: mpsc::Sender<VolatileRecord>,
     metrics: Arc<EngineMetrics>,
     commands: std::sync::mpsc::Receiver<control::Command>,
+    /// `--record-input`: what the engine applies, for `weir replay`.
+    recorder: Option<record::InputRecorder>,
 }
 
 impl Engine<'_> {
@@ -374,6 +404,9 @@ impl Engine<'_> {
             self.maybe_checkpoint();
         }
         self.checkpoint()?;
+        if let Some(r) = &mut self.recorder {
+            r.flush();
+        }
         self.report("stopped");
         Ok(())
     }
@@ -401,6 +434,7 @@ impl Engine<'_> {
             Command::Swap {
                 pipeline,
                 step,
+                path,
                 prepared,
                 reply,
             } => {
@@ -411,6 +445,9 @@ impl Engine<'_> {
                     return;
                 }
                 let result = self.operator(&pipeline, &step).map(|op| op.swap(*prepared));
+                if let (Ok(_), Some(r)) = (&result, &mut self.recorder) {
+                    r.swap(&pipeline, &step, &path);
+                }
                 let _ = reply.send(result);
             }
             Command::Rollback {
@@ -426,6 +463,9 @@ impl Engine<'_> {
                 let result = self
                     .operator(&pipeline, &step)
                     .and_then(|op| op.rollback().map_err(|e| e.to_string()));
+                if let (Ok(_), Some(r)) = (&result, &mut self.recorder) {
+                    r.rollback(&pipeline, &step);
+                }
                 let _ = reply.send(result);
             }
         }
@@ -634,6 +674,9 @@ impl Engine<'_> {
     }
 
     fn process(&mut self, entry: &LogEntry, seq: Option<u64>) {
+        if let Some(r) = &mut self.recorder {
+            r.entry(entry);
+        }
         let produced = self.core.apply(entry, false);
         self.pending.extend(produced.durable);
         for r in produced.volatile {
