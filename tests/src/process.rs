@@ -127,7 +127,11 @@ pub fn build_weir(release: bool) -> PathBuf {
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| repo().join("target"));
-    let bin = target.join(if release { "release/weir" } else { "debug/weir" });
+    let bin = target.join(if release {
+        "release/weir"
+    } else {
+        "debug/weir"
+    });
     assert!(
         bin.exists(),
         "{} missing after a successful build",

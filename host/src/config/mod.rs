@@ -95,6 +95,9 @@ pub struct PluginStep {
     pub config: toml::Value,
     /// The sha256 the component must have (lowercase hex), if pinned.
     pub sha256: Option<String>,
+    /// `watch = true`: `weir run` swaps the step to the file's new content when it changes
+    /// (never with a `sha256` pin; decoder and transform steps only).
+    pub watch: bool,
     pub limits: Limits,
     pub permissions: Permissions,
 }

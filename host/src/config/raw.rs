@@ -158,6 +158,7 @@ pub(super) struct RawDecode {
     pub plugin: Option<String>,
     pub config: Option<toml::Value>,
     pub sha256: Option<String>,
+    pub watch: Option<bool>,
     pub limits: Option<RawLimits>,
     pub allow: Option<RawAllow>,
 }
@@ -190,6 +191,8 @@ pub(super) struct RawPlugin {
     pub plugin: String,
     pub config: Option<toml::Value>,
     pub sha256: Option<String>,
+    /// Swap to the file's new content when it changes (`weir run`).
+    pub watch: Option<bool>,
     pub limits: Option<RawLimits>,
     pub allow: Option<RawAllow>,
 }
@@ -292,6 +295,7 @@ pub(super) struct RawAggregate {
     pub plugin: Option<String>,
     pub config: Option<toml::Value>,
     pub sha256: Option<String>,
+    pub watch: Option<bool>,
     pub limits: Option<RawLimits>,
     pub allow: Option<RawAllow>,
 }

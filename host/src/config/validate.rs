@@ -443,6 +443,7 @@ impl Validator<'_> {
                 let plugin_only = [
                     ("config", raw.config.is_some()),
                     ("sha256", raw.sha256.is_some()),
+                    ("watch", raw.watch.is_some()),
                     ("limits", raw.limits.is_some()),
                     ("allow", raw.allow.is_some()),
                 ];
@@ -466,6 +467,7 @@ impl Validator<'_> {
                     plugin,
                     config: raw.config,
                     sha256: raw.sha256,
+                    watch: raw.watch,
                     limits: raw.limits,
                     allow: raw.allow,
                 };

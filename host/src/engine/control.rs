@@ -5,6 +5,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::time::Duration;
@@ -49,6 +50,10 @@ pub struct EngineControl {
     metrics: Metrics,
     store: Option<Arc<Store>>,
     runtime: Runtime,
+    /// Swaps and rollbacks done, and the time the engine thread spent on them (µs): from when
+    /// it stopped processing to when it resumed (the checkpoint before the switch included).
+    swaps: AtomicU64,
+    swap_pause_micros: AtomicU64,
 }
 
 impl std::fmt::Debug for EngineControl {
@@ -82,7 +87,17 @@ impl EngineControl {
             metrics,
             store,
             runtime,
+            swaps: AtomicU64::new(0),
+            swap_pause_micros: AtomicU64::new(0),
         }
+    }
+
+    fn count_swap(&self, report: &SwapReport) {
+        self.swaps.fetch_add(1, Relaxed);
+        self.swap_pause_micros.fetch_add(
+            u64::try_from(report.pause.as_micros()).unwrap_or(u64::MAX),
+            Relaxed,
+        );
     }
 
     fn ask<T>(&self, make: impl FnOnce(SyncSender<T>) -> Command) -> Result<T, String> {
@@ -150,6 +165,7 @@ impl crate::admin::Control for EngineControl {
             prepared: Box::new(prepared),
             reply,
         })??;
+        self.count_swap(&report);
         Ok(report_json(&step, &report))
     }
 
@@ -160,6 +176,7 @@ impl crate::admin::Control for EngineControl {
             step: step.clone(),
             reply,
         })??;
+        self.count_swap(&report);
         Ok(report_json(&step, &report))
     }
 
@@ -277,6 +294,18 @@ impl crate::admin::Control for EngineControl {
             "Duration of the last checkpoint",
             &[],
             c(&e.last_checkpoint_micros) / 1e6,
+        );
+        p.counter(
+            "weir_swaps_total",
+            "Plugin swaps and rollbacks done",
+            &[],
+            c(&self.swaps),
+        );
+        p.counter(
+            "weir_swap_pause_seconds_total",
+            "Time the engine thread held the data path for swaps and rollbacks",
+            &[],
+            c(&self.swap_pause_micros) / 1e6,
         );
         p.counter(
             "weir_dropped_by_cap_total",

@@ -17,6 +17,9 @@ pub mod dedup;
 pub mod input;
 pub mod metrics;
 pub mod record;
+// `watch.rs`; named so as not to clash with tokio's `watch` channel used here.
+#[path = "watch.rs"]
+mod plugin_watch;
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -194,6 +197,12 @@ pub fn run_with(
         ingest_tx,
         metrics.source.clone(),
     )?;
+    let control = Arc::new(control::EngineControl::new(
+        commands_tx.clone(),
+        metrics.clone(),
+        store.clone(),
+        runtime.clone(),
+    ));
     let admin = match config.admin.listen {
         Some(addr) => {
             let listener = tokio
@@ -202,12 +211,7 @@ pub fn run_with(
                     format!("cannot listen for the admin API on {addr} ([admin] listen)")
                 })?;
             let local = listener.local_addr()?;
-            let control = Arc::new(control::EngineControl::new(
-                commands_tx.clone(),
-                metrics.clone(),
-                store.clone(),
-                runtime.clone(),
-            ));
+            let control = control.clone();
             let token = config.admin.token()?;
             tracing::info!(address = %local, token = token.is_some(), "admin API listening");
             if let Some(cell) = &options.admin_address {
@@ -237,6 +241,8 @@ pub fn run_with(
         stop: Arc::new(AtomicBool::new(false)),
     };
     let stop = live.stop.clone();
+    let watch_stop = Arc::new(AtomicBool::new(false));
+    let plugin_watch = plugin_watch::spawn(&config, control.clone(), watch_stop.clone())?;
     let handle = tokio.handle().clone();
     let mut shutdown = shutdown;
     let watcher = tokio.spawn(async move {
@@ -256,6 +262,11 @@ pub fn run_with(
             .unwrap_or_else(|_| Err(anyhow::anyhow!("the engine thread panicked")))
     });
     watcher.abort();
+    watch_stop.store(true, SeqCst);
+    if let Some(w) = plugin_watch {
+        let _ = w.join();
+    }
+    drop(control);
     drop(commands_tx);
     tokio.block_on(async {
         source.stop().await;
@@ -438,15 +449,20 @@ impl Engine<'_> {
                 prepared,
                 reply,
             } => {
+                // The pause as the data path sees it: from here to the reply (checkpoint included).
+                let started = Instant::now();
                 // A checkpoint first: the input log after it is then replayed, after a crash, by
                 // the version the config names (a swap lasts until a restart).
                 if let Err(e) = self.checkpoint() {
                     let _ = reply.send(Err(format!("cannot checkpoint before the swap: {e:#}")));
                     return;
                 }
-                let result = self.operator(&pipeline, &step).map(|op| op.swap(*prepared));
+                let mut result = self.operator(&pipeline, &step).map(|op| op.swap(*prepared));
                 if let (Ok(_), Some(r)) = (&result, &mut self.recorder) {
                     r.swap(&pipeline, &step, &path);
+                }
+                if let Ok(report) = &mut result {
+                    report.pause = started.elapsed();
                 }
                 let _ = reply.send(result);
             }
@@ -455,16 +471,20 @@ impl Engine<'_> {
                 step,
                 reply,
             } => {
+                let started = Instant::now();
                 if let Err(e) = self.checkpoint() {
                     let _ =
                         reply.send(Err(format!("cannot checkpoint before the rollback: {e:#}")));
                     return;
                 }
-                let result = self
+                let mut result = self
                     .operator(&pipeline, &step)
                     .and_then(|op| op.rollback().map_err(|e| e.to_string()));
                 if let (Ok(_), Some(r)) = (&result, &mut self.recorder) {
                     r.rollback(&pipeline, &step);
+                }
+                if let Ok(report) = &mut result {
+                    report.pause = started.elapsed();
                 }
                 let _ = reply.send(result);
             }

@@ -2,7 +2,7 @@
 //! the input log commits), the forwarder that drains the outbox to the upstream broker with QoS 1,
 //! and the `weir tail` subscriber.
 
-mod conn;
+pub(crate) mod conn;
 pub mod forwarder;
 pub mod source;
 pub mod tail;

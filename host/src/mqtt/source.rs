@@ -66,6 +66,8 @@ pub struct SourceMetrics {
     pub acks_backlog: AtomicU64,
     /// Acks dropped because their connection had gone (the broker redelivers those messages).
     pub acks_dropped_stale: AtomicU64,
+    /// SUBACKs without a refusal: the subscription is in place.
+    pub subscribed: AtomicU64,
     /// Topic filters the broker refused in a SUBACK.
     pub subscriptions_refused: AtomicU64,
 }
@@ -389,6 +391,7 @@ async fn run(mut s: RunState, mut eventloop: conn::EventLoop, mut stop: watch::R
                 );
             }
             Ok(Event::SubAck { .. }) => {
+                s.metrics.subscribed.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(broker = %s.address, filters = ?s.filters, "subscribed");
             }
             Ok(Event::OutgoingDisconnect) => break,

@@ -51,9 +51,27 @@ impl Validator<'_> {
                 toml::Value::Table(toml::Table::new())
             }
         };
+        let pinned = raw.sha256.is_some();
         let sha256 = raw
             .sha256
             .and_then(|s| self.sha256(&format!("{at}.sha256"), &s));
+        let watch = raw.watch.unwrap_or(false);
+        if watch && pinned {
+            self.error(
+                format!("{at}.watch"),
+                "watch = true swaps to whatever the file holds next, and sha256 pins one exact \
+                 content: they contradict each other; remove sha256 to follow the file, or \
+                 watch to keep the pinned version",
+            );
+        }
+        if watch && world == World::Aggregator {
+            self.error(
+                format!("{at}.watch"),
+                "an aggregator plugin cannot be swapped while weir runs (open windows hold the \
+                 running version's accumulators; only decoder and transform steps swap): \
+                 remove watch, and restart weir to change the aggregator",
+            );
+        }
         if !raw.plugin.trim().is_empty() {
             self.plugins.push(PluginUse {
                 at: format!("{at}.plugin"),
@@ -68,6 +86,7 @@ impl Validator<'_> {
             path,
             config,
             sha256,
+            watch,
             limits,
             permissions,
         })

@@ -320,6 +320,7 @@ impl Validator<'_> {
             plugin,
             config,
             sha256,
+            watch,
             limits,
             allow,
         } = raw;
@@ -345,6 +346,7 @@ impl Validator<'_> {
                 let plugin_only = [
                     ("config", config.is_some()),
                     ("sha256", sha256.is_some()),
+                    ("watch", watch.is_some()),
                     ("limits", limits.is_some()),
                     ("allow", allow.is_some()),
                 ];
@@ -424,6 +426,7 @@ impl Validator<'_> {
                     plugin,
                     config,
                     sha256,
+                    watch,
                     limits,
                     allow,
                 };

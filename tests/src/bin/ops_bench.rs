@@ -1,0 +1,867 @@
+//! `weir-ops-bench`: what it costs to operate weir on a gateway, measured on `weir run` between
+//! real Mosquitto brokers. It measures and prints; it asserts nothing about time.
+//!
+//! ```sh
+//! cargo run -p weir-tests --bin weir-ops-bench [-- --quick]
+//! ```
+//!
+//! It builds weir in release (`cargo build --release --locked -p weir --bin weir`), builds the
+//! plugins (`plugins/build`), and runs `<repo>/target/release/weir run CONFIG` with
+//! `WEIR_LOG=weir=info`. What it measures (`--quick`: fewer keys' readings and start-up runs;
+//! the swap scenario always does 100 swaps):
+//!
+//! 1. **Swap pause** under load: a publisher streams 2 000 msg/s (QoS 1, 100 keys) into a
+//!    windowless pipeline whose one plugin step (`counter_v1`, keyed state) is swapped 100 times,
+//!    between `counter_v2` and `counter_v1`, through the admin API (`POST /plugins/swap`), one
+//!    swap every 400 ms. *As weir sees it*: the swap report's `pause_us`, the time the engine
+//!    thread held the data path (the checkpoint before the switch, and the switch; broken down
+//!    when the report has `checkpoint_us`). *From
+//!    outside*: the longest gap between upstream arrivals around each swap (from the request to
+//!    100 ms after its answer), next to the same measure in windows of the same length between
+//!    swaps (the baseline; `checkpoint_interval` is 20 ms, so records leave in bursts that far
+//!    apart). Median and p99 (nearest rank) of each. Every message is checked to come out once,
+//!    and the keyed count to continue across the swaps.
+//! 2. **RSS with 5 plugins and 10 000 keys**: a pipeline with range filter ×2, unit converter,
+//!    frost detector (all Wasm) and a one-minute tumbling window with count, mean and the p95
+//!    aggregator plugin, keyed by sensor. Current RSS (VmRSS) and peak (VmHWM) idle after start;
+//!    then 10 000 sensors publish (3 readings each, 1 with `--quick`, within one minute so every
+//!    key's window stays open): the highest VmRSS sampled every 100 ms while they are processed,
+//!    VmHWM after, and VmRSS once all is processed (10 000 keys held).
+//! 3. **Start-up time** to the first processed message, with the compiled-plugin cache
+//!    (`<data_dir>/plugin-cache`) cold (empty: the four components are compiled) and warm: the
+//!    5-plugin pipeline with a count window of one event (so each reading gives a record at once),
+//!    a publisher sending a reading every 5 ms before weir starts; time from spawning weir to its
+//!    "subscribed" log line and to the first record arriving upstream. Median of 5 runs each (3
+//!    with `--quick`).
+//!
+//! The report ends with the same numbers as one JSON line (`{"weir_ops_bench": ...}`).
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde_json::{Value, json};
+use weir_tests::mosquitto::Mosquitto;
+use weir_tests::mqtt_client::{Collector, Message, Publisher};
+use weir_tests::process::{TempDir, WeirProcess, free_port};
+
+/// Swaps in the swap-pause scenario.
+const SWAPS: usize = 100;
+/// One swap every...
+const SWAP_EVERY: Duration = Duration::from_millis(400);
+/// The publisher's rate during the swaps.
+const SWAP_RATE: u64 = 2_000;
+/// Keys of the RSS scenario.
+const KEYS: usize = 10_000;
+/// A minute boundary: every reading of the RSS scenario falls in [BASE_MS, BASE_MS + 1 min).
+const BASE_MS: i64 = 1_700_000_040_000;
+
+fn main() {
+    let quick = std::env::args().any(|a| a == "--quick");
+    let started = Instant::now();
+    let weir = weir_tests::process::build_weir(true);
+    weir_tests::plugins();
+    let mut report = serde_json::Map::new();
+
+    println!(
+        "# weir operations benchmark ({})",
+        if quick { "--quick" } else { "full" }
+    );
+    let nproc = shell("nproc");
+    let kernel = shell("uname -r");
+    println!("machine: nproc {nproc}, kernel {kernel}");
+    println!("weir: {}", weir.display());
+    report.insert("nproc".into(), json!(nproc));
+    report.insert("kernel".into(), json!(kernel));
+    report.insert("quick".into(), json!(quick));
+
+    let swap = swap_pause(&weir);
+    let rss = rss(&weir, if quick { 1 } else { 3 });
+    let startup = startup(&weir, if quick { 3 } else { 5 });
+
+    println!("\n## summary");
+    let row = |what: &str, result: String| println!("| {what:<58} | {result} |");
+    println!("| {:<58} | result |", "measure");
+    println!("|{}|--------|", "-".repeat(60));
+    row(
+        &format!("swap pause as weir sees it ({SWAPS} swaps at {SWAP_RATE} msg/s)"),
+        format!(
+            "median {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+            ms(&swap["pause_ms"]["median"]),
+            ms(&swap["pause_ms"]["p99"]),
+            ms(&swap["pause_ms"]["max"])
+        ),
+    );
+    // Only when weir's swap report breaks the pause down (`checkpoint_us`).
+    if swap["checkpoint_ms"]["n"] != 0 {
+        row(
+            "  of which the checkpoint before the switch",
+            format!(
+                "median {:.2} ms, p99 {:.2} ms",
+                ms(&swap["checkpoint_ms"]["median"]),
+                ms(&swap["checkpoint_ms"]["p99"])
+            ),
+        );
+    }
+    row(
+        "longest upstream gap around a swap (baseline between swaps)",
+        format!(
+            "median {:.1} ms ({:.1}), p99 {:.1} ms ({:.1})",
+            ms(&swap["gap_ms"]["median"]),
+            ms(&swap["baseline_gap_ms"]["median"]),
+            ms(&swap["gap_ms"]["p99"]),
+            ms(&swap["baseline_gap_ms"]["p99"])
+        ),
+    );
+    row(
+        "messages lost / processed twice across the swaps",
+        format!("{} / {}", swap["lost"], swap["duplicated"]),
+    );
+    row(
+        "RSS idle after start, 5 plugins (VmRSS; VmHWM)",
+        format!(
+            "{:.1} MiB; {:.1} MiB",
+            ms(&rss["idle_rss_mib"]),
+            ms(&rss["idle_hwm_mib"])
+        ),
+    );
+    row(
+        &format!("RSS under load, {KEYS} keys (max VmRSS; VmHWM)"),
+        format!(
+            "{:.1} MiB; {:.1} MiB",
+            ms(&rss["load_max_rss_mib"]),
+            ms(&rss["load_hwm_mib"])
+        ),
+    );
+    row(
+        &format!("RSS with {KEYS} keys held, after the load (VmRSS)"),
+        format!("{:.1} MiB", ms(&rss["after_rss_mib"])),
+    );
+    for cache in ["cold", "warm"] {
+        row(
+            &format!("start-up, plugin cache {cache}: → subscribed; → first record"),
+            format!(
+                "{:.0} ms; {:.0} ms",
+                ms(&startup[cache]["subscribed_ms"]["median"]),
+                ms(&startup[cache]["first_record_ms"]["median"])
+            ),
+        );
+    }
+    report.insert("swap".into(), swap);
+    report.insert("rss".into(), rss);
+    report.insert("startup".into(), startup);
+    let total = started.elapsed().as_secs_f64();
+    report.insert("total_s".into(), json!(round(total, 1)));
+    println!("\nbenchmark took {total:.0} s");
+    println!("{}", json!({ "weir_ops_bench": report }));
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1. Swap pause
+
+/// One swap, as the client saw it.
+struct Swap {
+    /// Wall clock (µs since the epoch) when the request was sent and when the answer came.
+    sent_us: u64,
+    answered_us: u64,
+    /// The report's figures (µs); `None` where the report lacks them.
+    pause_us: Option<f64>,
+    checkpoint_us: Option<f64>,
+    prepare_ms: Option<f64>,
+}
+
+fn swap_pause(weir: &Path) -> Value {
+    println!(
+        "\n## 1. swap pause: {SWAPS} swaps (counter_v1 ↔ counter_v2), one every {} ms, while {SWAP_RATE} msg/s stream in",
+        SWAP_EVERY.as_millis()
+    );
+    let sensors = Mosquitto::start();
+    let cloud = Mosquitto::start();
+    let dir = TempDir::new("weir-ops-swap");
+    let admin = format!("127.0.0.1:{}", free_port());
+    let v1 = weir_tests::plugin_path("counter_v1");
+    let v2 = weir_tests::plugin_path("counter_v2");
+    let cfg = write_config(
+        dir.path(),
+        &live_sections(
+            dir.path(),
+            sensors.port(),
+            cloud.port(),
+            "weir-ops-swap",
+            &admin,
+        ),
+        &format!(
+            "[[pipeline]]\nname = \"relay\"\ntopics = [\"bench/#\"]\n\
+             [pipeline.decode]\njson = {{ key = \"sensor_id\", time = \"ts\", time_format = \"ms\" }}\n\
+             [[pipeline.transform]]\nplugin = {v1:?}\n\
+             [pipeline.output]\ntopic = \"relay/{{key}}\"\n"
+        ),
+    );
+    let mut w = start(weir, &cfg);
+    let up = Collector::subscribe(cloud.port(), "relay/#");
+
+    // The publisher: SWAP_RATE msg/s from before the first swap to after the last.
+    let seconds = 2.0 + SWAPS as f64 * SWAP_EVERY.as_secs_f64() + 2.0;
+    let n = (SWAP_RATE as f64 * seconds) as u64;
+    let port = sensors.port();
+    let publisher = std::thread::spawn(move || paced(port, n, SWAP_RATE));
+    std::thread::sleep(Duration::from_secs(2));
+
+    let mut swaps = Vec::with_capacity(SWAPS);
+    let mut refused = Vec::new();
+    let t0 = Instant::now();
+    for i in 0..SWAPS {
+        let due = t0 + SWAP_EVERY * i as u32;
+        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+        let to = if i % 2 == 0 { &v2 } else { &v1 };
+        let sent_us = now_us();
+        let answer = weir::admin::client::post(
+            &admin,
+            "/plugins/swap",
+            None,
+            &json!({ "pipeline": "relay", "step": "transform[0]", "path": to }),
+        );
+        let answered_us = now_us();
+        match answer.map(|r| (r.status, r.json())) {
+            Ok((200, Ok(v))) => swaps.push(Swap {
+                sent_us,
+                answered_us,
+                pause_us: v["pause_us"].as_f64(),
+                checkpoint_us: v["checkpoint_us"].as_f64(),
+                prepare_ms: v["prepare_ms"].as_f64(),
+            }),
+            other => refused.push(format!("{other:?}")),
+        }
+    }
+    let (achieved, behind_ms) = publisher.join().expect("the publisher");
+    let got = match collect(&up, n as usize, Duration::from_secs(60)) {
+        Ok(got) => got,
+        Err(got) => {
+            println!(
+                "STALLED: {} of {n} records arrived; weir's last lines:\n{}",
+                distinct(&got),
+                tail(&w.stderr(), 6)
+            );
+            got
+        }
+    };
+    let metrics = weir::admin::client::get(&admin, "/metrics")
+        .map(|r| r.body)
+        .unwrap_or_default();
+    w.terminate();
+
+    // Exactly once: n distinct ids, and per key the count goes 1, 2, 3, ... across versions.
+    let mut first_arrival: Vec<u64> = Vec::with_capacity(n as usize);
+    let mut ids = HashSet::new();
+    let mut counts: HashMap<String, i64> = HashMap::new();
+    let (mut gaps_in_count, mut repeats_in_count) = (0u64, 0u64);
+    let mut versions_seen = 0;
+    let mut last_version = None;
+    for m in &got {
+        let Ok(r) = serde_json::from_slice::<Value>(&m.payload) else {
+            continue;
+        };
+        let Some(id) = r["id"].as_str() else { continue };
+        if !ids.insert(id.to_owned()) {
+            continue;
+        }
+        first_arrival.push(m.received_us);
+        let key = r["key"].as_str().unwrap_or_default().to_owned();
+        let field = |name: &str| r["fields"][name].as_i64().or(r[name].as_i64());
+        let seen = field("seen").unwrap_or(0);
+        let last = counts.insert(key, seen).unwrap_or(0);
+        match seen - last {
+            1 => {}
+            d if d <= 0 => repeats_in_count += 1,
+            d => gaps_in_count += (d - 1) as u64,
+        }
+        let v = field("version");
+        if v != last_version {
+            versions_seen += 1;
+            last_version = v;
+        }
+    }
+    let lost = (n as usize).saturating_sub(ids.len()) as u64 + gaps_in_count;
+    let duplicated = repeats_in_count;
+    first_arrival.sort_unstable();
+
+    let pauses: Vec<f64> = swaps
+        .iter()
+        .filter_map(|s| s.pause_us)
+        .map(|x| x / 1e3)
+        .collect();
+    let checkpoints: Vec<f64> = swaps
+        .iter()
+        .filter_map(|s| s.checkpoint_us)
+        .map(|x| x / 1e3)
+        .collect();
+    let prepares: Vec<f64> = swaps.iter().filter_map(|s| s.prepare_ms).collect();
+    let requests: Vec<f64> = swaps
+        .iter()
+        .map(|s| (s.answered_us - s.sent_us) as f64 / 1e3)
+        .collect();
+    // The longest gap between upstream arrivals in [request, answer + 100 ms], and in a window
+    // of the same length 200 ms after the answer (between this swap and the next).
+    let (mut gaps, mut baseline) = (Vec::new(), Vec::new());
+    for s in &swaps {
+        let len = s.answered_us - s.sent_us + 100_000;
+        gaps.push(longest_gap(&first_arrival, s.sent_us, s.sent_us + len) / 1e3);
+        let b = s.answered_us + 200_000;
+        baseline.push(longest_gap(&first_arrival, b, b + len) / 1e3);
+    }
+    let swap_metrics = metrics
+        .lines()
+        .filter(|l| l.starts_with("weir_swap"))
+        .collect::<Vec<_>>()
+        .join("; ");
+
+    println!(
+        "{} swaps done, {} refused{}; publisher {achieved:.0} msg/s (target {SWAP_RATE}; at most {behind_ms:.0} ms behind schedule)",
+        swaps.len(),
+        refused.len(),
+        refused
+            .first()
+            .map(|r| format!(" (first: {r})"))
+            .unwrap_or_default()
+    );
+    println!(
+        "{n} messages published, {} distinct records upstream ({} messages incl. repeats); lost {lost}, processed twice {duplicated}; {versions_seen} version runs upstream",
+        ids.len(),
+        got.len()
+    );
+    print_stats("pause as weir sees it (engine thread held)", &pauses, "ms");
+    if !checkpoints.is_empty() {
+        print_stats(
+            "  of which the checkpoint before the switch",
+            &checkpoints,
+            "ms",
+        );
+    }
+    print_stats(
+        "preparing the new version (off the data path)",
+        &prepares,
+        "ms",
+    );
+    print_stats("swap request, sent → answered (client)", &requests, "ms");
+    print_stats("longest upstream gap around a swap", &gaps, "ms");
+    print_stats(
+        "longest upstream gap between swaps (baseline)",
+        &baseline,
+        "ms",
+    );
+    if !swap_metrics.is_empty() {
+        println!("weir's metrics: {swap_metrics}");
+    }
+    json!({
+        "swaps": swaps.len(),
+        "refused": refused.len(),
+        "rate_msgs_per_s": SWAP_RATE,
+        "achieved_rate": round(achieved, 0),
+        "messages": n,
+        "records": ids.len(),
+        "lost": lost,
+        "duplicated": duplicated,
+        "pause_ms": stats(&pauses),
+        "checkpoint_ms": stats(&checkpoints),
+        "prepare_ms": stats(&prepares),
+        "request_ms": stats(&requests),
+        "gap_ms": stats(&gaps),
+        "baseline_gap_ms": stats(&baseline),
+    })
+}
+
+/// The longest interval between consecutive `arrivals` (sorted, µs) that overlaps `[from, to]`.
+fn longest_gap(arrivals: &[u64], from: u64, to: u64) -> f64 {
+    let start = arrivals.partition_point(|&a| a < from).saturating_sub(1);
+    let end = arrivals.partition_point(|&a| a <= to);
+    let slice = &arrivals[start..(end + 1).min(arrivals.len())];
+    slice
+        .windows(2)
+        .map(|w| (w[1] - w[0]) as f64)
+        .fold(0.0, f64::max)
+}
+
+/// Publishes `n` readings of 100 sensors at `rate` per second from a new connection (each due at
+/// i / rate after the start; when behind, at once), waits for their acks. Returns the achieved
+/// rate and how far behind schedule it fell at most (ms).
+fn paced(port: u16, n: u64, rate: u64) -> (f64, f64) {
+    let mut publisher = Publisher::connect(port);
+    let t0 = Instant::now();
+    let mut behind = Duration::ZERO;
+    for i in 0..n {
+        let due = t0 + Duration::from_nanos(i * 1_000_000_000 / rate);
+        let now = Instant::now();
+        match due.checked_duration_since(now) {
+            Some(wait) => std::thread::sleep(wait),
+            None => behind = behind.max(now - due),
+        }
+        let sensor = i % 100;
+        publisher.publish(
+            &format!("bench/s{sensor}"),
+            format!(
+                "{{\"sensor_id\":\"s{sensor}\",\"ts\":{},\"seq\":{i}}}",
+                now_ms()
+            ),
+        );
+    }
+    let achieved = n as f64 / t0.elapsed().as_secs_f64();
+    publisher.wait_all_acked(Duration::from_secs(120));
+    (achieved, behind.as_secs_f64() * 1e3)
+}
+
+// ---------------------------------------------------------------------------------------------
+// 2. RSS with 5 plugins and 10 000 keys
+
+/// The pipeline of the RSS and start-up scenarios: JSON → range filter (humidity) → range filter
+/// (temp) → unit converter (°C → °F) → frost detector (passing readings through) → `window`
+/// with count, mean and the p95 aggregator, keyed by sensor.
+fn five_plugins(window: &str) -> String {
+    let p = |name: &str| weir_tests::plugin_path(name);
+    format!(
+        "[[pipeline]]\nname = \"farm\"\ntopics = [\"farm/#\"]\n\
+         [pipeline.decode]\njson = {{ key = \"sensor_id\", time = \"ts\", time_format = \"ms\", values = [\"temp\", \"humidity\"] }}\n\
+         [[pipeline.transform]]\nplugin = {:?}\nconfig = {{ field = \"humidity\", min = 0.0, max = 100.0 }}\n\
+         [[pipeline.transform]]\nplugin = {:?}\nconfig = {{ field = \"temp\", min = -40.0, max = 85.0 }}\n\
+         [[pipeline.transform]]\nplugin = {:?}\nconfig = {{ field = \"temp\", from = \"c\", to = \"f\" }}\n\
+         [[pipeline.transform]]\nplugin = {:?}\nconfig = {{ field = \"temp\", threshold_c = 32.0, consecutive = 3, pass_through = true }}\n\
+         [pipeline.window]\n{window}\n\
+         [[pipeline.aggregate]]\nfn = \"count\"\n\
+         [[pipeline.aggregate]]\nfn = \"mean\"\nfield = \"temp\"\n\
+         [[pipeline.aggregate]]\nplugin = {:?}\nconfig = {{ field = \"temp\" }}\n\
+         [pipeline.output]\ntopic = \"farm/{{key}}\"\n",
+        p("range_filter"),
+        p("range_filter"),
+        p("unit_converter"),
+        p("frost_detector"),
+        p("p95_aggregator"),
+    )
+}
+
+fn rss(weir: &Path, rounds: usize) -> Value {
+    let n = KEYS * rounds;
+    println!(
+        "\n## 2. RSS: 5 plugins (range filter ×2, unit converter, frost detector, p95 aggregator), {KEYS} keys, {n} readings"
+    );
+    let sensors = Mosquitto::start();
+    let cloud = Mosquitto::start();
+    let dir = TempDir::new("weir-ops-rss");
+    let admin = format!("127.0.0.1:{}", free_port());
+    let cfg = write_config(
+        dir.path(),
+        &live_sections(
+            dir.path(),
+            sensors.port(),
+            cloud.port(),
+            "weir-ops-rss",
+            &admin,
+        ),
+        &five_plugins("kind = \"tumbling\"\nsize = \"1m\"\nout_of_orderness = \"1m\""),
+    );
+    let mut w = start(weir, &cfg);
+    std::thread::sleep(Duration::from_secs(2));
+    let idle = memory(w.pid());
+
+    // Every sensor's readings fall in one minute: 10 000 windows stay open.
+    let readings: Vec<(String, Vec<u8>)> = (0..rounds)
+        .flat_map(|round| {
+            (0..KEYS).map(move |k| {
+                let ts = BASE_MS + round as i64 * 15_000 + (k % 1000) as i64;
+                (
+                    format!("farm/s{k:05}"),
+                    format!(
+                        "{{\"sensor_id\":\"s{k:05}\",\"ts\":{ts},\"temp\":{:.1},\"humidity\":{}}}",
+                        (k % 40) as f64 - 5.0,
+                        30 + k % 60
+                    )
+                    .into_bytes(),
+                )
+            })
+        })
+        .collect();
+    let done = Arc::new(AtomicBool::new(false));
+    let sampler = {
+        let done = done.clone();
+        let pid = w.pid();
+        std::thread::spawn(move || {
+            let mut max_rss = 0.0f64;
+            while !done.load(Ordering::Relaxed) {
+                max_rss = max_rss.max(memory(pid).rss);
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            max_rss
+        })
+    };
+    let t = Instant::now();
+    let mut publisher = Publisher::connect(sensors.port());
+    for (topic, payload) in &readings {
+        publisher.publish(topic, payload.clone());
+    }
+    publisher.wait_all_acked(Duration::from_secs(300));
+    let published = t.elapsed().as_secs_f64();
+    // Until weir has taken every reading in (then the calls into the last plugin are done).
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let mut taken = 0.0;
+    while Instant::now() < deadline {
+        taken = metric(&admin, "weir_messages_in_total").unwrap_or(0.0);
+        if taken >= n as f64 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let processed = t.elapsed().as_secs_f64();
+    // A checkpoint after the last batch, then the figures.
+    std::thread::sleep(Duration::from_secs(1));
+    done.store(true, Ordering::Relaxed);
+    let load_max_rss = sampler
+        .join()
+        .expect("the sampler")
+        .max(memory(w.pid()).rss);
+    let after = memory(w.pid());
+    let keys = weir::admin::client::get(&admin, "/status")
+        .ok()
+        .and_then(|r| r.json().ok())
+        .and_then(|s| s["pipelines"][0]["keys"].as_u64())
+        .unwrap_or(0);
+    let open = weir::admin::client::get(&admin, "/status")
+        .ok()
+        .and_then(|r| r.json().ok())
+        .and_then(|s| s["pipelines"][0]["open_windows"].as_u64())
+        .unwrap_or(0);
+    w.terminate();
+
+    println!(
+        "idle after start: VmRSS {:.1} MiB, VmHWM {:.1} MiB",
+        idle.rss, idle.hwm
+    );
+    println!(
+        "{n} readings published in {published:.1} s, all taken in after {processed:.1} s ({:.0} msg/s; weir took {taken:.0})",
+        n as f64 / processed
+    );
+    println!(
+        "under load: max VmRSS {load_max_rss:.1} MiB; VmHWM {:.1} MiB; after: VmRSS {:.1} MiB with {keys} keys and {open} open windows",
+        after.hwm, after.rss
+    );
+    json!({
+        "plugins": 5,
+        "keys": keys,
+        "open_windows": open,
+        "readings": n,
+        "idle_rss_mib": round(idle.rss, 1),
+        "idle_hwm_mib": round(idle.hwm, 1),
+        "load_max_rss_mib": round(load_max_rss, 1),
+        "load_hwm_mib": round(after.hwm, 1),
+        "after_rss_mib": round(after.rss, 1),
+        "processed_s": round(processed, 2),
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// 3. Start-up time
+
+fn startup(weir: &Path, runs: usize) -> Value {
+    println!(
+        "\n## 3. start-up to the first processed message, 5 plugins, compiled-plugin cache cold and warm ({runs} runs each)"
+    );
+    let sensors = Mosquitto::start();
+    let cloud = Mosquitto::start();
+    let dir = TempDir::new("weir-ops-startup");
+    let up = Collector::subscribe(cloud.port(), "farm/#");
+    // A reading every 5 ms, from before weir starts to the end.
+    let stop = Arc::new(AtomicBool::new(false));
+    let feeder = {
+        let stop = stop.clone();
+        let port = sensors.port();
+        std::thread::spawn(move || {
+            let mut p = Publisher::connect(port);
+            let mut i = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                p.publish_qos(
+                    &format!("farm/s{}", i % 100),
+                    format!(
+                        "{{\"sensor_id\":\"s{}\",\"ts\":{},\"temp\":12.5,\"humidity\":40}}",
+                        i % 100,
+                        now_ms()
+                    ),
+                    0,
+                );
+                i += 1;
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        })
+    };
+    let cache = dir.path().join("plugin-cache");
+    let mut result = serde_json::Map::new();
+    // Cold first (an empty cache), then warm (the cache the cold runs filled).
+    for (name, cold) in [("cold", true), ("warm", false)] {
+        let (mut subscribed, mut first) = (Vec::new(), Vec::new());
+        for run in 0..runs {
+            if cold {
+                let _ = std::fs::remove_dir_all(&cache);
+            }
+            // A fresh store and session each run; the cache is data_dir/plugin-cache.
+            let data = dir.path().join(format!("data-{name}-{run}"));
+            std::fs::create_dir_all(&data).unwrap();
+            if cache.exists() {
+                copy_dir(&cache, &data.join("plugin-cache"));
+            }
+            let client = format!("weir-ops-start-{name}-{run}");
+            let sections = live_sections(&data, sensors.port(), cloud.port(), &client, "off")
+                .replace(
+                    &format!("data_dir = {:?}", data.join("data")),
+                    &format!("data_dir = {data:?}"),
+                );
+            let cfg = write_config(
+                &data,
+                &sections,
+                &five_plugins("kind = \"count\"\ncount = 1"),
+            );
+            let before = up.messages().len();
+            let spawned_us = now_us();
+            let mut w = WeirProcess::spawn_program(
+                weir,
+                &["run", cfg.to_str().unwrap()],
+                &[("WEIR_LOG", "weir=info")],
+            );
+            w.wait_for_stderr("subscribed", Duration::from_secs(300));
+            let got = up.wait_until(|m| m.len() > before, Duration::from_secs(60));
+            let first_us = got[before].received_us;
+            let stderr = w.stderr();
+            let subscribed_us = stderr
+                .lines()
+                .find(|l| l.contains("subscribed"))
+                .and_then(log_time_us)
+                .unwrap_or(first_us);
+            w.terminate();
+            if cold {
+                // The cache this run filled becomes the one warm runs start from.
+                let _ = std::fs::remove_dir_all(&cache);
+                copy_dir(&data.join("plugin-cache"), &cache);
+            }
+            let _ = std::fs::remove_dir_all(&data);
+            let s = subscribed_us.saturating_sub(spawned_us) as f64 / 1e3;
+            let f = first_us.saturating_sub(spawned_us) as f64 / 1e3;
+            println!(
+                "{name} run {}: spawn → subscribed {s:.0} ms, → first record upstream {f:.0} ms",
+                run + 1
+            );
+            subscribed.push(s);
+            first.push(f);
+        }
+        result.insert(
+            name.into(),
+            json!({
+                "runs": runs,
+                "subscribed_ms": stats(&subscribed),
+                "first_record_ms": stats(&first),
+            }),
+        );
+    }
+    stop.store(true, Ordering::Relaxed);
+    feeder.join().expect("the feeder");
+    for name in ["cold", "warm"] {
+        println!(
+            "{name}: median spawn → subscribed {:.0} ms, → first record upstream {:.0} ms",
+            ms(&result[name]["subscribed_ms"]["median"]),
+            ms(&result[name]["first_record_ms"]["median"])
+        );
+    }
+    Value::Object(result)
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).into_iter().flatten().flatten() {
+        let _ = std::fs::copy(entry.path(), to.join(entry.file_name()));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Shared
+
+/// `version`, `[source]`, `[upstream]`, `[storage]` (data under `dir/data`, checkpoints every
+/// 20 ms) and `[admin]` (`listen`, or "off").
+fn live_sections(dir: &Path, sensors: u16, upstream: u16, client: &str, admin: &str) -> String {
+    format!(
+        "version = 1\n\n\
+         [source]\nbroker = \"127.0.0.1:{sensors}\"\nclient_id = \"{client}\"\n\n\
+         [upstream]\nbroker = \"127.0.0.1:{upstream}\"\nclient_id = \"{client}-up\"\n\n\
+         [storage]\ndata_dir = {:?}\ncheckpoint_interval = \"20ms\"\n\n\
+         [admin]\nlisten = \"{admin}\"\n\n",
+        dir.join("data")
+    )
+}
+
+fn write_config(dir: &Path, sections: &str, pipelines: &str) -> PathBuf {
+    let path = dir.join("ops.toml");
+    std::fs::write(&path, format!("{sections}{pipelines}")).unwrap();
+    path
+}
+
+/// Starts `weir run CONFIG` and waits until it has subscribed.
+fn start(weir: &Path, config: &Path) -> WeirProcess {
+    let mut p = WeirProcess::spawn_program(
+        weir,
+        &["run", config.to_str().unwrap()],
+        &[("WEIR_LOG", "weir=info")],
+    );
+    p.wait_for_stderr("subscribed", Duration::from_secs(300));
+    p
+}
+
+/// A sample of weir's metrics, by its name and labels as written (`weir_messages_in_total`).
+fn metric(admin: &str, name: &str) -> Option<f64> {
+    let body = weir::admin::client::get(admin, "/metrics").ok()?.body;
+    body.lines()
+        .find(|l| l.split(' ').next() == Some(name))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+/// Current (VmRSS) and peak (VmHWM) resident memory of a process, MiB.
+struct Memory {
+    rss: f64,
+    hwm: f64,
+}
+
+fn memory(pid: u32) -> Memory {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let kib = |field: &str| -> f64 {
+        status
+            .lines()
+            .find(|l| l.starts_with(field))
+            .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+            .unwrap_or(0.0)
+    };
+    Memory {
+        rss: kib("VmRSS:") / 1024.0,
+        hwm: kib("VmHWM:") / 1024.0,
+    }
+}
+
+fn weir_id(m: &Message) -> Option<&str> {
+    m.user_properties
+        .iter()
+        .find(|(k, _)| k == "weir-id")
+        .map(|(_, v)| v.as_str())
+}
+
+/// Distinct `weir-id`s among `messages`.
+fn distinct(messages: &[Message]) -> usize {
+    messages
+        .iter()
+        .filter_map(weir_id)
+        .collect::<HashSet<_>>()
+        .len()
+}
+
+/// Polls `c` until `n` distinct `weir-id`s arrived (Ok), or nothing new arrived for `stall`
+/// (Err); with the messages so far.
+fn collect(c: &Collector, n: usize, stall: Duration) -> Result<Vec<Message>, Vec<Message>> {
+    let (mut count, mut progress) = (0, Instant::now());
+    loop {
+        let m = c.messages();
+        if m.len() >= n && distinct(&m) >= n {
+            return Ok(m);
+        }
+        if m.len() > count {
+            (count, progress) = (m.len(), Instant::now());
+        } else if progress.elapsed() > stall {
+            return Err(m);
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// Median, p99 (nearest rank) and max of `v`, rounded to 0.01.
+fn stats(v: &[f64]) -> Value {
+    if v.is_empty() {
+        return json!({ "n": 0 });
+    }
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    let rank = |p: f64| s[((p * s.len() as f64).ceil() as usize).clamp(1, s.len()) - 1];
+    json!({
+        "n": s.len(),
+        "median": round(s[s.len() / 2], 3),
+        "p99": round(rank(0.99), 3),
+        "max": round(s[s.len() - 1], 3),
+        "min": round(s[0], 3),
+    })
+}
+
+fn print_stats(what: &str, v: &[f64], unit: &str) {
+    let s = stats(v);
+    if s["n"] == 0 {
+        println!("{what:<50} (no data)");
+        return;
+    }
+    println!(
+        "{what:<50} median {:>8.2} {unit}, p99 {:>8.2} {unit}, max {:>8.2} {unit} (n = {})",
+        ms(&s["median"]),
+        ms(&s["p99"]),
+        ms(&s["max"]),
+        s["n"]
+    );
+}
+
+/// A number of the report (NaN if absent).
+fn ms(v: &Value) -> f64 {
+    v.as_f64().unwrap_or(f64::NAN)
+}
+
+/// The last `n` lines of `text`, indented.
+fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..]
+        .iter()
+        .map(|l| format!("    {l}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The time of a tracing log line (`2026-11-22T10:45:12.345678Z ...`) in µs since the epoch.
+fn log_time_us(line: &str) -> Option<u64> {
+    let stamp = line.split_whitespace().next()?.strip_suffix('Z')?;
+    let (date, time) = stamp.split_once('T')?;
+    let mut d = date.split('-').map(|x| x.parse::<i64>());
+    let (y, m, day) = (d.next()?.ok()?, d.next()?.ok()?, d.next()?.ok()?);
+    let mut t = time.split(':');
+    let (hh, mm): (i64, i64) = (t.next()?.parse().ok()?, t.next()?.parse().ok()?);
+    let ss: f64 = t.next()?.parse().ok()?;
+    // Days from the civil date (Howard Hinnant's algorithm).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let secs = (days * 86_400 + hh * 3_600 + mm * 60) as f64 + ss;
+    Some((secs * 1e6) as u64)
+}
+
+fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+fn now_ms() -> u64 {
+    now_us() / 1000
+}
+
+fn shell(cmd: &str) -> String {
+    Command::new("sh")
+        .args(["-c", cmd])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default()
+}
+
+fn round(x: f64, digits: i32) -> f64 {
+    let p = 10f64.powi(digits);
+    (x * p).round() / p
+}
