@@ -16,8 +16,9 @@
 //!    subscriber on `traffic/#`; (b) publisher → sensors' Mosquitto → weir (durable; a keyed
 //!    one-minute tumbling window with count/mean/min/max of `value` to `agg/{key}`, and a
 //!    windowless `relay` of every reading to `relay/{key}`) → upstream Mosquitto → subscriber on
-//!    `relay/#`, until all 100 000 distinct `weir-id`s arrived. Medians, weir's peak RSS (VmHWM)
-//!    and CPU time (utime + stime).
+//!    `relay/#`, until all 100 000 distinct `weir-id`s arrived, and `weir tail --count 100000`
+//!    on `relay/#` until it printed them all. Medians, weir's peak RSS (VmHWM) and CPU time
+//!    (utime + stime).
 //! 2. **Latency** of a windowless pipeline, publish → upstream arrival (the payload carries the
 //!    publisher's wall clock `sent_us`): 1 000 msg/s for 10 s (with `checkpoint_interval` 200 ms,
 //!    the default, and 20 ms) and 10 000 msg/s for 5 s. p50, p99, max.
@@ -134,6 +135,7 @@ fn throughput(weir: &Path, runs: usize, peaks: &mut Vec<(String, f64)>) -> Value
     let input = readings(THROUGHPUT_N);
     let n = THROUGHPUT_N;
     let (mut broker_s, mut weir_s, mut rss, mut cpu) = (vec![], vec![], vec![], vec![]);
+    let mut tail_s = vec![];
     let mut stalls = vec![];
     println!("\n## 1. throughput: {n} real readings, QoS 1");
     for run in 1..=runs {
@@ -157,6 +159,21 @@ fn throughput(weir: &Path, runs: usize, peaks: &mut Vec<(String, f64)>) -> Value
         let mut w = start(weir, &cfg);
         let up = Collector::subscribe(cloud.port(), "relay/#");
         let agg = Collector::subscribe(cloud.port(), "agg/#");
+        // `weir tail`, as a user watches upstream: it exits after n distinct records.
+        let mut tail_p = WeirProcess::spawn_program(
+            weir,
+            &[
+                "tail",
+                "--broker",
+                &format!("127.0.0.1:{}", cloud.port()),
+                "--topic",
+                "relay/#",
+                "--count",
+                &n.to_string(),
+            ],
+            &[("WEIR_LOG", "weir=info")],
+        );
+        tail_p.wait_for_stderr("subscribed", Duration::from_secs(60));
         let mut publisher = Publisher::connect(sensors.port());
         let (t, start_us) = (Instant::now(), now_us());
         for (topic, payload) in &input {
@@ -168,8 +185,22 @@ fn throughput(weir: &Path, runs: usize, peaks: &mut Vec<(String, f64)>) -> Value
         let last = last_status(&w.stderr()).unwrap_or_default();
         let (got, through) = match outcome {
             Ok((got, done_us)) => {
+                let through = done_us.saturating_sub(start_us) as f64 / 1e6;
+                let status = tail_p.wait(STALL);
+                let tail_done = t.elapsed().as_secs_f64();
+                let printed = tail_p.stdout().lines().count();
+                assert!(
+                    status.success() && printed == n,
+                    "weir tail: {status}, {printed} of {n} records printed; stderr:\n{}",
+                    tail_p.stderr()
+                );
+                println!(
+                    "run {run}: weir tail printed all {printed} distinct records {:.2} s after the first publish",
+                    tail_done
+                );
+                tail_s.push(tail_done);
                 w.terminate();
-                (got, done_us.saturating_sub(start_us) as f64 / 1e6)
+                (got, through)
             }
             Err(got) => {
                 let tail = tail(&w.stderr(), 6);
@@ -219,6 +250,11 @@ fn throughput(weir: &Path, runs: usize, peaks: &mut Vec<(String, f64)>) -> Value
         "  through weir (input log, relay + 1-minute window, outbox): {w:>6.2} s = {:>6.0} msg/s",
         n as f64 / w
     );
+    let ts = median(&tail_s);
+    println!(
+        "  ... and printed by weir tail (dedup by id):             {ts:>6.2} s = {:>6.0} msg/s",
+        n as f64 / ts
+    );
     println!(
         "  weir's rate / broker-only rate: {:.2} (weir takes {:.2}× the time)",
         b / w,
@@ -239,6 +275,7 @@ fn throughput(weir: &Path, runs: usize, peaks: &mut Vec<(String, f64)>) -> Value
         "broker_only_msgs_per_s": round(n as f64 / b, 0),
         "weir_s": round(w, 3),
         "weir_msgs_per_s": round(n as f64 / w, 0),
+        "weir_tail_s": round(ts, 3),
         "weir_over_broker_rate": round(b / w, 3),
         "broker_only_runs_s": broker_s.iter().map(|x| round(*x, 3)).collect::<Vec<_>>(),
         "weir_runs_s": weir_s.iter().map(|x| round(*x, 3)).collect::<Vec<_>>(),
