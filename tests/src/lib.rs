@@ -122,6 +122,7 @@ pub fn value(batch: &Batch, name: &str, i: usize) -> Option<Value> {
 }
 
 pub mod apt;
+pub mod bench;
 pub mod mosquitto;
 pub mod mqtt_client;
 pub mod process;

@@ -243,6 +243,20 @@ impl WeirProcess {
         self.wait(TERMINATE_DEADLINE)
     }
 
+    /// The admin API's address (`HOST:PORT`), from weir's "admin API listening" log line
+    /// (needs `WEIR_LOG` at info for `weir`), waiting up to `timeout` for it.
+    pub fn admin_address(&mut self, timeout: Duration) -> String {
+        self.wait_for_stderr("admin API listening", timeout);
+        let stderr = self.stderr();
+        stderr
+            .lines()
+            .find(|l| l.contains("admin API listening"))
+            .and_then(|l| l.split("address=").nth(1))
+            .and_then(|t| t.split_whitespace().next())
+            .expect("the address is logged")
+            .to_owned()
+    }
+
     /// Polls the captured stderr until it contains `needle`; panics with the stderr if the
     /// deadline passes or the process exits without printing it.
     pub fn wait_for_stderr(&mut self, needle: &str, timeout: Duration) {

@@ -692,21 +692,6 @@ fn an_at_most_once_pipeline_writes_nothing_to_disk_and_publishes_with_qos_0() {
     );
 }
 
-/// The admin API's address, from weir's log.
-fn admin_address(weir: &mut WeirProcess) -> String {
-    weir.wait_for_stderr("admin API listening", START);
-    let stderr = weir.stderr();
-    let line = stderr
-        .lines()
-        .find(|l| l.contains("admin API listening"))
-        .unwrap();
-    line.split("address=")
-        .nth(1)
-        .and_then(|t| t.split_whitespace().next())
-        .expect("the address is logged")
-        .to_owned()
-}
-
 /// A field of a forwarded event, whether the record nests fields or not.
 fn field(record: &Json, name: &str) -> Option<i64> {
     record["fields"][name].as_i64().or(record[name].as_i64())
@@ -730,7 +715,7 @@ fn a_live_swap_keeps_every_message_and_the_keyed_state_and_rolls_back() {
     std::fs::write(&config, text).unwrap();
     let upstream = Collector::subscribe(cloud.port(), "relay/#");
     let mut weir = start_weir(&config);
-    let admin = admin_address(&mut weir);
+    let admin = weir.admin_address(START);
 
     let input = numbered(6_000);
     let port = sensors_broker.port();
@@ -859,7 +844,7 @@ fn a_recorded_live_session_replays_to_the_same_records() {
         &[("WEIR_LOG", "weir=info")],
     );
     weir.wait_for_stderr("subscribed", START);
-    let admin = admin_address(&mut weir);
+    let admin = weir.admin_address(START);
 
     // Readings at the wall clock's pace of event time, some resent, a few late and one garbage.
     let port = sensors_broker.port();

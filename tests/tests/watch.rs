@@ -62,21 +62,6 @@ fn running_sha256(admin: &str) -> String {
     plugins[0]["sha256"].as_str().unwrap().to_owned()
 }
 
-/// The admin API's address, from weir's log.
-fn admin_address(weir: &mut WeirProcess) -> String {
-    weir.wait_for_stderr("admin API listening", START);
-    let stderr = weir.stderr();
-    let line = stderr
-        .lines()
-        .find(|l| l.contains("admin API listening"))
-        .unwrap();
-    line.split("address=")
-        .nth(1)
-        .and_then(|t| t.split_whitespace().next())
-        .expect("the address is logged")
-        .to_owned()
-}
-
 fn sha256_of(path: &Path) -> String {
     let mut p = WeirProcess::spawn(&["plugin", "check", path.to_str().unwrap()], &[]);
     assert!(p.wait(Duration::from_secs(120)).success(), "{}", p.stderr());
@@ -119,7 +104,7 @@ fn a_watched_plugin_file_is_swapped_when_it_changes_and_a_broken_one_is_refused(
     );
     weir.wait_for_stderr("subscribed", START);
     weir.wait_for_stderr("watching the plugin file", START);
-    let admin = admin_address(&mut weir);
+    let admin = weir.admin_address(START);
     let (v1_sha, v2_sha) = (sha256_of(&counter("v1")), sha256_of(&counter("v2")));
     assert_eq!(running_sha256(&admin), v1_sha);
 

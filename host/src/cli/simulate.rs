@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 
-use super::tail::MqttVersion;
+use super::tail::{MqttVersion, parse_broker};
 use crate::mqtt::{Backoff, Endpoint, Protocol};
 use crate::sim::{Farm, FarmOptions, KindCounts, Limit, PublishProgress};
 
@@ -77,23 +77,6 @@ pub(super) struct SimulateArgs {
     /// The MQTT client id (default: weir-simulate-<process id>).
     #[arg(long)]
     client_id: Option<String>,
-}
-
-/// Splits `HOST:PORT` (`[v6]:PORT` for IPv6 addresses).
-fn parse_broker(text: &str) -> anyhow::Result<(String, u16)> {
-    let (host, port) = text
-        .rsplit_once(':')
-        .with_context(|| format!("--broker {text:?}: expected HOST:PORT, e.g. 127.0.0.1:1883"))?;
-    let port: u16 = port
-        .parse()
-        .ok()
-        .filter(|p| *p != 0)
-        .with_context(|| format!("--broker {text:?}: {port:?} is not a port number"))?;
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    if host.is_empty() {
-        anyhow::bail!("--broker {text:?}: the host is missing");
-    }
-    Ok((host.to_owned(), port))
 }
 
 fn check_fraction(name: &str, value: f64) -> anyhow::Result<()> {

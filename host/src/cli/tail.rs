@@ -67,7 +67,7 @@ pub(super) struct TailArgs {
 }
 
 /// Splits `HOST:PORT` (`[v6]:PORT` for IPv6 addresses).
-fn parse_broker(text: &str) -> anyhow::Result<(String, u16)> {
+pub(super) fn parse_broker(text: &str) -> anyhow::Result<(String, u16)> {
     let (host, port) = text
         .rsplit_once(':')
         .with_context(|| format!("--broker {text:?}: expected HOST:PORT, e.g. localhost:1883"))?;

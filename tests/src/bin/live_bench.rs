@@ -32,10 +32,10 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
+use weir_tests::bench::{distinct, log_time_us, now_ms, now_us, round, shell, tail, weir_id};
 use weir_tests::mosquitto::Mosquitto;
 use weir_tests::mqtt_client::{Collector, Message, Publisher, publish_all};
 use weir_tests::process::{TempDir, WeirProcess, free_port};
@@ -662,22 +662,6 @@ fn usage(pid: u32) -> (f64, f64) {
     (hwm_kb / 1024.0, (ticks(11) + ticks(12)) / hz)
 }
 
-fn weir_id(m: &Message) -> Option<&str> {
-    m.user_properties
-        .iter()
-        .find(|(k, _)| k == "weir-id")
-        .map(|(_, v)| v.as_str())
-}
-
-/// Distinct `weir-id`s among `messages`.
-fn distinct(messages: &[Message]) -> usize {
-    messages
-        .iter()
-        .filter_map(weir_id)
-        .collect::<HashSet<_>>()
-        .len()
-}
-
 /// Polls `c` until `n` distinct `weir-id`s arrived: Ok with the messages and the arrival time
 /// (µs since the epoch) of the n-th distinct one; Err with the messages so far if nothing new
 /// arrived for `stall`.
@@ -703,16 +687,6 @@ fn collect(c: &Collector, n: usize, stall: Duration) -> Result<(Vec<Message>, u6
     }
 }
 
-/// The last `n` lines of `text`, indented.
-fn tail(text: &str, n: usize) -> String {
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(n)..]
-        .iter()
-        .map(|l| format!("    {l}"))
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
 /// The last status line in weir's stderr.
 fn last_status(stderr: &str) -> Option<String> {
     stderr
@@ -732,44 +706,6 @@ fn fields(line: &str) -> BTreeMap<String, u64> {
         .collect()
 }
 
-/// The time of a tracing log line (`2026-11-22T10:45:12.345678Z ...`) in µs since the epoch.
-fn log_time_us(line: &str) -> Option<u64> {
-    let stamp = line.split_whitespace().next()?.strip_suffix('Z')?;
-    let (date, time) = stamp.split_once('T')?;
-    let mut d = date.split('-').map(|x| x.parse::<i64>());
-    let (y, m, day) = (d.next()?.ok()?, d.next()?.ok()?, d.next()?.ok()?);
-    let mut t = time.split(':');
-    let (hh, mm): (i64, i64) = (t.next()?.parse().ok()?, t.next()?.parse().ok()?);
-    let ss: f64 = t.next()?.parse().ok()?;
-    // Days from the civil date (Howard Hinnant's algorithm).
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    let secs = (days * 86_400 + hh * 3_600 + mm * 60) as f64 + ss;
-    Some((secs * 1e6) as u64)
-}
-
-fn now_us() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as u64)
-}
-
-fn now_ms() -> u64 {
-    now_us() / 1000
-}
-
-fn shell(cmd: &str) -> String {
-    Command::new("sh")
-        .args(["-c", cmd])
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-        .unwrap_or_default()
-}
-
 fn median(v: &[f64]) -> f64 {
     let mut v = v.to_vec();
     v.sort_by(f64::total_cmp);
@@ -778,9 +714,4 @@ fn median(v: &[f64]) -> f64 {
 
 fn max(v: &[f64]) -> f64 {
     v.iter().copied().fold(0.0, f64::max)
-}
-
-fn round(x: f64, digits: i32) -> f64 {
-    let p = 10f64.powi(digits);
-    (x * p).round() / p
 }
