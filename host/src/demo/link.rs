@@ -1,12 +1,23 @@
 //! The demo's uplink: a TCP relay between weir's forwarder and the cloud broker that can be cut
 //! (every open connection closed, new ones refused) and restored, as a flaky cellular link is.
+//!
+//! When it goes down, the return path fails first: for [`RETURN_PATH_FIRST`] what weir sends
+//! still reaches the cloud, but nothing comes back, PUBACKs included. weir then sends those
+//! records again once the link is back (it deletes a record only after its PUBACK), and the
+//! cloud receives them twice: the repeats it drops by id.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
+
+/// How long, as the link goes down, the way to the cloud still works while the way back does not.
+pub const RETURN_PATH_FIRST: Duration = Duration::from_secs(1);
 
 /// A running link; it stops when dropped.
 pub struct Link {
@@ -75,14 +86,47 @@ async fn accept(listener: TcpListener, target: SocketAddr, up: watch::Receiver<b
         }
         let mut up = up.clone();
         tokio::spawn(async move {
-            let Ok(mut outbound) = TcpStream::connect(target).await else {
+            let Ok(outbound) = TcpStream::connect(target).await else {
                 return;
             };
-            let mut inbound = inbound;
-            tokio::select! {
-                _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
-                _ = up.wait_for(|up| !*up) => {}
+            let (from_weir, to_weir) = inbound.into_split();
+            let (from_cloud, to_cloud) = outbound.into_split();
+            let mut forth = tokio::spawn(relay(from_weir, to_cloud, None));
+            let mut back = tokio::spawn(relay(from_cloud, to_weir, Some(up.clone())));
+            let went_down = tokio::select! {
+                _ = &mut forth => false,
+                _ = &mut back => false,
+                _ = up.wait_for(|up| !*up) => true,
+            };
+            if went_down {
+                // `back` now drops what the cloud sends; `forth` still delivers.
+                tokio::time::sleep(RETURN_PATH_FIRST).await;
             }
+            // Both sockets close with their halves.
+            forth.abort();
+            back.abort();
         });
+    }
+}
+
+/// Copies `from` to `to` until either ends; while `pass` says the link is down, what is read is
+/// dropped (the connection stays open, as a link whose return path failed does).
+async fn relay(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    pass: Option<watch::Receiver<bool>>,
+) {
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        if pass.as_ref().is_some_and(|up| !*up.borrow()) {
+            continue;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
     }
 }
