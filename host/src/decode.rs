@@ -173,65 +173,28 @@ fn parse_time(v: &Json, format: TimeFormat) -> Result<i64, String> {
     }
 }
 
-/// Parses an RFC 3339 timestamp (`2026-11-22T06:00:00Z`, fractions and offsets allowed) to
-/// milliseconds since the Unix epoch.
+/// Parses an RFC 3339 timestamp (`2026-11-22T06:00:00Z`, fractions and offsets allowed; a space
+/// may stand for the `T`, as RFC 3339 permits) to milliseconds since the Unix epoch, rounding
+/// fractions down. Parsing is the `time` crate's; any text, however malformed, is an error,
+/// never a panic.
 pub fn parse_rfc3339(s: &str) -> Result<i64, String> {
-    let bad = || format!("{s:?} is not an RFC 3339 timestamp (like 2026-11-22T06:00:00.250Z)");
-    let b = s.as_bytes();
-    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't' | b' ') {
-        return Err(bad());
-    }
-    if b[13] != b':' || b[16] != b':' {
-        return Err(bad());
-    }
-    let num = |r: std::ops::Range<usize>| -> Result<i64, String> {
-        s.get(r).and_then(|t| t.parse::<i64>().ok()).ok_or_else(bad)
+    use time::format_description::well_known::Rfc3339;
+    let bad = || {
+        format!(
+            "{} is not an RFC 3339 timestamp (like 2026-11-22T06:00:00.250Z)",
+            crate::fsutil::elide(&format!("{s:?}"), 64)
+        )
     };
-    let (year, month, day) = (num(0..4)?, num(5..7)?, num(8..10)?);
-    let (hour, minute, second) = (num(11..13)?, num(14..16)?, num(17..19)?);
-    if !(1..=12).contains(&month)
-        || !(1..=31).contains(&day)
-        || hour > 23
-        || minute > 59
-        || second > 60
-    {
-        return Err(bad());
-    }
-    let mut rest = &s[19..];
-    let mut millis = 0;
-    if let Some(frac) = rest.strip_prefix('.') {
-        let digits = frac.bytes().take_while(u8::is_ascii_digit).count();
-        if digits == 0 {
-            return Err(bad());
-        }
-        let first3 = format!("{:0<3}", &frac[..digits.min(3)]);
-        millis = first3.parse::<i64>().map_err(|_| bad())?;
-        rest = &frac[digits..];
-    }
-    let offset_min = match rest {
-        "Z" | "z" => 0,
-        _ if rest.len() == 6 && matches!(&rest[..1], "+" | "-") && &rest[3..4] == ":" => {
-            let h: i64 = rest[1..3].parse().map_err(|_| bad())?;
-            let m: i64 = rest[4..6].parse().map_err(|_| bad())?;
-            let sign = if rest.starts_with('-') { -1 } else { 1 };
-            sign * (h * 60 + m)
-        }
-        _ => return Err(bad()),
+    // RFC 3339 (section 5.6, note) lets a space separate the date and the time.
+    let normalised;
+    let text = if s.as_bytes().get(10) == Some(&b' ') {
+        normalised = format!("{}T{}", &s[..10], &s[11..]);
+        &normalised
+    } else {
+        s
     };
-    let days = days_from_civil(year, month, day);
-    let secs = days * 86_400 + hour * 3600 + minute * 60 + second - offset_min * 60;
-    Ok(secs * 1000 + millis)
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = if y >= 0 { y } else { y - 399 } / 400;
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
+    let t = time::OffsetDateTime::parse(text, &Rfc3339).map_err(|_| bad())?;
+    i64::try_from(t.unix_timestamp_nanos().div_euclid(1_000_000)).map_err(|_| bad())
 }
 
 #[cfg(test)]
@@ -317,7 +280,22 @@ mod tests {
         );
         assert_eq!(parse_rfc3339("1969-12-31T23:59:59Z"), Ok(-1000));
         assert_eq!(parse_rfc3339("2024-02-29T12:00:00Z"), Ok(1_709_208_000_000));
+        assert_eq!(parse_rfc3339("2023-11-14 22:13:20Z"), Ok(1_700_000_000_000));
+        assert_eq!(parse_rfc3339("1969-12-31T23:59:59.5Z"), Ok(-500));
         assert!(parse_rfc3339("2023-11-14 22:13").is_err());
         assert!(parse_rfc3339("2023-13-14T22:13:20Z").is_err());
+        assert!(parse_rfc3339("2023-02-30T00:00:00Z").is_err());
+        // Multi-byte characters where digits or separators belong: an error, not a panic.
+        for s in [
+            "2026-11-22T06:00:00é1:00",
+            "2026-11-22T06:00:00+é:00",
+            "é026-11-22T06:00:00Z",
+            "2026-11-2é06:00:00Z",
+            "2026-11-22T06:00:00.é",
+            "2026-11-22 é",
+            "2026-11-22\u{e9}",
+        ] {
+            assert!(parse_rfc3339(s).is_err(), "{s}");
+        }
     }
 }

@@ -11,6 +11,7 @@ pub mod decode;
 pub mod demo;
 pub mod engine;
 pub mod enrich;
+pub mod fsutil;
 pub mod keys;
 pub mod mqtt;
 pub mod pipeline;

@@ -204,12 +204,9 @@ pub struct Output {
 /// One problem with a config.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    /// The config file itself could not be read.
-    #[error("cannot read config {file}: {source}")]
-    Read {
-        file: PathBuf,
-        source: std::io::Error,
-    },
+    /// The config file itself could not be read (the message names it and says why once).
+    #[error("{0}")]
+    Read(crate::fsutil::ReadError),
     /// The file is not TOML.
     #[error("{file}: line {line}, column {column}: {message}; the file is not valid TOML")]
     Syntax {
@@ -252,7 +249,7 @@ impl ConfigErrors {
 
     /// Whether the config file could not be read at all (rather than being invalid).
     pub fn is_read_error(&self) -> bool {
-        self.0.iter().any(|e| matches!(e, ConfigError::Read { .. }))
+        self.0.iter().any(|e| matches!(e, ConfigError::Read(_)))
     }
 
     pub fn into_vec(self) -> Vec<ConfigError> {
@@ -304,12 +301,8 @@ impl Config {
 
 /// Reads a config file's text.
 pub(crate) fn read(path: &Path) -> Result<String, ConfigErrors> {
-    std::fs::read_to_string(path).map_err(|source| {
-        ConfigErrors::new(vec![ConfigError::Read {
-            file: path.to_owned(),
-            source,
-        }])
-    })
+    crate::fsutil::read_text_capped(path, "config", crate::fsutil::caps::CONFIG)
+        .map_err(|e| ConfigErrors::new(vec![ConfigError::Read(e)]))
 }
 
 /// Validates config text, keeping the plugins it names even when it is invalid, so `weir check`

@@ -59,11 +59,9 @@ impl fmt::Display for World {
 /// Why a plugin could not be loaded. Each message names the file and says what to do.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
-    #[error("cannot read plugin {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    /// The file could not be read (the message names it and says why once).
+    #[error("{0}")]
+    Read(crate::fsutil::ReadError),
     #[error(
         "plugin {path} is {what}, not a WebAssembly component; build it for the wasm32-wasip2 target \
          (or with componentize-py / componentize-js)"
@@ -158,10 +156,8 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 impl super::Runtime {
     /// Loads the plugin at `path`. With `pinned_sha256`, refuses a file with another hash.
     pub fn load(&self, path: &Path, pinned_sha256: Option<&str>) -> Result<Arc<Plugin>, LoadError> {
-        let bytes = std::fs::read(path).map_err(|source| LoadError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
+        let bytes = crate::fsutil::read_capped(path, "plugin", crate::fsutil::caps::PLUGIN)
+            .map_err(LoadError::Read)?;
         self.load_bytes(path, &bytes, pinned_sha256)
     }
 
