@@ -1,6 +1,7 @@
-//! Keys by id. weir interns every key and hands out ids that stay the same for as long as it
-//! runs, so this cache of id ↔ text is valid for the life of the component: each key's text
-//! crosses the boundary once, not once per batch. Natively (in tests) the ids are assigned here.
+//! Keys by id. weir interns every key and hands out ids that stay the same for the life of an
+//! instance (weir starts a fresh instance when it forgets keys), so this cache of id ↔ text is
+//! valid for as long as it exists: each key's text crosses the boundary once, not once per batch.
+//! Natively (in tests) the ids are assigned here.
 
 use std::cell::RefCell;
 use std::collections::HashMap;

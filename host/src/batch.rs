@@ -29,7 +29,12 @@ impl Batch {
 
     /// The key of event `i`.
     pub fn key_of(&self, i: usize) -> Arc<str> {
-        keys::name(self.key[i]).expect("batches carry assigned key ids")
+        // Batches that passed [`Batch::validate`] carry known ids only; a refused or unknown id
+        // (in a dead letter) is named rather than trusted.
+        keys::name(self.key[i]).unwrap_or_else(|| match self.key[i] {
+            keys::REFUSED => Arc::from("#refused"),
+            id => Arc::from(format!("#unknown-{id}")),
+        })
     }
 
     /// The column called `name`.
@@ -47,10 +52,8 @@ impl Batch {
         if self.ts_ms.len() != n {
             return Err(format!("{n} keys but {} timestamps", self.ts_ms.len()));
         }
-        if let Some(&max) = self.key.iter().max()
-            && !keys::is_assigned(max)
-        {
-            return Err(format!("key id {max} was never assigned"));
+        if let Some(id) = keys::first_unknown(&self.key) {
+            return Err(format!("key id {id} is not a key weir handed out"));
         }
         for (i, c) in self.columns.iter().enumerate() {
             if c.values.len() != n {
@@ -518,7 +521,7 @@ mod tests {
         b.key[1] = KeyId::MAX;
         assert_eq!(
             b.validate().unwrap_err(),
-            "key id 4294967295 was never assigned"
+            "key id 4294967295 is not a key weir handed out"
         );
         let mut b = batch(&["a", "b"], &[Some(1.0)]);
         assert_eq!(

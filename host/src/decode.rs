@@ -47,13 +47,13 @@ pub struct Decoded {
 }
 
 impl JsonMapping {
-    /// Decodes a batch of messages.
-    pub fn decode(&self, messages: Vec<Message>) -> Decoded {
+    /// Decodes a batch of messages; keys longer than `max_key_bytes` are refused.
+    pub fn decode(&self, messages: Vec<Message>, max_key_bytes: usize) -> Decoded {
         let mut builder = Builder::new();
         let mut sources = Vec::with_capacity(messages.len());
         let mut rejected = Vec::new();
         for message in messages {
-            match self.decode_one(&message) {
+            match self.decode_one(&message, max_key_bytes) {
                 Ok((key, ts, source, fields)) => {
                     builder.push(
                         &key,
@@ -76,6 +76,7 @@ impl JsonMapping {
     fn decode_one(
         &self,
         message: &Message,
+        max_key_bytes: usize,
     ) -> Result<(String, i64, Arc<str>, Vec<(String, Value)>), String> {
         let json: Json = serde_json::from_slice(&message.payload)
             .map_err(|e| format!("payload is not JSON: {e}"))?;
@@ -94,6 +95,14 @@ impl JsonMapping {
             }
             None => return Err(format!("no key field `{}`", self.key)),
         };
+        if key.len() > max_key_bytes {
+            return Err(format!(
+                "key field `{}` is {} bytes, over max_key_bytes ({max_key_bytes}); the key {}",
+                self.key,
+                key.len(),
+                crate::fsutil::elide(&key, 32)
+            ));
+        }
         let ts = match lookup(&json, &self.time) {
             Some(v) => parse_time(v, self.time_format)
                 .map_err(|e| format!("time field `{}`: {e}", self.time))?,
@@ -221,14 +230,18 @@ mod tests {
 
     #[test]
     fn decodes_key_time_and_scalar_values_and_rejects_what_it_cannot_read() {
-        let d = mapping(TimeFormat::Millis).decode(vec![
+        let d = mapping(TimeFormat::Millis).decode(
+            vec![
             msg("farm/a", r#"{"sensor_id": "s1", "ts": 1700000000000, "temp": 21.5, "ok": true, "tags": [1]}"#),
             msg("farm/a", r#"{"sensor_id": 7, "ts": 1700000000001.4, "temp": 3}"#),
             msg("farm/a", "not json"),
             msg("farm/a", r#"{"ts": 1}"#),
             msg("farm/a", r#"{"sensor_id": "s2", "ts": "yesterday"}"#),
             msg("farm/a", "[1, 2]"),
-        ]);
+            msg("farm/a", &format!(r#"{{"sensor_id": "{}", "ts": 1}}"#, "k".repeat(65))),
+        ],
+            64,
+        );
         assert_eq!(d.events.len(), 2);
         assert_eq!(&*d.events.key_of(1), "7");
         assert_eq!(d.events.ts_ms, vec![1_700_000_000_000, 1_700_000_000_001]);
@@ -247,6 +260,10 @@ mod tests {
         assert_eq!(reasons[1], "no key field `sensor_id`");
         assert_eq!(reasons[2], "time field `ts`: a string is not a number");
         assert_eq!(reasons[3], "payload is not a JSON object");
+        assert_eq!(
+            reasons[4],
+            "key field `sensor_id` is 65 bytes, over max_key_bytes (64); the key kkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkk… (65 bytes in all)"
+        );
     }
 
     #[test]
@@ -254,10 +271,13 @@ mod tests {
         let mut m = mapping(TimeFormat::Seconds);
         m.values = Some(vec!["air.temp".into()]);
         m.source = Some("gw".into());
-        let d = m.decode(vec![msg(
+        let d = m.decode(
+            vec![msg(
             "t",
             r#"{"sensor_id": "s1", "ts": 1700000000.25, "gw": "north", "air": {"temp": 4.5}, "rh": 50}"#,
-        )]);
+        )],
+            1024,
+        );
         assert_eq!(d.events.ts_ms, vec![1_700_000_000_250]);
         assert_eq!(
             d.events.column("air.temp").unwrap().get(0),

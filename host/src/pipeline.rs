@@ -97,6 +97,7 @@ pub struct Pipeline {
     /// The newest event time seen that was not future-dated (the clock of a replay).
     newest_event_ms: i64,
     max_future_ms: i64,
+    max_key_bytes: usize,
     counts: PipelineCounts,
 }
 
@@ -121,13 +122,17 @@ fn operator(
     step: String,
     world: World,
     plugin: &config::PluginStep,
+    max_key_bytes: usize,
 ) -> anyhow::Result<Operator> {
     let loaded = runtime.load(&plugin.path, plugin.sha256.as_deref())?;
     let spec = OperatorSpec {
         runtime: runtime.clone(),
         step: step.into(),
         world,
-        limits: plugin.limits.clone(),
+        limits: crate::runtime::Limits {
+            max_key_bytes,
+            ..plugin.limits.clone()
+        },
         permissions: plugin.permissions.clone(),
     };
     Ok(Operator::start(spec, loaded, &config_json(&plugin.config))?)
@@ -144,6 +149,7 @@ impl Pipeline {
                 format!("{name}/decode"),
                 World::Decoder,
                 p,
+                config.max_key_bytes,
             )?)),
         };
         let transforms = config
@@ -156,6 +162,7 @@ impl Pipeline {
                     format!("{name}/transform[{i}]"),
                     World::Transformer,
                     t,
+                    config.max_key_bytes,
                 )
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
@@ -187,6 +194,7 @@ impl Pipeline {
                                 format!("{name}/aggregate"),
                                 World::Aggregator,
                                 p,
+                                config.max_key_bytes,
                             )?;
                             custom = Some(Box::new(PluginAggregate(op))
                                 as Box<dyn window::CustomAggregate + Send>);
@@ -228,6 +236,7 @@ impl Pipeline {
                 .window
                 .as_ref()
                 .map_or(i64::MAX, |w| ms(w.max_future)),
+            max_key_bytes: config.max_key_bytes,
             counts: PipelineCounts {
                 messages_by_filter: config.topics.iter().map(|t| (t.clone(), 0)).collect(),
                 decoded: 0,
@@ -368,6 +377,11 @@ impl Pipeline {
     /// Runs a batch of messages through the pipeline. `now_ms` is the gateway clock; `i64::MIN`
     /// (no time known yet) stands for the newest event time of the batch.
     pub fn process(&mut self, messages: &[Message], now_ms: i64) -> Vec<Record> {
+        let records = self.process_inner(messages, now_ms);
+        self.publishable(records)
+    }
+
+    fn process_inner(&mut self, messages: &[Message], now_ms: i64) -> Vec<Record> {
         let mut records = Vec::new();
         let mut taken = Vec::with_capacity(messages.len());
         for m in messages {
@@ -460,7 +474,7 @@ impl Pipeline {
             let emitted = w.advance_watermark_to(watermark_ms);
             self.emitted(emitted, &mut records);
         }
-        records
+        self.publishable(records)
     }
 
     /// Lets time pass with no new messages (idle sources, the gateway clock).
@@ -470,7 +484,7 @@ impl Pipeline {
             let emitted = w.tick(now_ms);
             self.emitted(emitted, &mut records);
         }
-        records
+        self.publishable(records)
     }
 
     /// Fires every open window (at the end of the input).
@@ -480,13 +494,35 @@ impl Pipeline {
             let emitted = w.flush();
             self.emitted(emitted, &mut records);
         }
+        self.publishable(records)
+    }
+
+    /// Records whose topic the broker would refuse (over MQTT's 65 535 bytes: a long key in a
+    /// long template) become dead letters saying so, on the dead-letter topic.
+    fn publishable(&self, records: Vec<Record>) -> Vec<Record> {
         records
+            .into_iter()
+            .map(|r| match crate::mqtt::topic_problem(&r.topic) {
+                None => r,
+                Some(problem) => dead_letter_json(
+                    &self.name,
+                    &self.output,
+                    &format!("{}/output", self.name),
+                    crate::runtime::Reason::Rejected,
+                    &format!(
+                        "the record cannot be published: its topic {} {problem}",
+                        crate::fsutil::elide(&r.topic, 80)
+                    ),
+                    vec![r.body],
+                ),
+            })
+            .collect()
     }
 
     fn decode(&mut self, messages: Vec<Message>, records: &mut Vec<Record>) -> Batch {
         match &mut self.decoder {
             Decoder::Json(mapping) => {
-                let decoded = mapping.decode(messages);
+                let decoded = mapping.decode(messages, self.max_key_bytes);
                 for (m, reason) in decoded.rejected {
                     let d = DeadLetter {
                         step: format!("{}/decode", self.name).into(),
@@ -513,10 +549,10 @@ impl Pipeline {
                 // A decoder plugin's events have no source field: the topic of a message of
                 // the batch stands for it when there is one topic, the key otherwise.
                 let single_topic = topics.first().filter(|t| topics.iter().all(|x| x == *t));
-                for &k in &outcome.events.key {
+                for (i, &k) in outcome.events.key.iter().enumerate() {
                     let source = match single_topic {
                         Some(t) => t.clone(),
-                        None => keys::name(k).expect("decoded keys are assigned"),
+                        None => outcome.events.key_of(i),
                     };
                     self.sources.insert(k, source);
                 }
@@ -537,6 +573,7 @@ impl Pipeline {
         let mut keep = Vec::with_capacity(events.len());
         let mut new_keys = Vec::with_capacity(events.len());
         let mut missing = Vec::new();
+        let mut too_long = Vec::new();
         for i in 0..events.len() {
             let key = match column.and_then(|c| c.get(i)) {
                 Some(Value::Text(s)) => s,
@@ -548,25 +585,51 @@ impl Pipeline {
                     continue;
                 }
             };
+            if key.len() > self.max_key_bytes {
+                too_long.push(i);
+                continue;
+            }
             keep.push(i);
             new_keys.push(keys::intern(&key));
         }
-        if missing.is_empty() {
+        if missing.is_empty() && too_long.is_empty() {
             let mut events = events;
             events.key = new_keys;
             return (events, sources);
         }
-        let d = DeadLetter {
-            step: format!("{}/key", self.name).into(),
-            reason: crate::runtime::Reason::Rejected,
-            detail: format!("no field `{field}` to key by"),
-            input: DeadInput::Events(events.take(&missing)),
+        let mut refuse = |indices: &[usize], detail: String| {
+            if indices.is_empty() {
+                return;
+            }
+            let d = DeadLetter {
+                step: format!("{}/key", self.name).into(),
+                reason: crate::runtime::Reason::Rejected,
+                detail,
+                input: DeadInput::Events(events.take(indices)),
+            };
+            records.push(dead_letter_record(&self.name, &self.output, &d));
         };
-        records.push(dead_letter_record(&self.name, &self.output, &d));
+        refuse(&missing, format!("no field `{field}` to key by"));
+        refuse(
+            &too_long,
+            format!(
+                "the value of `{field}` is longer than max_key_bytes ({} bytes) and cannot be a key",
+                self.max_key_bytes
+            ),
+        );
         let mut kept = events.take(&keep);
         kept.key = new_keys;
         let sources = keep.iter().map(|&i| sources[i].clone()).collect();
         (kept, sources)
+    }
+
+    /// Drops what the pipeline remembers of keys the key table forgot (see [`keys::sweep`]).
+    pub fn forget_keys(&mut self, forgotten: &[keys::KeyId]) {
+        if !forgotten.is_empty() && !self.sources.is_empty() {
+            let forgotten: std::collections::HashSet<_> = forgotten.iter().collect();
+            self.sources.retain(|k, _| !forgotten.contains(k));
+            self.sources.shrink_to_fit();
+        }
     }
 
     fn emitted(&self, emitted: window::Emitted, records: &mut Vec<Record>) {
@@ -713,12 +776,19 @@ impl<'a> TopicVars<'a> {
         }
     }
 
-    /// Fills a template; MQTT's special characters in a key (`+`, `#`, `/`) become `_`.
+    /// Fills a template; in a key, MQTT's special characters (`+`, `#`, `/`) and control
+    /// characters (NUL above all, which no topic may hold) become `_`.
     fn render(&self, template: &str) -> String {
         let key: String = self
             .key
             .chars()
-            .map(|c| if matches!(c, '+' | '#' | '/') { '_' } else { c })
+            .map(|c| {
+                if matches!(c, '+' | '#' | '/') || c.is_control() {
+                    '_'
+                } else {
+                    c
+                }
+            })
             .collect();
         template
             .replace("{pipeline}", self.pipeline)
@@ -760,10 +830,22 @@ fn dead_letter_record(pipeline: &str, output: &config::Output, d: &DeadLetter) -
         DeadInput::Events(b) => (0..b.len()).map(|i| b.event_json(i)).collect(),
         DeadInput::Messages(m) => m.iter().map(message_json).collect(),
     };
+    dead_letter_json(pipeline, output, &d.step, d.reason, &d.detail, input)
+}
+
+/// A dead letter of `input` (events, messages or records, as JSON) refused by `step`.
+fn dead_letter_json(
+    pipeline: &str,
+    output: &config::Output,
+    step: &str,
+    reason: crate::runtime::Reason,
+    detail: &str,
+    input: Vec<serde_json::Value>,
+) -> Record {
     let mut body = serde_json::json!({
-        "step": &*d.step,
-        "reason": d.reason,
-        "detail": d.detail,
+        "step": step,
+        "reason": reason,
+        "detail": detail,
         "input": input,
     });
     body["id"] = content_id(pipeline, &body).into();

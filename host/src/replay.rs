@@ -156,6 +156,7 @@ pub fn run_with(
         .map(|p| crate::engine::dedup::SeenSet::new(p.dedup.clone()))
         .collect();
     let mut replay = Replay {
+        unknown_topic: config.source.dead_letter.clone(),
         pipelines,
         seen,
         pending: Vec::new(),
@@ -234,6 +235,8 @@ pub fn run_with(
 }
 
 struct Replay<'a> {
+    /// Where messages no pipeline takes go as a dead letter (`[source] dead_letter`), as live.
+    unknown_topic: String,
     pipelines: Vec<Pipeline>,
     /// Each pipeline's ingest dedup (for messages recorded with their receive time).
     seen: Vec<crate::engine::dedup::SeenSet>,
@@ -275,6 +278,25 @@ impl Replay<'_> {
             };
             let records = self.pipelines[i].process(&batch, now);
             self.write(records)?;
+        }
+        let unknown: Vec<crate::engine::input::Logged> = messages
+            .iter()
+            .filter(|m| !self.pipelines.iter().any(|p| p.accepts(&m.topic)))
+            .map(|m| crate::engine::input::Logged {
+                topic: m.topic.clone(),
+                payload: m.payload.clone(),
+                oversized: None,
+            })
+            .collect();
+        if !unknown.is_empty() {
+            let unknown: Vec<&crate::engine::input::Logged> = unknown.iter().collect();
+            let record = crate::engine::core::unknown_topic_record(&self.unknown_topic, &unknown);
+            self.write(vec![record])?;
+        }
+        // Between two batches, no batch holds key ids: the key table may forget idle keys.
+        let forgotten = crate::keys::sweep();
+        for p in &mut self.pipelines {
+            p.forget_keys(&forgotten);
         }
         Ok(())
     }

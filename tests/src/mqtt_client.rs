@@ -129,7 +129,9 @@ impl Session {
         let mut options = MqttOptions::new(id, "127.0.0.1", port);
         options
             .set_clean_start(true)
-            .set_keep_alive(Duration::from_secs(30));
+            .set_keep_alive(Duration::from_secs(30))
+            // Dead letters carry their input: a record may be far over rumqttc's 10 KiB default.
+            .set_max_packet_size(Some(64 << 20));
         let (client, mut eventloop) = AsyncClient::new(options, REQUEST_CHANNEL_CAPACITY);
         let shared = Arc::new(Shared::default());
         let (stop, mut stop_rx) = oneshot::channel::<()>();

@@ -1015,42 +1015,177 @@ fn a_wrong_password_is_reported_and_weir_keeps_trying() {
 
 #[test]
 fn oversized_messages_are_dead_letters_and_the_rest_flows() {
+    // Over MQTT 3.1.1 a message larger than the client accepts used to break the connection on
+    // every redelivery, forever; over MQTT 5 the broker dropped it unseen. Both now take it in,
+    // dead-letter it and acknowledge it.
+    for version in ["3.1.1", "5"] {
+        let sensors_broker = Mosquitto::start();
+        let cloud = Mosquitto::start();
+        let dir = TempDir::new("weir-live-oversized");
+        let config = passthrough_config(
+            dir.path(),
+            sensors_broker.port(),
+            cloud.port(),
+            &format!("source.max_message_bytes = \"1KiB\"\nsource.mqtt_version = \"{version}\""),
+        );
+        let upstream = Collector::subscribe(cloud.port(), "relay/#");
+        let mut weir = start_weir(&config);
+        let mut input = numbered(3);
+        let big = json!({"sensor": "s1", "ts": BASE_MS, "blob": "x".repeat(5 << 20)}).to_string();
+        input.insert(1, ("sensors/s1".into(), big.clone().into_bytes()));
+        weir_tests::mqtt_client::publish_all(sensors_broker.port(), &input, 1);
+        let got = upstream.wait_for(4, Duration::from_secs(60));
+        let dead: Vec<Json> = got
+            .iter()
+            .filter(|m| m.topic == "relay/dead-letter")
+            .map(|m| serde_json::from_slice(&m.payload).unwrap())
+            .collect();
+        assert_eq!(dead.len(), 1, "MQTT {version}: one dead letter");
+        let detail = dead[0]["detail"].as_str().unwrap();
+        assert!(
+            detail.contains(&format!(
+                "{} bytes, over source.max_message_bytes (1024)",
+                big.len()
+            )),
+            "{detail}"
+        );
+        assert_eq!(
+            got.iter()
+                .filter(|m| m.topic.starts_with("relay/s"))
+                .count(),
+            3,
+            "MQTT {version}: the others flow"
+        );
+        let stderr = weir.stderr();
+        assert_eq!(
+            stderr.matches("source broker connection failed").count(),
+            0,
+            "MQTT {version}: the connection holds: {stderr}"
+        );
+        assert!(weir.terminate().success());
+    }
+}
+
+/// A relay pipeline whose decoder reads RFC 3339 times and whose output topic holds the key.
+fn rfc3339_relay_config(dir: &Path, sensors: u16, upstream: u16) -> std::path::PathBuf {
+    let text = format!(
+        "{}\n[[pipeline]]\nname = \"relay\"\ntopics = [\"sensors/#\"]\n\n[pipeline.decode]\n\
+         json = {{ key = \"sensor\", time = \"ts\", time_format = \"rfc3339\" }}\n\n\
+         [pipeline.output]\ntopic = \"relay/{{key}}\"\n",
+        live_sections(dir, sensors, upstream, "")
+    );
+    let path = dir.join("relay.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn rfc3339_reading(sensor: &str, second: usize) -> (String, Vec<u8>) {
+    (
+        "sensors/x".into(),
+        json!({"sensor": sensor, "ts": format!("2026-11-22T06:00:{:02}Z", second % 60), "n": second})
+            .to_string()
+            .into_bytes(),
+    )
+}
+
+#[test]
+fn a_poison_message_is_a_dead_letter_and_weir_keeps_going_through_restarts() {
+    // A multi-byte character where the time's digits belong once panicked the engine; the
+    // message was already in the input log, so every restart panicked again.
     let sensors_broker = Mosquitto::start();
     let cloud = Mosquitto::start();
-    let dir = TempDir::new("weir-live-oversized");
-    let config = passthrough_config(
-        dir.path(),
-        sensors_broker.port(),
-        cloud.port(),
-        "source.max_message_bytes = \"1KiB\"",
-    );
+    let dir = TempDir::new("weir-live-poison");
+    let config = rfc3339_relay_config(dir.path(), sensors_broker.port(), cloud.port());
     let upstream = Collector::subscribe(cloud.port(), "relay/#");
     let mut weir = start_weir(&config);
-    let mut input = numbered(3);
-    let big = json!({"sensor": "s1", "ts": BASE_MS, "blob": "x".repeat(5_000)}).to_string();
-    input.insert(1, ("sensors/s1".into(), big.clone().into_bytes()));
+    let poison = r#"{"sensor":"s0001","ts":"2026-11-22T06:00:00é1:00","temp":20,"humidity":50}"#;
+    let mut input: Vec<(String, Vec<u8>)> = (0..5).map(|i| rfc3339_reading("s1", i)).collect();
+    input.push(("sensors/x".into(), poison.as_bytes().to_vec()));
+    input.extend((5..10).map(|i| rfc3339_reading("s1", i)));
     weir_tests::mqtt_client::publish_all(sensors_broker.port(), &input, 1);
-    let got = upstream.wait_for(4, Duration::from_secs(60));
+    let got = upstream.wait_for(11, Duration::from_secs(60));
     let dead: Vec<Json> = got
         .iter()
         .filter(|m| m.topic == "relay/dead-letter")
         .map(|m| serde_json::from_slice(&m.payload).unwrap())
         .collect();
-    assert_eq!(dead.len(), 1, "one dead letter");
+    assert_eq!(dead.len(), 1, "the poison message is one dead letter");
+    let detail = dead[0]["detail"].as_str().unwrap();
+    assert!(detail.contains("is not an RFC 3339 timestamp"), "{detail}");
+    assert_eq!(got.iter().filter(|m| m.topic == "relay/s1").count(), 10);
+    // Killed with the poison message in its input log, it starts again and carries on.
+    weir.kill9();
+    let mut weir = start_weir(&config);
+    weir_tests::mqtt_client::publish_all(sensors_broker.port(), &[rfc3339_reading("s1", 10)], 1);
+    upstream.wait_for(12, Duration::from_secs(60));
+    let stderr = weir.stderr();
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(weir.terminate().success(), "{stderr}");
+}
+
+#[test]
+fn a_key_too_long_for_a_topic_or_holding_nul_never_jams_the_uplink() {
+    // A 70 000-byte key made a topic over MQTT's 65 535 bytes: the client wrote a malformed
+    // packet, reconnected and resent forever, and nothing behind it was delivered. A key with a
+    // NUL stayed in the outbox unsent for good.
+    let sensors_broker = Mosquitto::start();
+    let cloud = Mosquitto::start();
+    let dir = TempDir::new("weir-live-longkey");
+    let config = passthrough_config(dir.path(), sensors_broker.port(), cloud.port(), "");
+    let upstream = Collector::subscribe(cloud.port(), "relay/#");
+    let mut weir = start_weir(&config);
+    let mut input = numbered(4);
+    let long = "k".repeat(70_000);
+    input.insert(
+        1,
+        (
+            "sensors/long".into(),
+            json!({"sensor": long, "ts": BASE_MS})
+                .to_string()
+                .into_bytes(),
+        ),
+    );
+    input.insert(
+        3,
+        (
+            "sensors/nul".into(),
+            json!({"sensor": "a\u{0}b", "ts": BASE_MS})
+                .to_string()
+                .into_bytes(),
+        ),
+    );
+    weir_tests::mqtt_client::publish_all(sensors_broker.port(), &input, 1);
+    // The 4 readings, the NUL key's reading (its NUL made `_` in the topic), one dead letter.
+    let got = upstream.wait_for(6, Duration::from_secs(60));
+    let dead: Vec<Json> = got
+        .iter()
+        .filter(|m| m.topic == "relay/dead-letter")
+        .map(|m| serde_json::from_slice(&m.payload).unwrap())
+        .collect();
+    assert_eq!(dead.len(), 1, "{got:?}");
     let detail = dead[0]["detail"].as_str().unwrap();
     assert!(
-        detail.contains(&format!(
-            "{} bytes, over source.max_message_bytes (1024)",
-            big.len()
-        )),
-        "{detail}"
+        detail.contains("is 70000 bytes, over max_key_bytes (1024)"),
+        "the dead letter names the limit: {detail}"
+    );
+    assert!(
+        got.iter().any(|m| m.topic == "relay/a_b"),
+        "the NUL in the key became _ in the topic: {:?}",
+        got.iter().map(|m| &m.topic).collect::<Vec<_>>()
     );
     assert_eq!(
         got.iter()
             .filter(|m| m.topic.starts_with("relay/s"))
             .count(),
-        3,
-        "the others flow"
+        4
     );
+    // Everything left the outbox.
+    let admin = weir.admin_address(START);
+    weir_tests::process::poll_until("an empty outbox", Duration::from_secs(30), || {
+        weir::admin::client::get(&admin, "/status")
+            .ok()
+            .and_then(|r| r.json().ok())
+            .is_some_and(|s| s["outbox"]["records"] == 0)
+    });
     assert!(weir.terminate().success());
 }

@@ -55,7 +55,7 @@ fn a_memory_bomb_hits_the_cap_without_hurting_the_host() {
     let mut op = operator_with("hostile_memory", "{}", limits);
     let out = op.transform(readings(1));
     let detail = assert_all_dead(&out, 1, Reason::MemoryLimit);
-    assert!(detail.contains("memory cap of 16 MiB"), "{detail}");
+    assert!(detail.contains("memory cap of 16MiB"), "{detail}");
     assert_eq!(op.metrics().snapshot().memory_limit_hits, 1);
 }
 

@@ -75,7 +75,15 @@ pub struct Pipeline {
     pub output: Output,
     pub guarantee: Guarantee,
     pub dedup: Dedup,
+    /// The longest key (in UTF-8 bytes) an event may have, wherever its key is made (decoder,
+    /// plugin, key by); longer ones go to the dead-letter output.
+    pub max_key_bytes: usize,
 }
+
+/// The default `max_key_bytes`.
+pub const DEFAULT_MAX_KEY_BYTES: usize = 1024;
+/// The largest `max_key_bytes`: an MQTT topic holds at most 65 535 bytes, keys included.
+pub const MAX_KEY_BYTES_LIMIT: u64 = 16 << 10;
 
 /// How a pipeline turns messages into events.
 #[derive(Clone, Debug, PartialEq)]
@@ -178,7 +186,7 @@ pub enum Aggregate {
         output: String,
     },
     /// An aggregator plugin; it names its own results.
-    Plugin(PluginStep),
+    Plugin(Box<PluginStep>),
 }
 
 /// The built-in aggregate functions (the window engine's own).

@@ -138,6 +138,7 @@ pub(super) struct RawPipeline {
     pub name: Option<String>,
     pub topics: Option<Vec<String>>,
     pub key: Option<String>,
+    pub max_key_bytes: Option<toml::Value>,
     pub guarantee: Option<RawGuarantee>,
     pub dedup: Option<RawDedup>,
     pub decode: Option<Part<RawDecode>>,

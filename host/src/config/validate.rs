@@ -13,7 +13,7 @@ use super::raw::{
     RawPlugin, RawTimeFormat,
 };
 use super::topic::{self, Placeholder};
-use super::units::{duration_value, size_value};
+use super::units::{duration_value, format_size, size_value};
 use super::{
     Aggregate, Config, ConfigError, Decode, Enrich, Output, Pipeline, PluginStep, PluginUse,
     SUPPORTED_VERSIONS, pipeline_label,
@@ -286,6 +286,7 @@ impl Validator<'_> {
                 "empty; name the field to group by, or leave key out to keep the event key",
             );
         }
+        let max_key_bytes = self.max_key_bytes(&at("max_key_bytes"), raw.max_key_bytes);
         let guarantee = self.guarantee(raw.guarantee);
         let dedup = self.dedup(&at("dedup"), raw.dedup);
         let decode = self.decode(&at("decode"), raw.decode);
@@ -337,7 +338,29 @@ impl Validator<'_> {
             output: output?,
             guarantee,
             dedup: dedup?,
+            max_key_bytes: max_key_bytes?,
         })
+    }
+
+    fn max_key_bytes(&mut self, at: &str, value: Option<toml::Value>) -> Option<usize> {
+        let Some(value) = value else {
+            return Some(crate::config::DEFAULT_MAX_KEY_BYTES);
+        };
+        let bytes = self.size(at, &value)?;
+        let max = crate::config::MAX_KEY_BYTES_LIMIT;
+        if !(1..=max).contains(&bytes) {
+            self.error(
+                at,
+                format!(
+                    "{} is out of range; keys may be 1B to {} long (they become part of MQTT \
+                     topics, which hold at most 65535 bytes)",
+                    shown(&value),
+                    format_size(max)
+                ),
+            );
+            return None;
+        }
+        Some(bytes as usize)
     }
 
     fn name(

@@ -211,6 +211,13 @@ impl Core {
                 }
             }
         }
+        // Between two entries, no batch holds key ids: the key table may forget idle keys.
+        let forgotten = crate::keys::sweep();
+        if !forgotten.is_empty() {
+            for lane in &mut self.lanes {
+                lane.pipeline.forget_keys(&forgotten);
+            }
+        }
         out
     }
 
@@ -313,8 +320,9 @@ fn push(out: &mut Produced, durable: bool, records: Vec<Record>, metrics: &Engin
     }
 }
 
-/// The dead letter of messages that no pipeline's topics match.
-fn unknown_topic_record(topic: &str, messages: &[&Logged]) -> Record {
+/// The dead letter of messages that no pipeline's topics match, published to `topic`
+/// (`[source] dead_letter`). `weir replay` makes the same one.
+pub(crate) fn unknown_topic_record(topic: &str, messages: &[&Logged]) -> Record {
     use base64::Engine as _;
     let input: Vec<serde_json::Value> = messages
         .iter()

@@ -12,7 +12,7 @@
 //! records, and their ids, are the same ones.
 
 pub mod control;
-mod core;
+pub(crate) mod core;
 pub mod dedup;
 pub mod input;
 pub mod metrics;
@@ -179,21 +179,12 @@ pub fn run_with(
     filters.sort();
     filters.dedup();
     let (ingest_tx, ingest_rx) = mpsc::channel(INGEST_QUEUE);
-    let max_packet_bytes = usize::try_from(
-        config
-            .source
-            .max_message_bytes
-            .saturating_mul(16)
-            .max(1 << 20),
-    )
-    .unwrap_or(usize::MAX);
     let source = Source::start(
         &config.source.broker.endpoint()?,
         filters
             .iter()
             .map(|f| (f.clone(), config.source.qos))
             .collect(),
-        max_packet_bytes,
         ingest_tx,
         metrics.source.clone(),
     )?;

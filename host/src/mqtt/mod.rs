@@ -14,6 +14,30 @@ use std::time::Duration;
 use anyhow::Context as _;
 use tokio_rustls::rustls;
 
+/// The longest topic MQTT can carry, in UTF-8 bytes (a 16-bit length prefix).
+pub const MAX_TOPIC_BYTES: usize = 65_535;
+
+/// Why a broker would refuse `topic` for a PUBLISH, if it would: empty, over
+/// [`MAX_TOPIC_BYTES`], a wildcard (`+`, `#`) or a NUL character in it.
+pub fn topic_problem(topic: &str) -> Option<String> {
+    if topic.is_empty() {
+        return Some("is empty".into());
+    }
+    if topic.len() > MAX_TOPIC_BYTES {
+        return Some(format!(
+            "is {} bytes, over MQTT's {MAX_TOPIC_BYTES}",
+            topic.len()
+        ));
+    }
+    if topic.contains(['+', '#']) {
+        return Some("holds a wildcard (+ or #), which only subscriptions may".into());
+    }
+    if topic.contains('\0') {
+        return Some("holds a NUL character".into());
+    }
+    None
+}
+
 /// The MQTT protocol version spoken to a broker.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum Protocol {

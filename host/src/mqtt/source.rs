@@ -217,13 +217,17 @@ impl Drop for ClosedOnDrop {
 
 impl Source {
     /// Connects (in the background) and subscribes to `filters` (each with its QoS 0/1/2), with
-    /// manual acks. `max_packet_bytes` is the largest packet accepted from the broker. Must be
-    /// called inside a tokio runtime. Fails only on a bad endpoint (TLS files, say); connection
-    /// problems are retried forever and show in the metrics and the log.
+    /// manual acks. Must be called inside a tokio runtime. Fails only on a bad endpoint (TLS
+    /// files, say); connection problems are retried forever and show in the metrics and the log.
+    ///
+    /// Every packet MQTT can carry is accepted, over MQTT 3.1.1 and 5 alike: a message over
+    /// `[source] max_message_bytes` must arrive to become a dead letter (counted, its first KiB
+    /// kept) and be acknowledged. A smaller limit here would make the client drop the connection
+    /// on it (MQTT 3.1.1: the broker sends it again on every reconnect, forever) or, over MQTT 5,
+    /// make the broker discard it unseen and uncounted.
     pub fn start(
         endpoint: &Endpoint,
         filters: Vec<(String, u8)>,
-        max_packet_bytes: usize,
         tx: mpsc::Sender<Incoming>,
         metrics: Arc<SourceMetrics>,
     ) -> anyhow::Result<Source> {
@@ -238,7 +242,7 @@ impl Source {
         let (client, eventloop) = conn::connect(
             endpoint,
             conn::Options {
-                max_incoming_packet_bytes: max_packet_bytes,
+                max_incoming_packet_bytes: conn::MQTT_MAX_PACKET_BYTES,
                 inflight: 100,
                 manual_acks: true,
                 request_capacity: REQUEST_CAPACITY,

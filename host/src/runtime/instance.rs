@@ -30,6 +30,8 @@ pub struct StoreData {
     pub(crate) state: KeyedState,
     step: Arc<str>,
     output: GuestOutput,
+    /// Keys longer than this are refused (see [`Limits::max_key_bytes`]).
+    max_key_bytes: usize,
 }
 
 impl WasiView for StoreData {
@@ -50,6 +52,9 @@ impl KeysHost for StoreData {
     }
 
     fn id(&mut self, name: String) -> u32 {
+        if name.len() > self.max_key_bytes {
+            return keys::REFUSED;
+        }
         keys::intern(&name)
     }
 }
@@ -97,6 +102,8 @@ pub(crate) enum Bound {
 pub(crate) struct Instance {
     pub(crate) store: Store<StoreData>,
     pub(crate) bound: Bound,
+    /// The key generation when it started: its key ids are valid while it lasts.
+    pub(crate) key_generation: u64,
 }
 
 /// Why an instance could not be started.
@@ -159,6 +166,7 @@ impl Instance {
             state: KeyedState::default(),
             step,
             output,
+            max_key_bytes: limits.max_key_bytes,
         };
         let mut store = Store::new(runtime.engine(), data);
         store.limiter(|d| &mut d.limiter);
@@ -172,7 +180,11 @@ impl Instance {
             }
         };
         let mut instance = match bound {
-            Ok(bound) => Instance { store, bound },
+            Ok(bound) => Instance {
+                store,
+                bound,
+                key_generation: keys::generation(),
+            },
             Err(e) => {
                 let failure = classify(e, &store, limits.time_budget);
                 return Err(InitFailure::Other(failure.to_string()));

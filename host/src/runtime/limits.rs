@@ -26,6 +26,10 @@ pub struct Limits {
     pub quarantine_backoff: Duration,
     /// Longest quarantine period. Default 5 min.
     pub quarantine_backoff_max: Duration,
+    /// Longest key (UTF-8 bytes) the plugin may make through `keys.id`: it gets
+    /// [`crate::keys::REFUSED`] for a longer one, and events carrying that id go to the
+    /// dead-letter output. Set from the pipeline's `max_key_bytes`. Default 1 KiB.
+    pub max_key_bytes: usize,
 }
 
 impl Default for Limits {
@@ -39,6 +43,7 @@ impl Default for Limits {
             quarantine_after_failures: 3,
             quarantine_backoff: Duration::from_secs(1),
             quarantine_backoff_max: Duration::from_secs(300),
+            max_key_bytes: 1024,
         }
     }
 }

@@ -82,8 +82,8 @@ impl fmt::Display for Failure {
             }
             Failure::MemoryLimit { max_bytes } => write!(
                 f,
-                "the plugin tried to use more than its memory cap of {} MiB",
-                max_bytes >> 20
+                "the plugin tried to use more than its memory cap of {} (limits.max_memory)",
+                crate::config::units::format_size(*max_bytes)
             ),
             Failure::OutputLimit(m) => write!(f, "the plugin's output is over the limit: {m}"),
             Failure::BadOutput(m) => write!(f, "the plugin returned a malformed batch: {m}"),
@@ -527,6 +527,15 @@ impl Operator {
             self.health.quarantined_until = None;
             self.health.probation = true;
         }
+        if self
+            .instance
+            .as_ref()
+            .is_some_and(|i| i.key_generation != crate::keys::generation())
+        {
+            // Keys were forgotten since this instance started: ids it may have cached could name
+            // nothing now. A fresh instance starts with no cache (its state is the host's).
+            self.instance = None;
+        }
         if self.instance.is_none() {
             match Instance::start(
                 &self.spec.runtime,
@@ -610,7 +619,9 @@ impl Operator {
 
     /// Sorts the result of a decode or transform call into output and dead letters.
     fn settle(&mut self, result: Result<Output, Failure>, input: DeadInput, outcome: &mut Outcome) {
-        let result = result.and_then(|output| self.check_output(output, input.len()));
+        let result = result
+            .map(|output| self.set_aside_refused_keys(output, outcome))
+            .and_then(|output| self.check_output(output, input.len()));
         match result {
             Ok(Output { events, rejected }) => {
                 self.succeed();
@@ -643,6 +654,28 @@ impl Operator {
                 });
             }
         }
+    }
+
+    /// Takes the events whose key weir refused to make (too long) out of `output`, into one dead
+    /// letter.
+    fn set_aside_refused_keys(&mut self, mut output: Output, outcome: &mut Outcome) -> Output {
+        let (refused, keep): (Vec<usize>, Vec<usize>) =
+            (0..output.events.len()).partition(|&i| output.events.key[i] == crate::keys::REFUSED);
+        if refused.is_empty() {
+            return output;
+        }
+        add(&self.metrics.rejected, refused.len() as u64);
+        outcome.dead_letters.push(DeadLetter {
+            step: self.spec.step.clone(),
+            reason: Reason::Rejected,
+            detail: format!(
+                "the plugin made a key longer than max_key_bytes ({} bytes)",
+                self.spec.limits.max_key_bytes
+            ),
+            input: DeadInput::Events(output.events.take(&refused)),
+        });
+        output.events = output.events.take(&keep);
+        output
     }
 
     /// Checks an output against the limits and for well-formedness.

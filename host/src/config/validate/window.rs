@@ -431,7 +431,7 @@ impl Validator<'_> {
                     allow,
                 };
                 let step = self.plugin_step(&at, step, World::Aggregator);
-                (field.is_none() && output.is_none()).then_some(Aggregate::Plugin(step?))
+                (field.is_none() && output.is_none()).then_some(Aggregate::Plugin(Box::new(step?)))
             }
         }
     }
