@@ -75,8 +75,8 @@ impl Enricher {
         let modified = std::fs::metadata(&self.path)
             .and_then(|m| m.modified())
             .ok();
-        let text = std::fs::read_to_string(&self.path)
-            .map_err(|e| format!("cannot read table {}: {e}", self.path.display()))?;
+        let text = crate::fsutil::read_text_capped(&self.path, "table", crate::fsutil::caps::TABLE)
+            .map_err(|e| e.to_string())?;
         let records = if self.path.extension().is_some_and(|x| x == "json") {
             json_records(&text)
         } else {
@@ -200,60 +200,41 @@ fn cell(s: &str) -> Option<Value> {
 }
 
 fn csv_records(text: &str) -> Result<Vec<Record>, String> {
-    let mut lines = text
-        .lines()
-        .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty());
-    let header = match lines.next() {
-        Some((_, h)) => split_csv(h).map_err(|e| format!("line 1: {e}"))?,
-        None => return Ok(Vec::new()),
-    };
-    lines
-        .map(|(n, line)| {
-            let cells = split_csv(line).map_err(|e| format!("line {}: {e}", n + 1))?;
-            if cells.len() != header.len() {
-                return Err(format!(
-                    "line {} has {} cells, the header {}",
-                    n + 1,
-                    cells.len(),
-                    header.len()
-                ));
-            }
-            Ok(header
-                .iter()
-                .cloned()
-                .zip(cells.iter().map(|c| cell(c)))
-                .collect())
+    let mut reader = csv::ReaderBuilder::new()
+        .trim(csv::Trim::All)
+        .from_reader(text.as_bytes());
+    let header: Vec<String> = reader
+        .headers()
+        .map_err(|e| csv_error(&e))?
+        .iter()
+        .map(str::to_owned)
+        .collect();
+    reader
+        .records()
+        .map(|row| {
+            let row = row.map_err(|e| csv_error(&e))?;
+            Ok(header.iter().cloned().zip(row.iter().map(cell)).collect())
         })
         .collect()
 }
 
-/// Splits one CSV line: commas, with double-quoted cells that may hold commas and `""`.
-fn split_csv(line: &str) -> Result<Vec<String>, String> {
-    let mut cells = Vec::new();
-    let mut cur = String::new();
-    let mut chars = line.chars().peekable();
-    let mut quoted = false;
-    while let Some(c) = chars.next() {
-        match (c, quoted) {
-            ('"', true) if chars.peek() == Some(&'"') => {
-                cur.push('"');
-                chars.next();
-            }
-            ('"', true) => quoted = false,
-            ('"', false) if cur.trim().is_empty() => {
-                cur.clear();
-                quoted = true;
-            }
-            (',', false) => cells.push(std::mem::take(&mut cur)),
-            (c, _) => cur.push(c),
-        }
+/// The csv crate's error, said as weir says things: where, then what.
+fn csv_error(e: &csv::Error) -> String {
+    match e.kind() {
+        csv::ErrorKind::UnequalLengths {
+            pos,
+            expected_len,
+            len,
+        } => format!(
+            "line {} has {len} cells, the header {expected_len}",
+            pos.as_ref().map_or(0, |p| p.line())
+        ),
+        csv::ErrorKind::Utf8 { pos, .. } => format!(
+            "line {} is not UTF-8 text",
+            pos.as_ref().map_or(0, |p| p.line())
+        ),
+        _ => e.to_string(),
     }
-    if quoted {
-        return Err("a quoted cell is not closed".into());
-    }
-    cells.push(cur);
-    Ok(cells)
 }
 
 fn json_records(text: &str) -> Result<Vec<Record>, String> {

@@ -25,7 +25,6 @@
 
 use std::io::{BufRead, Write};
 
-use anyhow::Context as _;
 use base64::Engine as _;
 
 use crate::config::Config;
@@ -163,12 +162,22 @@ pub fn run_with(
         summary: Summary::default(),
         out,
     };
-    for (n, line) in input.lines().enumerate() {
-        let line = line.with_context(|| format!("reading input line {}", n + 1))?;
+    let mut bytes = Vec::new();
+    for n in 0.. {
+        let more =
+            crate::fsutil::read_line_capped(input, &mut bytes, crate::fsutil::caps::INPUT_LINE)
+                .map_err(|e| {
+                    anyhow::anyhow!("input line {}: {}", n + 1, crate::fsutil::describe_io(&e))
+                })?;
+        if !more {
+            break;
+        }
+        let line = std::str::from_utf8(&bytes)
+            .map_err(|_| anyhow::anyhow!("input line {}: not UTF-8 text", n + 1))?;
         if line.trim().is_empty() {
             continue;
         }
-        match parse_line(&line).map_err(|e| anyhow::anyhow!("input line {}: {e}", n + 1))? {
+        match parse_line(line).map_err(|e| anyhow::anyhow!("input line {}: {e}", n + 1))? {
             Input::Message(m) => {
                 replay.summary.messages += 1;
                 // Messages received at another time than the pending ones see another clock.

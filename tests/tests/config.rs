@@ -4,12 +4,13 @@
 //!
 //! Cases in `golden/config/` go through the pure validation (no plugin is loaded); cases in
 //! `golden/config-plugins/` are valid configs whose plugins are then loaded and checked against
-//! their steps, with the plugins built from source. Paths in messages are relative (the tests
+//! their steps, started with their config, and whose files are checked, as `weir check` does,
+//! with the plugins built from source. Paths in messages are relative (the tests
 //! run in `tests/`), so the files do not depend on where the repository is.
 
 use std::path::{Path, PathBuf};
 
-use weir::config::{Config, check_plugins};
+use weir::config::{Config, check_machine};
 
 /// The fewest error cases the golden folder must hold.
 const MIN_CASES: usize = 12;
@@ -93,7 +94,7 @@ fn plugin_errors_match_the_golden_files() {
     let runtime = weir_tests::runtime();
     run_golden(Path::new("golden/config-plugins"), |case| {
         let config = Config::from_file(case).unwrap_or_else(|e| panic!("{e}"));
-        lines(check_plugins(&config, &runtime))
+        lines(check_machine(&config, &runtime))
     });
 }
 
@@ -104,7 +105,7 @@ fn the_example_configs_pass_every_check_with_the_real_plugins() {
     for name in ["farm.toml", "frost-alerts.toml"] {
         let path = weir_tests::repo().join("configs").join(name);
         let config = Config::from_file(&path).unwrap_or_else(|e| panic!("{e}"));
-        let errors = check_plugins(&config, &runtime);
+        let errors = check_machine(&config, &runtime);
         assert!(errors.is_empty(), "{name}:\n{}", lines(&errors));
     }
 }

@@ -45,12 +45,21 @@ fn check(path: &Path, out: &mut dyn Write, err: &mut dyn Write) -> anyhow::Resul
         }
     };
     let validated = config::validate(&text, path);
-    let (plugins, plugin_errors) = if validated.plugins.is_empty() {
+    let runtime = Runtime::new(RuntimeConfig::default())?;
+    let (plugins, mut plugin_errors) = if validated.plugins.is_empty() {
         Default::default()
     } else {
-        let runtime = Runtime::new(RuntimeConfig::default())?;
         config::load_plugins(path, &validated.plugins, &runtime)
     };
+    // A config that validates, with every plugin loaded: start each step with its config, and
+    // look at the files and directories weir run will use.
+    if let Some(config) = &validated.config
+        && validated.errors.is_empty()
+        && plugin_errors.is_empty()
+    {
+        plugin_errors.extend(config::start_plugins(config, &plugins, &runtime));
+        plugin_errors.extend(config::check_files(config));
+    }
     let errors: Vec<_> = validated.errors.iter().chain(&plugin_errors).collect();
     if !errors.is_empty() {
         for e in errors {
@@ -371,7 +380,7 @@ topic = "farm/{key}/agg"
     #[test]
     fn an_invalid_config_lists_every_problem_and_exits_2() {
         let text = VALID
-            .replace("size = \"1m\"", "size = \"1 minute\"")
+            .replace("size = \"1m\"", "size = \"1 fortnight\"")
             .replace("farm/{key}/agg", "farm/{sensor}/agg");
         let (code, out, err) = run_check(&text);
         assert_eq!(code, ExitCode::from(INVALID));
@@ -379,10 +388,15 @@ topic = "farm/{key}/agg"
         let lines: Vec<&str> = err.lines().collect();
         assert_eq!(lines.len(), 2, "{err}");
         assert!(lines.iter().all(|l| l.starts_with("error: ")), "{err}");
-        assert!(lines[0].ends_with(
-            "pipeline.toml: pipeline[0] (farm).window.size: \"1 minute\" has an unknown unit \
-             \"minute\"; durations take ms, s, m (minutes), h or d, e.g. \"30s\""
-        ));
+        assert!(
+            lines[0].ends_with(
+                "pipeline.toml: pipeline[0] (farm).window.size: \"1 fortnight\" is not a duration \
+                 (unknown time unit \"fortnight\", supported units: ns, us/µs, ms, sec, min, \
+                 hours, days, weeks, months, years (and few variations)); durations take ms, s, \
+                 m (minutes), h or d, e.g. \"30s\" or \"1h 30m\""
+            ),
+            "{err}"
+        );
         assert!(lines[1].contains("unknown placeholder {sensor}"), "{err}");
     }
 

@@ -4,8 +4,6 @@ use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::Context as _;
-
 #[derive(Debug, clap::Args)]
 pub(super) struct ReplayArgs {
     /// The pipeline config.
@@ -25,9 +23,13 @@ pub(super) fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
         Err(code) => return Ok(code),
     };
     let mut input: Box<dyn BufRead> = match &args.input {
-        Some(path) => Box::new(BufReader::new(
-            std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?,
-        )),
+        Some(path) => Box::new(BufReader::new(std::fs::File::open(path).map_err(|e| {
+            anyhow::anyhow!(
+                "cannot read the input {}: {}",
+                path.display(),
+                crate::fsutil::describe_io(&e)
+            )
+        })?)),
         None => Box::new(std::io::stdin().lock()),
     };
     let stdout = std::io::stdout();

@@ -86,11 +86,7 @@ pub(super) fn parse_broker(text: &str) -> anyhow::Result<(String, u16)> {
 pub(super) fn run(args: TailArgs) -> anyhow::Result<ExitCode> {
     let (host, port) = parse_broker(&args.broker)?;
     let password = match &args.password_file {
-        Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("cannot read the password file {}", path.display()))?;
-            Some(text.trim_end_matches(['\r', '\n']).to_owned())
-        }
+        Some(path) => Some(crate::fsutil::read_secret(path, "password file")?),
         None => None,
     };
     let tls = (args.tls || args.ca_file.is_some()).then(|| Tls {

@@ -28,14 +28,9 @@ impl Broker {
     pub fn endpoint(&self) -> anyhow::Result<Endpoint> {
         let mut endpoint = self.endpoint.clone();
         if let Some(path) = &self.password_file {
-            let text = std::fs::read_to_string(path).map_err(|e| {
-                anyhow::anyhow!(
-                    "cannot read the password file {} of broker {}: {e}",
-                    path.display(),
-                    self.address()
-                )
-            })?;
-            endpoint.password = Some(text.lines().next().unwrap_or_default().to_owned());
+            let password = crate::fsutil::read_secret(path, "password file")
+                .map_err(|e| anyhow::anyhow!("{e} (the password of broker {})", self.address()))?;
+            endpoint.password = Some(password);
         }
         Ok(endpoint)
     }

@@ -8,6 +8,7 @@
 //! [`check_plugins`] then loads every plugin and checks that it implements the world its step
 //! needs (and the pinned sha256); `weir check` does both.
 
+mod environment;
 mod live;
 mod plugins;
 mod raw;
@@ -19,9 +20,10 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use environment::{check_files, start_plugins};
 pub use live::{Admin, Broker, Dedup, Guarantee, Source, Storage, Upstream};
 pub(crate) use plugins::load_plugins;
-pub use plugins::{PluginUse, check_plugins, plugin_uses};
+pub use plugins::{PluginUse, check_machine, check_plugins, plugin_uses};
 pub use units::{parse_duration, parse_size};
 pub(crate) use validate::Validated;
 

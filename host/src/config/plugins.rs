@@ -55,6 +55,18 @@ pub fn check_plugins(config: &Config, runtime: &Runtime) -> Vec<ConfigError> {
     load_plugins(&config.file, &plugin_uses(config), runtime).1
 }
 
+/// Everything `weir check` checks of a valid config on this machine: every plugin loaded and
+/// checked against its step, then (if they all load) each step started with its config and
+/// limits, and the files and directories the live sections name.
+pub fn check_machine(config: &Config, runtime: &Runtime) -> Vec<ConfigError> {
+    let (plugins, mut errors) = load_plugins(&config.file, &plugin_uses(config), runtime);
+    if errors.is_empty() {
+        errors.extend(super::start_plugins(config, &plugins, runtime));
+        errors.extend(super::check_files(config));
+    }
+    errors
+}
+
 /// Loads the plugins of `uses` (each file once) and checks each use; `file` is the config file,
 /// named in messages. Returns the plugins loaded, by path, and the problems found.
 pub(crate) fn load_plugins(

@@ -269,7 +269,7 @@ topics = ["x/#/y"]
 json = { key = "k", time = "t", time_format = "ms" }
 [pipeline.window]
 kind = "tumbling"
-size = "1 minute"
+size = "1 fortnight"
 [[pipeline.aggregate]]
 fn = "mean"
 [pipeline.output]

@@ -61,6 +61,44 @@ struct Validator<'a> {
 }
 
 /// A value as written, for messages: strings quoted, the rest as TOML.
+/// serde's message without the names of weir's own types: "expected struct RawJson" says
+/// nothing to a user, "expected a table" does; a long offending value is elided.
+fn plain_serde_message(message: &str) -> String {
+    let mut out = message.to_owned();
+    if let Some(i) = out.find("expected struct ") {
+        let end = out[i + "expected struct ".len()..]
+            .find(|c: char| !c.is_alphanumeric() && c != '_')
+            .map_or(out.len(), |j| i + "expected struct ".len() + j);
+        out.replace_range(i..end, "expected a table");
+    }
+    for (internal, plain) in [
+        ("expected a sequence", "expected an array"),
+        ("expected a map", "expected a table"),
+        ("expected u64", "expected a whole number"),
+        ("expected u32", "expected a whole number"),
+        ("expected u8", "expected a whole number"),
+        ("expected i64", "expected a whole number"),
+        ("expected f64", "expected a number"),
+    ] {
+        out = out.replace(internal, plain);
+    }
+    // "unknown variant `<a megabyte>`, expected ...": keep the start of a long quoted value and
+    // the rest of the message.
+    let parts: Vec<&str> = out.split('`').collect();
+    parts
+        .iter()
+        .enumerate()
+        .map(|(i, part)| {
+            if i % 2 == 1 && i + 1 < parts.len() {
+                crate::fsutil::elide(part, 40)
+            } else {
+                (*part).to_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("`")
+}
+
 fn shown(value: &toml::Value) -> String {
     match value {
         toml::Value::String(s) => format!("{s:?}"),
@@ -190,7 +228,8 @@ impl Validator<'_> {
                 Segment::Unknown => {}
             }
         }
-        let message = e.inner().message().trim_end();
+        let message = plain_serde_message(e.inner().message().trim_end());
+        let message = message.as_str();
         let hint = match last_key {
             _ if !message.starts_with("unknown field") => SEE.to_owned(),
             Some("version") if at != "version" => {

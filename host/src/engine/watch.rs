@@ -64,7 +64,8 @@ fn stat(path: &Path) -> std::io::Result<Stat> {
 
 /// The sha256 of a file, lowercase hex (as `weir plugin check` prints it).
 fn sha256(path: &Path) -> std::io::Result<String> {
-    let mut file = std::fs::File::open(path)?;
+    let (mut file, _) = crate::fsutil::open_regular(path, "plugin", crate::fsutil::caps::PLUGIN)
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 64 << 10];
     loop {

@@ -180,8 +180,7 @@ pub(crate) fn tls_client_config(tls: &Tls) -> anyhow::Result<rustls::ClientConfi
     let mut roots = rustls::RootCertStore::empty();
     match &tls.ca_file {
         Some(path) => {
-            let pem = std::fs::read(path)
-                .with_context(|| format!("cannot read the CA file {}", path.display()))?;
+            let pem = crate::fsutil::read_capped(path, "CA file", crate::fsutil::caps::PEM)?;
             let mut found = 0;
             for cert in CertificateDer::pem_slice_iter(&pem) {
                 let cert = cert
@@ -220,9 +219,11 @@ pub(crate) fn tls_client_config(tls: &Tls) -> anyhow::Result<rustls::ClientConfi
     let config = match (&tls.client_cert_file, &tls.client_key_file) {
         (None, None) => builder.with_no_client_auth(),
         (Some(cert_path), Some(key_path)) => {
-            let pem = std::fs::read(cert_path).with_context(|| {
-                format!("cannot read the client certificate {}", cert_path.display())
-            })?;
+            let pem = crate::fsutil::read_capped(
+                cert_path,
+                "client certificate",
+                crate::fsutil::caps::PEM,
+            )?;
             let certs = CertificateDer::pem_slice_iter(&pem)
                 .collect::<Result<Vec<_>, _>>()
                 .with_context(|| {
@@ -237,8 +238,7 @@ pub(crate) fn tls_client_config(tls: &Tls) -> anyhow::Result<rustls::ClientConfi
                     cert_path.display()
                 );
             }
-            let pem = std::fs::read(key_path)
-                .with_context(|| format!("cannot read the client key {}", key_path.display()))?;
+            let pem = crate::fsutil::read_capped(key_path, "client key", crate::fsutil::caps::PEM)?;
             let key = PrivateKeyDer::from_pem_slice(&pem).with_context(|| {
                 format!(
                     "the client key {} holds no PEM private key",

@@ -121,7 +121,8 @@ impl Runtime {
 
     /// Epoch ticks for a time budget: the call is stopped within the budget.
     pub(crate) fn deadline_ticks(&self, budget: Duration) -> u64 {
-        (budget.as_nanos() / self.inner.epoch_tick.as_nanos().max(1)).max(1) as u64
+        let ticks = budget.as_nanos() / self.inner.epoch_tick.as_nanos().max(1);
+        u64::try_from(ticks).unwrap_or(u64::MAX / 2).max(1)
     }
 
     /// Marks a call into a plugin as running, so the ticker advances the epoch.

@@ -9,6 +9,9 @@ use crate::config::units::format_duration;
 use crate::config::{PluginStep, PluginUse};
 use crate::runtime::{DirGrant, Limits, Permissions, World};
 
+/// The longest `time_budget` a step may have.
+const MAX_TIME_BUDGET: std::time::Duration = std::time::Duration::from_secs(600);
+
 impl Validator<'_> {
     pub(super) fn transform(&mut self, at: &str, part: Part<RawPlugin>) -> Option<PluginStep> {
         match part {
@@ -109,11 +112,22 @@ impl Validator<'_> {
     pub(super) fn limits(&mut self, at: &str, raw: RawLimits) -> Limits {
         let mut limits = Limits::default();
         let at = |field: &str| format!("{at}.{field}");
-        if let Some(d) = raw
-            .time_budget
-            .and_then(|v| self.positive_duration(&at("time_budget"), &v))
+        if let Some(v) = &raw.time_budget
+            && let Some(d) = self.positive_duration(&at("time_budget"), v)
         {
-            limits.time_budget = d;
+            if d > MAX_TIME_BUDGET {
+                self.error(
+                    at("time_budget"),
+                    format!(
+                        "{} is longer than a call into a plugin may take ({}): the pipeline \
+                         waits for every call",
+                        shown(v),
+                        format_duration(MAX_TIME_BUDGET)
+                    ),
+                );
+            } else {
+                limits.time_budget = d;
+            }
         }
         if let Some(v) = &raw.max_memory
             && let Some(bytes) = self.size(&at("max_memory"), v)
