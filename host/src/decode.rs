@@ -319,3 +319,163 @@ mod tests {
         }
     }
 }
+
+/// Seeded property tests, run by `cargo test` in CI in a bounded time: no input, however
+/// malformed, panics the decoder or the time parser, and every message comes out as an event or
+/// a rejection with a reason.
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+    use proptest::test_runner::{Config, RngSeed};
+
+    use super::*;
+
+    fn config() -> Config {
+        Config {
+            cases: 3000,
+            rng_seed: RngSeed::Fixed(0x00c0_ffee),
+            failure_persistence: None,
+            ..Config::default()
+        }
+    }
+
+    /// A valid timestamp, then mutated: characters replaced or inserted (multi-byte ones
+    /// included), the text cut short.
+    fn mutated_time() -> impl Strategy<Value = String> {
+        let valid = (
+            0i64..4_102_444_800,
+            0u32..1000,
+            prop_oneof![
+                Just("Z".to_owned()),
+                (-14i32..=14).prop_map(|h| format!("{h:+03}:30"))
+            ],
+        )
+            .prop_map(|(secs, ms, zone)| {
+                let t = time::OffsetDateTime::from_unix_timestamp(secs).unwrap();
+                format!(
+                    "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{ms:03}{zone}",
+                    t.year(),
+                    u8::from(t.month()),
+                    t.day(),
+                    t.hour(),
+                    t.minute(),
+                    t.second()
+                )
+            });
+        (
+            valid,
+            proptest::collection::vec((0usize..40, any::<char>(), 0u8..3), 0..4),
+            0usize..40,
+        )
+            .prop_map(|(s, edits, cut)| {
+                let mut chars: Vec<char> = s.chars().collect();
+                for (at, c, how) in edits {
+                    let at = at.min(chars.len());
+                    match how {
+                        0 if at < chars.len() => chars[at] = c,
+                        1 => chars.insert(at, c),
+                        _ => chars.insert(at, 'é'),
+                    }
+                }
+                let mut s: String = chars.into_iter().collect();
+                if cut < s.chars().count() && cut % 3 == 0 {
+                    s = s.chars().take(cut).collect();
+                }
+                s
+            })
+    }
+
+    /// A payload: a reading whose fields are sometimes of the wrong type, mutated bytes or not.
+    fn payload() -> impl Strategy<Value = Vec<u8>> {
+        let value = prop_oneof![
+            any::<i64>().prop_map(|n| n.to_string()),
+            any::<f64>().prop_map(|x| if x.is_finite() {
+                x.to_string()
+            } else {
+                "1e999".into()
+            }),
+            ".{0,12}".prop_map(|s| serde_json::to_string(&s).unwrap()),
+            mutated_time().prop_map(|s| serde_json::to_string(&s).unwrap()),
+            Just("null".to_owned()),
+            Just("[1,{\"a\":2}]".to_owned()),
+            Just("{\"nested\":{\"deeper\":true}}".to_owned()),
+        ];
+        (
+            value.clone(),
+            value.clone(),
+            value,
+            proptest::collection::vec((0usize..200, any::<u8>()), 0..3),
+        )
+            .prop_map(|(key, ts, temp, flips)| {
+                let mut bytes =
+                    format!(r#"{{"sensor_id":{key},"ts":{ts},"temp":{temp},"meta":{{"g":1}}}}"#)
+                        .into_bytes();
+                for (at, b) in flips {
+                    if !bytes.is_empty() {
+                        let at = at % bytes.len();
+                        bytes[at] = b;
+                    }
+                }
+                bytes
+            })
+    }
+
+    proptest! {
+        #![proptest_config(config())]
+
+        #[test]
+        fn time_parsing_never_panics(s in mutated_time()) {
+            let _ = parse_rfc3339(&s);
+        }
+
+        #[test]
+        fn any_text_is_a_time_or_an_error(s in any::<String>()) {
+            let _ = parse_rfc3339(&s);
+        }
+
+        #[test]
+        fn valid_times_read_back_as_the_time_crate_formats_them(
+            secs in -62_135_596_800i64..253_402_300_799,
+            ms in 0i64..1000,
+        ) {
+            let t = time::OffsetDateTime::from_unix_timestamp(secs).unwrap()
+                + time::Duration::milliseconds(ms);
+            let text = t
+                .format(&time::format_description::well_known::Rfc3339)
+                .unwrap();
+            prop_assert_eq!(parse_rfc3339(&text), Ok(secs * 1000 + ms));
+        }
+
+        #[test]
+        fn every_message_is_an_event_or_a_rejection_with_a_reason(
+            payloads in proptest::collection::vec(payload(), 1..20),
+            format in prop_oneof![
+                Just(TimeFormat::Millis),
+                Just(TimeFormat::Seconds),
+                Just(TimeFormat::Rfc3339),
+            ],
+            values in any::<bool>(),
+        ) {
+            let mapping = JsonMapping {
+                key: "sensor_id".into(),
+                time: "ts".into(),
+                time_format: format,
+                values: values.then(|| vec!["temp".into(), "meta.g".into()]),
+                source: None,
+            };
+            let n = payloads.len();
+            let messages = payloads
+                .into_iter()
+                .map(|payload| Message { topic: "t".into(), payload, received_ms: 0 })
+                .collect();
+            let d = mapping.decode(messages, 64);
+            prop_assert_eq!(d.events.len() + d.rejected.len(), n);
+            prop_assert_eq!(d.sources.len(), d.events.len());
+            prop_assert!(d.events.validate().is_ok());
+            for (_, reason) in &d.rejected {
+                prop_assert!(!reason.is_empty());
+                prop_assert!(reason.len() < 1024, "reasons stay short: {}", reason);
+            }
+        }
+    }
+}

@@ -6,6 +6,7 @@
 pub mod admin;
 pub mod batch;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod decode;
 pub mod demo;

@@ -253,7 +253,7 @@ fn table_line(record: &TailRecord) -> String {
     let time = ["start_ms", "ts_ms", "end_ms"]
         .iter()
         .find_map(|k| p.get(k).and_then(|v| v.as_i64()))
-        .map(format_utc_ms)
+        .map(crate::clock::utc_s)
         .unwrap_or_else(|| "-".to_owned());
     let text = |k: &str| match p.get(k) {
         Some(serde_json::Value::String(s)) => s.clone(),
@@ -317,29 +317,6 @@ fn short(value: &serde_json::Value) -> String {
         serde_json::Value::String(s) => s.clone(),
         other => other.to_string(),
     }
-}
-
-/// `YYYY-MM-DD HH:MM:SS` in UTC.
-fn format_utc_ms(ms: i64) -> String {
-    let secs = ms.div_euclid(1000);
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    // Howard Hinnant's civil_from_days.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
 }
 
 #[cfg(test)]
