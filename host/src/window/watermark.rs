@@ -8,7 +8,7 @@
 //! windows close even when the data stops. With no source seen yet there is no watermark (unless
 //! one was set explicitly).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -33,6 +33,10 @@ pub(super) struct Clock {
     sources: BTreeMap<Arc<str>, SourceClock>,
     /// The watermarks of the active sources, each with the number of sources at it.
     active: BTreeMap<i64, u32>,
+    /// The active sources and the idle ones, each by when it last sent an event: moving the
+    /// clock visits only the sources whose activity changes, not all of them.
+    active_by_seen: BTreeSet<(i64, Arc<str>)>,
+    idle_by_seen: BTreeSet<(i64, Arc<str>)>,
     /// The gateway clock, as last told.
     now_ms: i64,
     current: Option<i64>,
@@ -45,9 +49,18 @@ impl Clock {
             idle_timeout_ms,
             sources: BTreeMap::new(),
             active: BTreeMap::new(),
+            active_by_seen: BTreeSet::new(),
+            idle_by_seen: BTreeSet::new(),
             now_ms: i64::MIN,
             current: None,
         }
+    }
+
+    /// Whether a source last seen at `last_seen_ms` is active at `now_ms`; monotone in
+    /// `last_seen_ms`, which lets [`Clock::set_now`] stop at the first source that keeps its
+    /// state.
+    fn active_at(&self, now_ms: i64, last_seen_ms: i64) -> bool {
+        now_ms.saturating_sub(last_seen_ms) < self.idle_timeout_ms
     }
 
     /// The watermark: no event at or before it is expected any more.
@@ -55,20 +68,31 @@ impl Clock {
         self.current
     }
 
-    /// Sets the gateway clock and recomputes which sources are idle.
+    /// Sets the gateway clock and recomputes which sources are idle: those silent for the idle
+    /// timeout go idle, and (when the clock went back) idle ones that are not any more come back.
     pub(super) fn set_now(&mut self, now_ms: i64) {
         self.now_ms = now_ms;
-        for s in self.sources.values_mut() {
-            let active = now_ms.saturating_sub(s.last_seen_ms) < self.idle_timeout_ms;
-            if active != s.active {
-                let bound = s.max_ts_ms.saturating_sub(self.out_of_orderness_ms);
-                if active {
-                    *self.active.entry(bound).or_default() += 1;
-                } else {
-                    unlist(&mut self.active, bound);
-                }
-                s.active = active;
-            }
+        let ooo = self.out_of_orderness_ms;
+        while let Some((seen, _)) = self.active_by_seen.first()
+            && !self.active_at(now_ms, *seen)
+        {
+            let (seen, source) = self.active_by_seen.pop_first().expect("checked above");
+            let s = self.sources.get_mut(&source).expect("listed sources exist");
+            unlist(&mut self.active, s.max_ts_ms.saturating_sub(ooo));
+            s.active = false;
+            self.idle_by_seen.insert((seen, source));
+        }
+        while let Some((seen, _)) = self.idle_by_seen.last()
+            && self.active_at(now_ms, *seen)
+        {
+            let (seen, source) = self.idle_by_seen.pop_last().expect("checked above");
+            let s = self.sources.get_mut(&source).expect("listed sources exist");
+            *self
+                .active
+                .entry(s.max_ts_ms.saturating_sub(ooo))
+                .or_default() += 1;
+            s.active = true;
+            self.active_by_seen.insert((seen, source));
         }
     }
 
@@ -85,8 +109,12 @@ impl Clock {
         }
         let s = self.sources.get_mut(source).expect("inserted above");
         let ooo = self.out_of_orderness_ms;
+        let listed = (s.last_seen_ms, source.clone());
         if s.active {
             unlist(&mut self.active, s.max_ts_ms.saturating_sub(ooo));
+            self.active_by_seen.remove(&listed);
+        } else {
+            self.idle_by_seen.remove(&listed);
         }
         s.max_ts_ms = s.max_ts_ms.max(ts_ms);
         s.last_seen_ms = s.last_seen_ms.max(now_ms);
@@ -95,6 +123,7 @@ impl Clock {
             .active
             .entry(s.max_ts_ms.saturating_sub(ooo))
             .or_default() += 1;
+        self.active_by_seen.insert((s.last_seen_ms, source.clone()));
     }
 
     /// Moves the watermark up to what the sources (or the clock) allow. Returns whether it moved.
@@ -148,6 +177,12 @@ impl Clock {
         self.sources = sources.into_iter().collect();
         self.sources.values_mut().for_each(|s| s.active = false);
         self.active.clear();
+        self.active_by_seen.clear();
+        self.idle_by_seen = self
+            .sources
+            .iter()
+            .map(|(k, s)| (s.last_seen_ms, k.clone()))
+            .collect();
         self.now_ms = i64::MIN;
         self.current = current;
     }
@@ -229,5 +264,67 @@ mod tests {
         c.observe(&src("a"), 10);
         assert!(!c.advance());
         assert_eq!(c.current(), Some(100));
+    }
+
+    /// The incremental clock against the obvious one (every source looked at on every move of
+    /// the clock), over random moves, events and restores.
+    #[test]
+    fn moving_the_clock_visits_only_what_changes_with_the_same_result() {
+        use proptest::prelude::*;
+        use proptest::test_runner::{Config, RngSeed, TestRunner};
+
+        #[derive(Debug, Clone)]
+        enum Op {
+            Now(i64),
+            Observe(u8, i64),
+            Restore,
+        }
+        let op = prop_oneof![
+            (-50i64..400).prop_map(Op::Now),
+            (0u8..6, -50i64..400).prop_map(|(s, t)| Op::Observe(s, t)),
+            Just(Op::Restore),
+        ];
+        let mut runner = TestRunner::new(Config {
+            cases: 2000,
+            rng_seed: RngSeed::Fixed(7),
+            failure_persistence: None,
+            ..Config::default()
+        });
+        runner
+            .run(&proptest::collection::vec(op, 1..60), |ops| {
+                let mut c = Clock::new(5, 40);
+                for op in ops {
+                    match op {
+                        Op::Now(t) => c.set_now(t),
+                        Op::Observe(s, t) => c.observe(&src(&format!("s{s}")), t),
+                        Op::Restore => c.restore(c.sources.clone(), c.current),
+                    }
+                    c.advance();
+                    // What the obvious clock holds: every source's activity recomputed.
+                    let mut active = BTreeMap::new();
+                    for s in c.sources.values().filter(|s| s.active) {
+                        *active.entry(s.max_ts_ms.saturating_sub(5)).or_insert(0u32) += 1;
+                    }
+                    prop_assert_eq!(&active, &c.active);
+                    for s in c.sources.values() {
+                        if c.now_ms != i64::MIN {
+                            prop_assert_eq!(
+                                s.active,
+                                c.now_ms.saturating_sub(s.last_seen_ms) < 40 || {
+                                    // Observed since the clock last moved: active until it moves.
+                                    c.active_by_seen.contains(&(s.last_seen_ms, src("")))
+                                        || s.last_seen_ms >= c.now_ms
+                                }
+                            );
+                        }
+                    }
+                    prop_assert_eq!(
+                        c.active_by_seen.len() + c.idle_by_seen.len(),
+                        c.sources.len()
+                    );
+                }
+                Ok(())
+            })
+            .unwrap();
     }
 }
