@@ -3,7 +3,7 @@
 //! list|swap|rollback` use ([`client`]).
 //!
 //! - `GET /health`: `ok`.
-//! - `GET /metrics`: Prometheus text format ([`Prometheus`]).
+//! - `GET /metrics`: Prometheus metrics, in the OpenMetrics text format ([`Prometheus`]).
 //! - `GET /status`, `GET /plugins`: JSON (what `weir status` and `weir plugin list` show).
 //!   Both answer within about a second even while the engine thread is busy: `/status` then
 //!   says `"engine": "busy"` and shows what the metrics know.
