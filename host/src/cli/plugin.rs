@@ -1,4 +1,5 @@
-//! `weir plugin check` and `weir plugin run`.
+//! `weir plugin check` and `weir plugin run` (`weir plugin list|swap|rollback`, the admin API's
+//! clients, are in `status.rs`).
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, Write};
@@ -65,22 +66,27 @@ pub(super) fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         permissions: Permissions::default(),
     };
     let mut op = Operator::start(spec, plugin.clone(), &config)?;
-    let input: Box<dyn BufRead> = match &args.input {
+    // A named input is a regular file (a stream comes on standard input); lines are capped.
+    let mut input: Box<dyn BufRead> = match &args.input {
         Some(path) => Box::new(std::io::BufReader::new(
-            std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?,
+            crate::fsutil::open_regular(path, "input file", u64::MAX)?.0,
         )),
         None => Box::new(std::io::stdin().lock()),
     };
     let mut out = std::io::stdout().lock();
     let mut lines = Vec::new();
-    for (n, line) in input.lines().enumerate() {
-        let line = line?;
-        if line.trim().is_empty() {
+    let mut line = Vec::new();
+    let mut n = 0;
+    while crate::fsutil::read_line_capped(&mut input, &mut line, crate::fsutil::caps::INPUT_LINE)
+        .with_context(|| format!("input line {}", n + 1))?
+    {
+        n += 1;
+        if line.trim_ascii().is_empty() {
             continue;
         }
-        let value: serde_json::Value = serde_json::from_str(&line)
-            .with_context(|| format!("input line {} is not JSON", n + 1))?;
-        lines.push((n + 1, value));
+        let value: serde_json::Value =
+            serde_json::from_slice(&line).with_context(|| format!("input line {n} is not JSON"))?;
+        lines.push((n, value));
         if lines.len() >= args.batch.max(1) && plugin.world != World::Aggregator {
             run_batch(&mut op, plugin.world, std::mem::take(&mut lines), &mut out)?;
         }

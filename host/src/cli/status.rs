@@ -3,7 +3,6 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::Context as _;
 use serde_json::{Value, json};
 
 use crate::admin::client;
@@ -36,11 +35,15 @@ impl AdminArgs {
         }
         match &self.token_file {
             Some(p) => {
-                let text = std::fs::read_to_string(p)
-                    .with_context(|| format!("cannot read {}", p.display()))?;
-                Ok(Some(
-                    text.lines().next().unwrap_or_default().trim().to_owned(),
-                ))
+                let token = crate::fsutil::read_secret(p, "admin token file")?
+                    .trim()
+                    .to_owned();
+                anyhow::ensure!(
+                    !token.is_empty(),
+                    "the admin token file {} is empty; write the token on its first line",
+                    p.display()
+                );
+                Ok(Some(token))
             }
             None => Ok(None),
         }
@@ -123,6 +126,14 @@ pub(super) fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
     if now > 0 {
         say!("now         {}", utc(now));
     }
+    if status["engine"] == "busy" {
+        say!(
+            "engine      BUSY: {}; pipelines not shown",
+            status["engine_detail"]
+                .as_str()
+                .unwrap_or("it did not answer in time")
+        );
+    }
     let up = &status["uplink"];
     let outbox = &status["outbox"];
     say!(
@@ -160,6 +171,9 @@ pub(super) fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
         ))
     );
     say!("messages in {}", status["messages_in"]);
+    if let Some(n) = status["store_errors"].as_u64().filter(|n| *n > 0) {
+        say!("store       {n} failed writes (retried; see weir's log)");
+    }
     for p in status["pipelines"].as_array().into_iter().flatten() {
         say!(
             "pipeline {} ({})",

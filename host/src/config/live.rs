@@ -160,10 +160,13 @@ impl Default for Storage {
 /// `[admin]`: the admin API (health, metrics, status, plugin swaps).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Admin {
-    /// Where it listens; `None`: no admin API.
+    /// Where it listens; `None`: no admin API. Off loopback only with a token file.
     pub listen: Option<std::net::SocketAddr>,
     /// The file holding the token (its first line) required for changes.
     pub token_file: Option<PathBuf>,
+    /// The directories a swap may load a plugin from; `None`: the directories holding the
+    /// plugins the config names (see [`Admin::swap_dirs`]).
+    pub plugin_dirs: Option<Vec<PathBuf>>,
 }
 
 impl Default for Admin {
@@ -171,13 +174,15 @@ impl Default for Admin {
         Admin {
             listen: Some(std::net::SocketAddr::from(([127, 0, 0, 1], 9464))),
             token_file: None,
+            plugin_dirs: None,
         }
     }
 }
 
 impl Admin {
     /// The token required for changes: `WEIR_ADMIN_TOKEN` if set, else the token file's first
-    /// line; `None`: changes need no token (then the API should stay on loopback).
+    /// line; `None`: changes need no token (then the API stays on loopback: validation refuses
+    /// any other address without a token file).
     pub fn token(&self) -> anyhow::Result<Option<String>> {
         if let Ok(t) = std::env::var("WEIR_ADMIN_TOKEN")
             && !t.is_empty()
@@ -186,18 +191,32 @@ impl Admin {
         }
         match &self.token_file {
             Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|e| {
-                    anyhow::anyhow!("cannot read the admin token file {}: {e}", path.display())
-                })?;
-                let token = text.lines().next().unwrap_or_default().trim().to_owned();
+                let token = crate::fsutil::read_secret(path, "admin token file")?
+                    .trim()
+                    .to_owned();
                 anyhow::ensure!(
                     !token.is_empty(),
-                    "the admin token file {} is empty",
+                    "the admin token file {} is empty; write the token on its first line",
                     path.display()
                 );
                 Ok(Some(token))
             }
             None => Ok(None),
         }
+    }
+
+    /// The directories a swap through the admin API may load a plugin from: `plugin_dirs` as
+    /// configured, or else every directory holding a plugin `config` names (none: no swaps).
+    pub fn swap_dirs(&self, config: &super::Config) -> Vec<PathBuf> {
+        if let Some(dirs) = &self.plugin_dirs {
+            return dirs.clone();
+        }
+        let mut dirs: Vec<PathBuf> = super::plugin_uses(config)
+            .into_iter()
+            .filter_map(|u| u.path.parent().map(std::path::Path::to_path_buf))
+            .collect();
+        dirs.sort();
+        dirs.dedup();
+        dirs
     }
 }

@@ -55,6 +55,7 @@ pub(super) struct RawConfig {
 pub(super) struct RawAdmin {
     pub listen: Option<String>,
     pub token_file: Option<String>,
+    pub plugin_dirs: Option<Vec<String>>,
 }
 
 /// `[source]` or `[upstream]`: a broker connection. Some fields belong to one side only; which is

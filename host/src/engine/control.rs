@@ -1,33 +1,50 @@
 //! What the admin API can ask of a running engine: its status, its plugins, its metrics, and
-//! hot swaps. Questions and swaps go to the engine thread as commands and are answered between
-//! two batches; loading and preparing a new plugin version happens on the caller's thread, off
-//! the data path, so the engine pauses only for the switch itself.
+//! hot swaps.
+//!
+//! Nothing the admin API reads waits long for the engine thread, which may be busy (a long
+//! batch, or retrying a write to a full disk): metrics are atomics shared with the engine, the
+//! plugin steps are kept on a [`Steps`] board (counters shared with the operators, versions
+//! recorded at each swap, quarantines published by the engine thread after each batch), and
+//! `/status` asks the engine thread for its pipelines but answers without them, marked
+//! `"engine": "busy"`, when it does not answer within [`ENGINE_ANSWER_WITHIN`].
+//!
+//! Swaps go to the engine thread as commands answered between two batches; loading and preparing
+//! a new plugin version happens on the caller's thread, off the data path, so the engine pauses
+//! only for the switch itself. A change the engine does not take within [`CHANGE_TAKEN_WITHIN`]
+//! is abandoned, and never done later: the engine claims a command before acting on it, and the
+//! caller gives up only on a command not claimed yet.
 
 use std::path::Path;
-use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
-use std::sync::atomic::Ordering::Relaxed;
-use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
-use std::time::Duration;
+use std::sync::atomic::Ordering::{AcqRel, Relaxed};
+use std::sync::atomic::{AtomicI64, AtomicU8, AtomicU64};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
 use super::Metrics;
-use crate::runtime::{OperatorSpec, Prepared, Runtime, SwapReport};
+use super::core::Core;
+use crate::admin::ChangeError;
+use crate::runtime::{OperatorMetrics, OperatorSpec, Plugin, Prepared, Runtime, SwapReport};
 use crate::store::Store;
 
-/// How long a question may wait for the engine thread.
-const ANSWER_WITHIN: Duration = Duration::from_secs(10);
+/// How long `/status` waits for the engine thread before answering without the pipelines.
+pub const ENGINE_ANSWER_WITHIN: Duration = Duration::from_secs(1);
+/// How long a swap or rollback waits for the engine thread to take it; not taken by then, it is
+/// abandoned and never done.
+pub const CHANGE_TAKEN_WITHIN: Duration = Duration::from_secs(10);
+/// Commands waiting for the engine thread, at most; more are answered "busy" at once.
+const COMMAND_QUEUE: usize = 16;
 
 /// A request to the engine thread.
 pub(super) enum Command {
-    Status(SyncSender<Value>),
-    Plugins(SyncSender<Value>),
+    Status(Reply<Value>),
     /// The spec and config of a step, to prepare a new version with.
     Spec {
         pipeline: String,
         step: String,
-        reply: SyncSender<Result<(OperatorSpec, String), String>>,
+        reply: Reply<Result<(OperatorSpec, String), String>>,
     },
     Swap {
         pipeline: String,
@@ -35,13 +52,41 @@ pub(super) enum Command {
         /// The plugin file (for the input recording).
         path: std::path::PathBuf,
         prepared: Box<Prepared>,
-        reply: SyncSender<Result<SwapReport, String>>,
+        reply: Reply<Result<SwapReport, String>>,
     },
     Rollback {
         pipeline: String,
         step: String,
-        reply: SyncSender<Result<SwapReport, String>>,
+        reply: Reply<Result<SwapReport, String>>,
     },
+}
+
+/// The way back to whoever sent a command, who may give up waiting: the engine [`claim`]s a
+/// command before acting on it, and skips one its sender gave up on.
+///
+/// [`claim`]: Reply::claim
+pub(super) struct Reply<T> {
+    tx: SyncSender<T>,
+    /// `PENDING`, then `CLAIMED` (by the engine) or `ABANDONED` (by the sender), once.
+    state: Arc<AtomicU8>,
+}
+
+const PENDING: u8 = 0;
+const CLAIMED: u8 = 1;
+const ABANDONED: u8 = 2;
+
+impl<T> Reply<T> {
+    /// Whether the sender still waits; if so, it now waits for the answer however long it
+    /// takes. False: skip the command.
+    pub(super) fn claim(&self) -> bool {
+        self.state
+            .compare_exchange(PENDING, CLAIMED, AcqRel, Relaxed)
+            .is_ok()
+    }
+
+    pub(super) fn send(self, answer: T) {
+        let _ = self.tx.send(answer);
+    }
 }
 
 /// The handle the admin API holds.
@@ -50,6 +95,7 @@ pub struct EngineControl {
     metrics: Metrics,
     store: Option<Arc<Store>>,
     runtime: Runtime,
+    steps: Arc<Steps>,
     /// Swaps and rollbacks done, and the time the engine thread spent on them (µs): from when
     /// it stopped processing to when it resumed (the checkpoint before the switch included).
     swaps: AtomicU64,
@@ -63,7 +109,7 @@ impl std::fmt::Debug for EngineControl {
 }
 
 pub(super) fn channel() -> (SyncSender<Command>, Receiver<Command>) {
-    sync_channel(16)
+    sync_channel(COMMAND_QUEUE)
 }
 
 /// `transform[0]` or `farm/transform[0]` → `farm/transform[0]`.
@@ -75,18 +121,29 @@ fn full_step(pipeline: &str, step: &str) -> String {
     }
 }
 
+/// What the engine says when it cannot find a step (its text starts "unknown"), as a change error.
+fn engine_refusal(reason: String) -> ChangeError {
+    if reason.starts_with("unknown") {
+        ChangeError::Unknown(reason)
+    } else {
+        ChangeError::Refused(reason)
+    }
+}
+
 impl EngineControl {
     pub(super) fn new(
         commands: SyncSender<Command>,
         metrics: Metrics,
         store: Option<Arc<Store>>,
         runtime: Runtime,
+        steps: Arc<Steps>,
     ) -> Self {
         EngineControl {
             commands,
             metrics,
             store,
             runtime,
+            steps,
             swaps: AtomicU64::new(0),
             swap_pause_micros: AtomicU64::new(0),
         }
@@ -100,22 +157,220 @@ impl EngineControl {
         );
     }
 
-    fn ask<T>(&self, make: impl FnOnce(SyncSender<T>) -> Command) -> Result<T, String> {
+    /// Sends a command and waits up to `within` for the engine to answer it, or (a change) to
+    /// claim it; a claimed change is waited for to its end.
+    fn ask<T>(
+        &self,
+        within: Duration,
+        make: impl FnOnce(Reply<T>) -> Command,
+    ) -> Result<T, NoAnswer> {
         let (tx, rx) = sync_channel(1);
-        self.commands
-            .send(make(tx))
-            .map_err(|_| "weir is shutting down".to_owned())?;
-        rx.recv_timeout(ANSWER_WITHIN)
-            .map_err(|_| "the engine did not answer in time".to_owned())
+        let state = Arc::new(AtomicU8::new(PENDING));
+        let reply = Reply {
+            tx,
+            state: state.clone(),
+        };
+        match self.commands.try_send(make(reply)) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => return Err(NoAnswer::Busy(within)),
+            Err(TrySendError::Disconnected(_)) => return Err(NoAnswer::Stopping),
+        }
+        match rx.recv_timeout(within) {
+            Ok(answer) => Ok(answer),
+            Err(RecvTimeoutError::Disconnected) => Err(NoAnswer::Stopping),
+            Err(RecvTimeoutError::Timeout) => {
+                if state
+                    .compare_exchange(PENDING, ABANDONED, AcqRel, Relaxed)
+                    .is_ok()
+                {
+                    return Err(NoAnswer::Busy(within));
+                }
+                // The engine took it just now: it is under way, and its answer comes.
+                rx.recv().map_err(|_| NoAnswer::Stopping)
+            }
+        }
+    }
+}
+
+/// Why the engine thread gave no answer.
+#[derive(Debug)]
+enum NoAnswer {
+    /// It did not answer (or take the command) within this long.
+    Busy(Duration),
+    Stopping,
+}
+
+impl std::fmt::Display for NoAnswer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NoAnswer::Busy(within) => write!(
+                f,
+                "the engine thread did not answer within {} s (a long batch, or a store write \
+                 being retried: see weir's log)",
+                within.as_secs_f64()
+            ),
+            NoAnswer::Stopping => f.write_str("weir is shutting down"),
+        }
+    }
+}
+
+impl From<NoAnswer> for ChangeError {
+    fn from(e: NoAnswer) -> ChangeError {
+        ChangeError::Busy(format!("{e}; nothing was changed, try again"))
+    }
+}
+
+/// What `/plugins` and `/metrics` show of the plugin steps, kept current without asking the
+/// engine thread: the counters are the operators' own atomics, versions are recorded here at
+/// each swap and rollback, and quarantines are published by the engine thread after each batch.
+#[derive(Debug, Default)]
+pub struct Steps {
+    steps: Vec<StepView>,
+}
+
+#[derive(Debug)]
+struct StepView {
+    pipeline: String,
+    /// `pipeline/step`.
+    step: String,
+    metrics: Arc<OperatorMetrics>,
+    /// Until when (ms since the Unix epoch) the plugin is quarantined; 0: it is not.
+    quarantined_until_ms: AtomicI64,
+    versions: Mutex<Versions>,
+}
+
+#[derive(Debug)]
+struct Versions {
+    current: Version,
+    previous: Option<Version>,
+}
+
+/// A plugin version, as `/plugins` shows it.
+#[derive(Clone, Debug)]
+struct Version {
+    path: String,
+    sha256: String,
+    world: String,
+    contract: String,
+}
+
+impl Version {
+    fn of(plugin: &Plugin) -> Version {
+        Version {
+            path: plugin.path.display().to_string(),
+            sha256: plugin.sha256.clone(),
+            world: plugin.world.to_string(),
+            contract: plugin.version.clone(),
+        }
+    }
+}
+
+impl Steps {
+    /// Every plugin step of `core`, as it starts.
+    pub(super) fn of(core: &Core) -> Steps {
+        let mut steps = Vec::new();
+        for (p, _, _) in core.pipelines() {
+            for op in p.operators() {
+                steps.push(StepView {
+                    pipeline: p.name().to_owned(),
+                    step: op.spec().step.to_string(),
+                    metrics: op.metrics().clone(),
+                    quarantined_until_ms: AtomicI64::new(0),
+                    versions: Mutex::new(Versions {
+                        current: Version::of(op.plugin()),
+                        previous: op.previous_plugin().map(|p| Version::of(p)),
+                    }),
+                });
+            }
+        }
+        Steps { steps }
+    }
+
+    /// Publishes which plugins are quarantined, and until when: the engine thread calls this
+    /// after each batch.
+    pub(super) fn publish_quarantines(&self, core: &Core) {
+        let now = Instant::now();
+        let now_ms = super::now_ms();
+        let ops = core.pipelines().flat_map(|(p, _, _)| p.operators());
+        for (view, op) in self.steps.iter().zip(ops) {
+            let until = op.quarantined_until().filter(|u| *u > now).map_or(0, |u| {
+                let left = i64::try_from(u.duration_since(now).as_millis()).unwrap_or(i64::MAX);
+                now_ms.saturating_add(left)
+            });
+            view.quarantined_until_ms.store(until, Relaxed);
+        }
+    }
+
+    fn find(&self, step: &str) -> Option<&StepView> {
+        self.steps.iter().find(|s| s.step == step)
+    }
+
+    /// A swap to `to` succeeded: what ran becomes the previous version, and a swap ends any
+    /// quarantine.
+    fn swapped(&self, step: &str, to: Version) {
+        if let Some(view) = self.find(step) {
+            let mut v = view.versions.lock().unwrap_or_else(|e| e.into_inner());
+            let old = std::mem::replace(&mut v.current, to);
+            v.previous = Some(old);
+            view.quarantined_until_ms.store(0, Relaxed);
+        }
+    }
+
+    /// A rollback succeeded: the previous version runs again, and the one rolled back from
+    /// becomes the previous.
+    fn rolled_back(&self, step: &str) {
+        if let Some(view) = self.find(step) {
+            let mut v = view.versions.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(previous) = v.previous.take() {
+                let old = std::mem::replace(&mut v.current, previous);
+                v.previous = Some(old);
+            }
+            view.quarantined_until_ms.store(0, Relaxed);
+        }
+    }
+
+    /// One object per plugin step (see [`crate::admin::Control::plugins`]).
+    fn json(&self) -> Value {
+        let now_ms = super::now_ms();
+        let steps = self.steps.iter().map(|s| {
+            let m = s.metrics.snapshot();
+            let v = s.versions.lock().unwrap_or_else(|e| e.into_inner());
+            let until = s.quarantined_until_ms.load(Relaxed);
+            json!({
+                "pipeline": s.pipeline,
+                "step": s.step,
+                "plugin": v.current.path,
+                "sha256": v.current.sha256,
+                "world": v.current.world,
+                "version": v.current.contract,
+                "calls": m.calls,
+                "errors": m.failed_calls,
+                "time_ms": m.call_ns as f64 / 1e6,
+                "limit_hits": m.time_limit_hits + m.memory_limit_hits + m.output_limit_hits,
+                "quarantined_until_ms": (until > now_ms).then_some(until),
+                "swaps": m.swaps,
+                "previous_sha256": v.previous.as_ref().map(|p| p.sha256.clone()),
+            })
+        });
+        Value::Array(steps.collect())
     }
 }
 
 impl crate::admin::Control for EngineControl {
-    /// Pipelines, uplink, store: see [`Command::Status`].
+    /// Pipelines (asked of the engine thread, up to [`ENGINE_ANSWER_WITHIN`]), uplink, outbox,
+    /// checkpoints (from the metrics).
     fn status(&self) -> Value {
-        let mut status = self
-            .ask(Command::Status)
-            .unwrap_or_else(|e| json!({ "error": e }));
+        let mut status = match self.ask(ENGINE_ANSWER_WITHIN, Command::Status) {
+            Ok(mut s) => {
+                s["engine"] = json!("ok");
+                s
+            }
+            Err(e) => json!({
+                "engine": "busy",
+                "engine_detail": e.to_string(),
+                "now_ms": super::now_ms(),
+            }),
+        };
         let f = &self.metrics.forwarder;
         let e = &self.metrics.engine;
         status["uplink"] = json!({
@@ -133,57 +388,83 @@ impl crate::admin::Control for EngineControl {
         });
         status["last_checkpoint_ms"] = json!(e.last_checkpoint_ms.load(Relaxed));
         status["messages_in"] = json!(e.messages_in.load(Relaxed));
+        status["store_errors"] = json!(e.store_errors.load(Relaxed));
         status
     }
 
     fn plugins(&self) -> Value {
-        self.ask(Command::Plugins)
-            .unwrap_or_else(|e| json!({ "error": e }))
+        self.steps.json()
     }
 
-    /// Loads and prepares `path` for a step (off the engine thread), then has the engine switch
-    /// to it between two batches.
+    /// Reads `path` (a regular file, capped), checks the pin of the request, loads and prepares
+    /// the new version (off the engine thread), then has the engine switch to it between two
+    /// batches.
     fn swap(
         &self,
         pipeline: &str,
         step: &str,
         path: &Path,
         sha256: Option<&str>,
-    ) -> Result<Value, String> {
+    ) -> Result<Value, ChangeError> {
         let step = full_step(pipeline, step);
-        let (spec, config) = self.ask(|reply| Command::Spec {
-            pipeline: pipeline.to_owned(),
-            step: step.clone(),
-            reply,
-        })??;
-        let plugin = self.runtime.load(path, sha256).map_err(|e| e.to_string())?;
-        let prepared = spec.prepare(plugin, &config).map_err(|e| e.to_string())?;
-        let report = self.ask(|reply| Command::Swap {
-            pipeline: pipeline.to_owned(),
-            step: step.clone(),
-            path: path.to_owned(),
-            prepared: Box::new(prepared),
-            reply,
-        })??;
+        let (spec, config) = self
+            .ask(CHANGE_TAKEN_WITHIN, |reply| Command::Spec {
+                pipeline: pipeline.to_owned(),
+                step: step.clone(),
+                reply,
+            })?
+            .map_err(engine_refusal)?;
+        let refused = |e: &dyn std::fmt::Display| ChangeError::Refused(e.to_string());
+        let bytes = crate::fsutil::read_capped(path, "plugin", crate::fsutil::caps::PLUGIN)
+            .map_err(|e| refused(&e))?;
+        let actual = crate::runtime::sha256_hex(&bytes);
+        if let Some(pinned) = sha256
+            && !pinned.eq_ignore_ascii_case(&actual)
+        {
+            return Err(ChangeError::Refused(format!(
+                "plugin {} has sha256 {actual}, but the swap request pins {}; check which file \
+                 you meant to swap to",
+                path.display(),
+                crate::fsutil::elide(pinned, 64)
+            )));
+        }
+        let plugin = self
+            .runtime
+            .load_bytes(path, &bytes, None)
+            .map_err(|e| refused(&e))?;
+        drop(bytes);
+        let version = Version::of(&plugin);
+        let prepared = spec.prepare(plugin, &config).map_err(|e| refused(&e))?;
+        let report = self
+            .ask(CHANGE_TAKEN_WITHIN, |reply| Command::Swap {
+                pipeline: pipeline.to_owned(),
+                step: step.clone(),
+                path: path.to_owned(),
+                prepared: Box::new(prepared),
+                reply,
+            })?
+            .map_err(engine_refusal)?;
+        self.steps.swapped(&step, version);
         self.count_swap(&report);
         Ok(report_json(&step, &report))
     }
 
-    fn rollback(&self, pipeline: &str, step: &str) -> Result<Value, String> {
+    fn rollback(&self, pipeline: &str, step: &str) -> Result<Value, ChangeError> {
         let step = full_step(pipeline, step);
-        let report = self.ask(|reply| Command::Rollback {
-            pipeline: pipeline.to_owned(),
-            step: step.clone(),
-            reply,
-        })??;
+        let report = self
+            .ask(CHANGE_TAKEN_WITHIN, |reply| Command::Rollback {
+                pipeline: pipeline.to_owned(),
+                step: step.clone(),
+                reply,
+            })?
+            .map_err(engine_refusal)?;
+        self.steps.rolled_back(&step);
         self.count_swap(&report);
         Ok(report_json(&step, &report))
     }
 
-    /// Prometheus text: the engine's, source's and forwarder's counters, and per plugin step.
-    fn metrics(&self) -> String {
-        use crate::admin::Prometheus;
-        let mut p = Prometheus::new();
+    /// The engine's, source's and forwarder's counters, and per plugin step: atomics only.
+    fn metrics(&self, p: &mut crate::admin::Prometheus) {
         let e = &self.metrics.engine;
         let s = &self.metrics.source;
         let f = &self.metrics.forwarder;
@@ -454,7 +735,6 @@ impl crate::admin::Control for EngineControl {
                 );
             }
         }
-        p.render()
     }
 }
 

@@ -110,6 +110,7 @@ pub fn run_with(
         ..RuntimeConfig::default()
     })?;
     let mut core = Core::start(&config, &runtime, metrics.engine.clone())?;
+    let steps = Arc::new(control::Steps::of(&core));
     let store = if core.any_durable() {
         let store = Store::open(
             &config.storage.data_dir,
@@ -141,6 +142,7 @@ pub fn run_with(
         volatile: volatile_tx,
         metrics: metrics.engine.clone(),
         commands: commands_rx,
+        steps: steps.clone(),
         recorder: options
             .record_input
             .as_deref()
@@ -193,6 +195,7 @@ pub fn run_with(
         metrics.clone(),
         store.clone(),
         runtime.clone(),
+        steps,
     ));
     let admin = match config.admin.listen {
         Some(addr) => {
@@ -203,13 +206,21 @@ pub fn run_with(
                 })?;
             let local = listener.local_addr()?;
             let control = control.clone();
-            let token = config.admin.token()?;
-            tracing::info!(address = %local, token = token.is_some(), "admin API listening");
+            let settings = crate::admin::Settings {
+                token: config.admin.token()?,
+                plugin_dirs: config.admin.swap_dirs(&config),
+            };
+            tracing::info!(
+                address = %local,
+                token = settings.token.is_some(),
+                plugin_dirs = ?settings.plugin_dirs,
+                "admin API listening"
+            );
             if let Some(cell) = &options.admin_address {
                 let _ = cell.set(local);
             }
             let stop = fwd_stop_rx_admin.clone();
-            Some(tokio.spawn(crate::admin::serve(listener, token, control, stop)))
+            Some(tokio.spawn(crate::admin::serve(listener, settings, control, stop)))
         }
         None => None,
     };
@@ -300,6 +311,8 @@ struct Engine<'a> {
     volatile: mpsc::Sender<VolatileRecord>,
     metrics: Arc<EngineMetrics>,
     commands: std::sync::mpsc::Receiver<control::Command>,
+    /// What the admin API shows of the plugin steps; quarantines are published after each batch.
+    steps: Arc<control::Steps>,
     /// `--record-input`: what the engine applies, for `weir replay`.
     recorder: Option<record::InputRecorder>,
 }
@@ -417,12 +430,7 @@ impl Engine<'_> {
     fn command(&mut self, command: control::Command) {
         use control::Command;
         match command {
-            Command::Status(reply) => {
-                let _ = reply.send(self.status());
-            }
-            Command::Plugins(reply) => {
-                let _ = reply.send(self.plugins());
-            }
+            Command::Status(reply) => reply.send(self.status()),
             Command::Spec {
                 pipeline,
                 step,
@@ -431,7 +439,7 @@ impl Engine<'_> {
                 let found = self
                     .operator(&pipeline, &step)
                     .map(|op| (op.spec().clone(), op.config().to_owned()));
-                let _ = reply.send(found);
+                reply.send(found);
             }
             Command::Swap {
                 pipeline,
@@ -440,12 +448,16 @@ impl Engine<'_> {
                 prepared,
                 reply,
             } => {
+                // Not if the admin API gave up waiting: it told its client nothing changed.
+                if !reply.claim() {
+                    return;
+                }
                 // The pause as the data path sees it: from here to the reply (checkpoint included).
                 let started = Instant::now();
                 // A checkpoint first: the input log after it is then replayed, after a crash, by
                 // the version the config names (a swap lasts until a restart).
                 if let Err(e) = self.checkpoint() {
-                    let _ = reply.send(Err(format!("cannot checkpoint before the swap: {e:#}")));
+                    reply.send(Err(format!("cannot checkpoint before the swap: {e:#}")));
                     return;
                 }
                 let mut result = self.operator(&pipeline, &step).map(|op| op.swap(*prepared));
@@ -455,17 +467,19 @@ impl Engine<'_> {
                 if let Ok(report) = &mut result {
                     report.pause = started.elapsed();
                 }
-                let _ = reply.send(result);
+                reply.send(result);
             }
             Command::Rollback {
                 pipeline,
                 step,
                 reply,
             } => {
+                if !reply.claim() {
+                    return;
+                }
                 let started = Instant::now();
                 if let Err(e) = self.checkpoint() {
-                    let _ =
-                        reply.send(Err(format!("cannot checkpoint before the rollback: {e:#}")));
+                    reply.send(Err(format!("cannot checkpoint before the rollback: {e:#}")));
                     return;
                 }
                 let mut result = self
@@ -477,7 +491,7 @@ impl Engine<'_> {
                 if let Ok(report) = &mut result {
                     report.pause = started.elapsed();
                 }
-                let _ = reply.send(result);
+                reply.send(result);
             }
         }
     }
@@ -525,41 +539,6 @@ impl Engine<'_> {
             })
             .collect();
         serde_json::json!({ "pipelines": pipelines, "now_ms": now_ms() })
-    }
-
-    /// Every plugin step, as JSON.
-    fn plugins(&self) -> serde_json::Value {
-        let wall = SystemTime::now();
-        let now = Instant::now();
-        let mut out = Vec::new();
-        for (p, _, _) in self.core.pipelines() {
-            for op in p.operators() {
-                let m = op.metrics().snapshot();
-                let plugin = op.plugin();
-                let quarantined = op.quarantined_until().filter(|u| *u > now).map(|until| {
-                    let left = until.saturating_duration_since(now);
-                    (wall + left)
-                        .duration_since(UNIX_EPOCH)
-                        .map_or(0, |d| d.as_millis() as u64)
-                });
-                out.push(serde_json::json!({
-                    "pipeline": p.name(),
-                    "step": &*op.spec().step,
-                    "plugin": plugin.path.display().to_string(),
-                    "sha256": plugin.sha256,
-                    "world": plugin.world.to_string(),
-                    "version": plugin.version,
-                    "calls": m.calls,
-                    "errors": m.failed_calls,
-                    "time_ms": m.call_ns as f64 / 1e6,
-                    "limit_hits": m.time_limit_hits + m.memory_limit_hits + m.output_limit_hits,
-                    "quarantined_until_ms": quarantined,
-                    "swaps": m.swaps,
-                    "previous_sha256": op.previous_plugin().map(|p| p.sha256.clone()),
-                }));
-            }
-        }
-        serde_json::Value::Array(out)
     }
 
     /// One line of counters (INFO): what came in, what went out, what waits.
@@ -704,6 +683,7 @@ impl Engine<'_> {
             self.processed_through = seq;
         }
         self.dirty = true;
+        self.steps.publish_quarantines(self.core);
     }
 
     /// Checkpoints if one is due. A failed commit changed nothing on disk: it is reported, and

@@ -1,5 +1,5 @@
-//! Validation of `[source]`, `[upstream]`, `[storage]` and each pipeline's `guarantee` and
-//! `dedup`.
+//! Validation of `[source]`, `[upstream]`, `[storage]`, `[admin]` and each pipeline's
+//! `guarantee` and `dedup`.
 
 use super::super::live::{Admin, Broker, Dedup, Guarantee, Source, Storage, Upstream};
 use super::super::raw::{
@@ -210,6 +210,42 @@ impl Validator<'_> {
                 );
             }
             admin.token_file = Some(path);
+        }
+        // Without a token, whoever reaches the address can swap the code weir runs.
+        if let Some(addr) = admin.listen
+            && !addr.ip().is_loopback()
+            && raw.token_file.is_none()
+        {
+            self.error(
+                "admin.listen",
+                format!(
+                    "{addr} is not a loopback address, and no token guards changes: anyone who \
+                     reaches it could swap the plugins weir runs; set token_file (a file holding \
+                     the token), or listen on 127.0.0.1 or [::1]"
+                ),
+            );
+        }
+        if let Some(dirs) = &raw.plugin_dirs {
+            let mut resolved = Vec::with_capacity(dirs.len());
+            for (i, d) in dirs.iter().enumerate() {
+                let at = format!("admin.plugin_dirs[{i}]");
+                if d.is_empty() {
+                    self.error(at, "empty; name a directory swaps may load plugins from");
+                    continue;
+                }
+                let path = self.dir.join(d);
+                if !path.is_dir() {
+                    self.error(
+                        at,
+                        format!(
+                            "{} is not a directory; name a directory swaps may load plugins from",
+                            path.display()
+                        ),
+                    );
+                }
+                resolved.push(path);
+            }
+            admin.plugin_dirs = Some(resolved);
         }
         (self.errors.len() == before).then_some(admin)
     }
