@@ -59,35 +59,14 @@ pub(super) struct StatusArgs {
     json: bool,
 }
 
-/// `ms` (Unix epoch milliseconds) as UTC: `2026-11-22 09:58:03.250Z`.
-fn utc(ms: i64) -> String {
-    let (days, ms_of_day) = (ms.div_euclid(86_400_000), ms.rem_euclid(86_400_000));
-    // Days since 1970-01-01 to a civil date (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    let (h, m, sec, milli) = (
-        ms_of_day / 3_600_000,
-        ms_of_day / 60_000 % 60,
-        ms_of_day / 1000 % 60,
-        ms_of_day % 1000,
-    );
-    format!("{year:04}-{month:02}-{day:02} {h:02}:{m:02}:{sec:02}.{milli:03}Z")
-}
 
 /// A watermark (or other event time): UTC, and how far behind `now` it is.
 fn time_text(ms: Option<i64>, now: i64) -> String {
     match ms.filter(|&m| m > i64::MIN / 2) {
         None => "none yet".into(),
-        Some(ms) if now == 0 => utc(ms),
-        Some(ms) if ms > now => format!("{} ({} ahead)", utc(ms), human_ms(ms - now)),
-        Some(ms) => format!("{} ({} behind)", utc(ms), human_ms(now - ms)),
+        Some(ms) if now == 0 => crate::clock::utc_ms(ms),
+        Some(ms) if ms > now => format!("{} ({} ahead)", crate::clock::utc_ms(ms), human_ms(ms - now)),
+        Some(ms) => format!("{} ({} behind)", crate::clock::utc_ms(ms), human_ms(now - ms)),
     }
 }
 
@@ -124,7 +103,7 @@ pub(super) fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
     engine_error(&status)?;
     let now = status["now_ms"].as_i64().unwrap_or_default();
     if now > 0 {
-        say!("now         {}", utc(now));
+        say!("now         {}", crate::clock::utc_ms(now));
     }
     if status["engine"] == "busy" {
         say!(
@@ -167,7 +146,7 @@ pub(super) fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
         last.map_or("none yet".into(), |m| format!(
             "{} ago, at {}",
             human_ms(now - m),
-            utc(m)
+            crate::clock::utc_ms(m)
         ))
     );
     say!("messages in {}", status["messages_in"]);
@@ -243,9 +222,9 @@ fn print_plugins(plugins: &Value, now: i64) -> anyhow::Result<ExitCode> {
         let quarantine = match p["quarantined_until_ms"].as_i64() {
             None => "-".to_owned(),
             Some(until) if now > 0 => {
-                format!("until {} ({} left)", utc(until), human_ms(until - now))
+                format!("until {} ({} left)", crate::clock::utc_ms(until), human_ms(until - now))
             }
-            Some(until) => format!("until {}", utc(until)),
+            Some(until) => format!("until {}", crate::clock::utc_ms(until)),
         };
         say!(
             "{:<28} {:<22} {:<12} {:<12} {:>9} {:>7} {:>10.1} {:>6}  {quarantine}",
@@ -371,10 +350,10 @@ mod tests {
 
     #[test]
     fn times_are_shown_in_utc_with_their_lag() {
-        assert_eq!(utc(0), "1970-01-01 00:00:00.000Z");
-        assert_eq!(utc(951_782_400_000), "2000-02-29 00:00:00.000Z");
-        assert_eq!(utc(1_700_000_000_250), "2023-11-14 22:13:20.250Z");
-        assert_eq!(utc(-1), "1969-12-31 23:59:59.999Z");
+        assert_eq!(crate::clock::utc_ms(0), "1970-01-01 00:00:00.000Z");
+        assert_eq!(crate::clock::utc_ms(951_782_400_000), "2000-02-29 00:00:00.000Z");
+        assert_eq!(crate::clock::utc_ms(1_700_000_000_250), "2023-11-14 22:13:20.250Z");
+        assert_eq!(crate::clock::utc_ms(-1), "1969-12-31 23:59:59.999Z");
         assert_eq!(
             time_text(Some(1_700_000_000_000), 1_700_000_042_000),
             "2023-11-14 22:13:20.000Z (42 s behind)"
