@@ -18,6 +18,7 @@ use crate::enrich::Enricher;
 use crate::keys;
 use crate::runtime::bindings::Message;
 use crate::runtime::{DeadInput, DeadLetter, Operator, OperatorSpec, Runtime, World, config_json};
+pub use crate::window::GatewayClock;
 use crate::window::{self, Windower};
 
 /// Which output a record goes to.
@@ -374,14 +375,14 @@ impl Pipeline {
         self.newest_event_ms
     }
 
-    /// Runs a batch of messages through the pipeline. `now_ms` is the gateway clock; `i64::MIN`
-    /// (no time known yet) stands for the newest event time of the batch.
-    pub fn process(&mut self, messages: &[Message], now_ms: i64) -> Vec<Record> {
-        let records = self.process_inner(messages, now_ms);
+    /// Runs a batch of messages through the pipeline, received at `clock` (see
+    /// [`GatewayClock`]).
+    pub fn process(&mut self, messages: &[Message], clock: GatewayClock) -> Vec<Record> {
+        let records = self.process_inner(messages, clock);
         self.publishable(records)
     }
 
-    fn process_inner(&mut self, messages: &[Message], now_ms: i64) -> Vec<Record> {
+    fn process_inner(&mut self, messages: &[Message], clock: GatewayClock) -> Vec<Record> {
         let mut records = Vec::new();
         let mut taken = Vec::with_capacity(messages.len());
         for m in messages {
@@ -405,15 +406,13 @@ impl Pipeline {
         if let Some(enrich) = &mut self.enrich {
             enrich.reload_if_changed();
             let enriched = enrich.apply(&events);
-            if !enriched.unmatched.is_empty() {
-                let d = DeadLetter {
-                    step: format!("{}/enrich", self.name).into(),
-                    reason: crate::runtime::Reason::Rejected,
-                    detail: "the key is not in the reference table".into(),
-                    input: DeadInput::Events(events.take(&enriched.unmatched)),
-                };
-                records.push(dead_letter_record(&self.name, &self.output, &d));
-            }
+            self.dead_letter_each(
+                "enrich",
+                "the key is not in the reference table",
+                &events,
+                &enriched.unmatched,
+                &mut records,
+            );
             events = enriched.events;
         }
         let sources: Vec<Arc<str>> = (0..events.len())
@@ -429,21 +428,36 @@ impl Pipeline {
             Some(field) => self.key_by(field, events, sources, &mut records),
             None => (events, sources),
         };
-        let now_ms = if now_ms == i64::MIN {
-            events.ts_ms.iter().copied().max().unwrap_or(i64::MIN)
-        } else {
-            now_ms
-        };
-        if self.processing_time {
-            events.ts_ms.iter_mut().for_each(|t| *t = now_ms);
-        }
-        let horizon = now_ms.saturating_add(self.max_future_ms);
-        if let Some(newest) = events.ts_ms.iter().copied().filter(|&t| t <= horizon).max() {
-            self.newest_event_ms = self.newest_event_ms.max(newest);
+        match clock {
+            GatewayClock::At(now_ms) => {
+                if self.processing_time {
+                    events.ts_ms.iter_mut().for_each(|t| *t = now_ms);
+                }
+                let horizon = now_ms.saturating_add(self.max_future_ms);
+                if let Some(newest) = events.ts_ms.iter().copied().filter(|&t| t <= horizon).max() {
+                    self.newest_event_ms = self.newest_event_ms.max(newest);
+                }
+            }
+            // Without a receive time, processing time is the event's own time.
+            GatewayClock::EventTime if self.window.is_none() => {
+                if let Some(newest) = events.ts_ms.iter().copied().max() {
+                    self.newest_event_ms = self.newest_event_ms.max(newest);
+                }
+            }
+            GatewayClock::EventTime => {}
         }
         match &mut self.window {
             Some(w) => {
-                let emitted = w.process(&events, &sources, now_ms);
+                let emitted = match clock {
+                    GatewayClock::At(now_ms) => w.process(&events, &sources, now_ms),
+                    GatewayClock::EventTime => {
+                        let emitted = w.process_at_event_time(&events, &sources);
+                        if let Some(newest) = w.event_clock() {
+                            self.newest_event_ms = self.newest_event_ms.max(newest);
+                        }
+                        emitted
+                    }
+                };
                 self.emitted(emitted, &mut records);
             }
             None => {
@@ -597,25 +611,22 @@ impl Pipeline {
             events.key = new_keys;
             return (events, sources);
         }
-        let mut refuse = |indices: &[usize], detail: String| {
-            if indices.is_empty() {
-                return;
-            }
-            let d = DeadLetter {
-                step: format!("{}/key", self.name).into(),
-                reason: crate::runtime::Reason::Rejected,
-                detail,
-                input: DeadInput::Events(events.take(indices)),
-            };
-            records.push(dead_letter_record(&self.name, &self.output, &d));
-        };
-        refuse(&missing, format!("no field `{field}` to key by"));
-        refuse(
-            &too_long,
-            format!(
+        self.dead_letter_each(
+            "key",
+            &format!("no field `{field}` to key by"),
+            &events,
+            &missing,
+            records,
+        );
+        self.dead_letter_each(
+            "key",
+            &format!(
                 "the value of `{field}` is longer than max_key_bytes ({} bytes) and cannot be a key",
                 self.max_key_bytes
             ),
+            &events,
+            &too_long,
+            records,
         );
         let mut kept = events.take(&keep);
         kept.key = new_keys;
@@ -683,11 +694,32 @@ impl Pipeline {
             }
         }
         for skewed in emitted.skewed {
+            self.dead_letter_each(
+                "window",
+                &skewed.reason,
+                &skewed.batch,
+                &(0..skewed.batch.len()).collect::<Vec<_>>(),
+                records,
+            );
+        }
+    }
+
+    /// One dead letter per event at `indices`: a dead letter stands for one input, so that what
+    /// comes out does not depend on how the input was cut into batches.
+    fn dead_letter_each(
+        &self,
+        step: &str,
+        detail: &str,
+        events: &Batch,
+        indices: &[usize],
+        records: &mut Vec<Record>,
+    ) {
+        for &i in indices {
             let d = DeadLetter {
-                step: format!("{}/window", self.name).into(),
+                step: format!("{}/{step}", self.name).into(),
                 reason: crate::runtime::Reason::Rejected,
-                detail: skewed.reason,
-                input: DeadInput::Events(skewed.batch),
+                detail: detail.to_owned(),
+                input: DeadInput::Events(events.take(&[i])),
             };
             records.push(dead_letter_record(&self.name, &self.output, &d));
         }

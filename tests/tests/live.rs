@@ -906,6 +906,7 @@ fn a_recorded_live_session_replays_to_the_same_records() {
     let mut out = Vec::new();
     let options = weir::replay::Options {
         flush_at_end: false,
+        ..weir::replay::Options::default()
     };
     weir::replay::run_with(&config, &mut input.as_bytes(), &mut out, options).unwrap();
     let mut want = BTreeMap::new();

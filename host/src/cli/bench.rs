@@ -353,7 +353,9 @@ topic = "farm/{{key}}/agg"
         for (n, chunk) in messages.chunks(1024).enumerate() {
             // The gateway clock keeps pace with the readings' time.
             let now = 1_700_000_000_000 + ((n + 1) * 1024 * 6 / 10) as i64;
-            records += p.process(chunk, now).len();
+            records += p
+                .process(chunk, crate::pipeline::GatewayClock::At(now))
+                .len();
         }
         records += p.flush().len();
         rates.push(events as f64 / started.elapsed().as_secs_f64());

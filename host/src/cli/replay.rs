@@ -36,6 +36,7 @@ pub(super) fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
     let mut out = std::io::BufWriter::new(stdout.lock());
     let options = crate::replay::Options {
         flush_at_end: !args.keep_open,
+        ..crate::replay::Options::default()
     };
     let summary = crate::replay::run_with(&config, &mut input, &mut out, options)?;
     out.flush()?;

@@ -59,14 +59,21 @@ pub(super) struct StatusArgs {
     json: bool,
 }
 
-
 /// A watermark (or other event time): UTC, and how far behind `now` it is.
 fn time_text(ms: Option<i64>, now: i64) -> String {
     match ms.filter(|&m| m > i64::MIN / 2) {
         None => "none yet".into(),
         Some(ms) if now == 0 => crate::clock::utc_ms(ms),
-        Some(ms) if ms > now => format!("{} ({} ahead)", crate::clock::utc_ms(ms), human_ms(ms - now)),
-        Some(ms) => format!("{} ({} behind)", crate::clock::utc_ms(ms), human_ms(now - ms)),
+        Some(ms) if ms > now => format!(
+            "{} ({} ahead)",
+            crate::clock::utc_ms(ms),
+            human_ms(ms - now)
+        ),
+        Some(ms) => format!(
+            "{} ({} behind)",
+            crate::clock::utc_ms(ms),
+            human_ms(now - ms)
+        ),
     }
 }
 
@@ -222,7 +229,11 @@ fn print_plugins(plugins: &Value, now: i64) -> anyhow::Result<ExitCode> {
         let quarantine = match p["quarantined_until_ms"].as_i64() {
             None => "-".to_owned(),
             Some(until) if now > 0 => {
-                format!("until {} ({} left)", crate::clock::utc_ms(until), human_ms(until - now))
+                format!(
+                    "until {} ({} left)",
+                    crate::clock::utc_ms(until),
+                    human_ms(until - now)
+                )
             }
             Some(until) => format!("until {}", crate::clock::utc_ms(until)),
         };
@@ -351,8 +362,14 @@ mod tests {
     #[test]
     fn times_are_shown_in_utc_with_their_lag() {
         assert_eq!(crate::clock::utc_ms(0), "1970-01-01 00:00:00.000Z");
-        assert_eq!(crate::clock::utc_ms(951_782_400_000), "2000-02-29 00:00:00.000Z");
-        assert_eq!(crate::clock::utc_ms(1_700_000_000_250), "2023-11-14 22:13:20.250Z");
+        assert_eq!(
+            crate::clock::utc_ms(951_782_400_000),
+            "2000-02-29 00:00:00.000Z"
+        );
+        assert_eq!(
+            crate::clock::utc_ms(1_700_000_000_250),
+            "2023-11-14 22:13:20.250Z"
+        );
         assert_eq!(crate::clock::utc_ms(-1), "1969-12-31 23:59:59.999Z");
         assert_eq!(
             time_text(Some(1_700_000_000_000), 1_700_000_042_000),

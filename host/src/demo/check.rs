@@ -79,6 +79,7 @@ pub fn replay(config: &Config, recording: &Path) -> anyhow::Result<Records> {
         &mut out,
         crate::replay::Options {
             flush_at_end: false,
+            ..crate::replay::Options::default()
         },
     )
     .with_context(|| format!("weir replay of {}", recording.display()))?;

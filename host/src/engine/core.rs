@@ -11,9 +11,9 @@ use super::dedup::{Fingerprint, SeenChanges, SeenSet};
 use super::input::{LogEntry, Logged};
 use super::metrics::EngineMetrics;
 use crate::config::{self, Guarantee};
-use crate::pipeline::{Output, Pipeline, PipelineState, Record};
-use crate::runtime::Runtime;
+use crate::pipeline::{GatewayClock, Output, Pipeline, PipelineState, Record};
 use crate::runtime::bindings::Message;
+use crate::runtime::{Operator, Runtime};
 
 /// The checkpoint's layout version.
 const CHECKPOINT_VERSION: u32 = 1;
@@ -51,13 +51,19 @@ struct Lane {
     seen: SeenSet,
 }
 
-/// Records produced by one entry.
+/// Records produced by one entry, in the order made.
 #[derive(Debug, Default)]
 pub struct Produced {
-    /// From effectively-once pipelines: they go to the outbox with the next checkpoint.
-    pub durable: Vec<Record>,
-    /// From at-most-once pipelines: published from memory with QoS 0.
-    pub volatile: Vec<Record>,
+    /// Each with whether its pipeline is effectively-once (to the outbox with the next
+    /// checkpoint) or at-most-once (published from memory with QoS 0).
+    pub records: Vec<(Record, bool)>,
+}
+
+impl Produced {
+    /// The records of effectively-once pipelines.
+    pub fn durable(self) -> impl Iterator<Item = Record> {
+        self.records.into_iter().filter(|(_, d)| *d).map(|(r, _)| r)
+    }
 }
 
 /// Every pipeline of a config, driven by log entries.
@@ -131,8 +137,10 @@ impl Core {
     }
 
     /// Runs one entry through the pipelines. `replaying`: the entry comes from the input log after
-    /// a restart, so at-most-once pipelines (which never saw it logged) skip it.
-    pub fn apply(&mut self, entry: &LogEntry, replaying: bool) -> Produced {
+    /// a restart, so at-most-once pipelines (which never saw it logged) skip it. Fails only on a
+    /// swap or rollback that cannot be done (an unknown step, a plugin that does not load): entries
+    /// the live loop logs never fail.
+    pub fn apply(&mut self, entry: &LogEntry, replaying: bool) -> Result<Produced, String> {
         let mut out = Produced::default();
         match entry {
             LogEntry::Tick { now_ms } => {
@@ -144,72 +152,38 @@ impl Core {
                     push(&mut out, lane.durable, records, &self.metrics);
                 }
             }
+            LogEntry::Watermark { watermark_ms } => {
+                for lane in &mut self.lanes {
+                    let records = lane.pipeline.advance_watermark_to(*watermark_ms);
+                    push(&mut out, lane.durable, records, &self.metrics);
+                }
+            }
+            LogEntry::Swap {
+                pipeline,
+                step,
+                plugin,
+            } => {
+                let op = self.step(pipeline, step)?;
+                let loaded = op
+                    .spec()
+                    .runtime
+                    .load(plugin, None)
+                    .map_err(|e| e.to_string())?;
+                let prepared = op
+                    .spec()
+                    .prepare(loaded, op.config())
+                    .map_err(|e| e.to_string())?;
+                op.swap(prepared);
+            }
+            LogEntry::Rollback { pipeline, step } => {
+                self.step(pipeline, step)?
+                    .rollback()
+                    .map_err(|e| e.to_string())?;
+            }
             LogEntry::Messages {
                 received_ms,
                 messages,
-            } => {
-                let mut unknown: Vec<&Logged> = Vec::new();
-                for m in messages {
-                    if !self.lanes.iter().any(|l| l.pipeline.accepts(&m.topic)) {
-                        unknown.push(m);
-                    }
-                }
-                for lane in &mut self.lanes {
-                    if replaying && !lane.durable {
-                        continue;
-                    }
-                    let mut batch = Vec::new();
-                    let mut oversized = Vec::new();
-                    for m in messages.iter().filter(|m| lane.pipeline.accepts(&m.topic)) {
-                        let fp: Fingerprint = lane.seen.fingerprint(&m.topic, &m.payload);
-                        if lane.seen.check(fp, *received_ms) {
-                            self.metrics.deduped.fetch_add(1, Relaxed);
-                            continue;
-                        }
-                        let message = Message {
-                            topic: m.topic.clone(),
-                            payload: m.payload.clone(),
-                            received_ms: *received_ms,
-                        };
-                        match m.oversized {
-                            Some(size) => oversized.push((size, message)),
-                            None => batch.push(message),
-                        }
-                    }
-                    let mut records = Vec::new();
-                    for (size, message) in oversized {
-                        self.metrics.oversized.fetch_add(1, Relaxed);
-                        records.push(lane.pipeline.refuse(
-                            "source",
-                            format!(
-                                "the message is {size} bytes, over source.max_message_bytes \
-                                 ({}); its first {} bytes are kept here",
-                                self.max_message_bytes,
-                                message.payload.len()
-                            ),
-                            vec![message],
-                        ));
-                    }
-                    if !batch.is_empty() {
-                        records.extend(lane.pipeline.process(&batch, *received_ms));
-                        let counts = lane.pipeline.counts().clone();
-                        self.metrics
-                            .pipelines
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .insert(lane.pipeline.name().to_owned(), counts);
-                    }
-                    push(&mut out, lane.durable, records, &self.metrics);
-                }
-                if !unknown.is_empty() {
-                    self.metrics
-                        .unknown_topic
-                        .fetch_add(unknown.len() as u64, Relaxed);
-                    let record = unknown_topic_record(&self.unknown_topic, &unknown);
-                    let durable = self.any_durable();
-                    push(&mut out, durable, vec![record], &self.metrics);
-                }
-            }
+            } => self.messages(*received_ms, messages, replaying, &mut out),
         }
         // Between two entries, no batch holds key ids: the key table may forget idle keys.
         let forgotten = crate::keys::sweep();
@@ -218,7 +192,114 @@ impl Core {
                 lane.pipeline.forget_keys(&forgotten);
             }
         }
+        Ok(out)
+    }
+
+    fn messages(
+        &mut self,
+        received_ms: Option<i64>,
+        messages: &[Logged],
+        replaying: bool,
+        out: &mut Produced,
+    ) {
+        let clock = match received_ms {
+            Some(ms) => GatewayClock::At(ms),
+            None => GatewayClock::EventTime,
+        };
+        let mut unknown: Vec<&Logged> = Vec::new();
+        for m in messages {
+            if !self.lanes.iter().any(|l| l.pipeline.accepts(&m.topic)) {
+                unknown.push(m);
+            }
+        }
+        for lane in &mut self.lanes {
+            if replaying && !lane.durable {
+                continue;
+            }
+            let mut batch = Vec::new();
+            let mut oversized = Vec::new();
+            for m in messages.iter().filter(|m| lane.pipeline.accepts(&m.topic)) {
+                if let Some(received_ms) = received_ms {
+                    let fp: Fingerprint = lane.seen.fingerprint(&m.topic, &m.payload);
+                    if lane.seen.check(fp, received_ms) {
+                        self.metrics.deduped.fetch_add(1, Relaxed);
+                        continue;
+                    }
+                }
+                let message = Message {
+                    topic: m.topic.clone(),
+                    payload: m.payload.clone(),
+                    received_ms: received_ms.unwrap_or(i64::MIN),
+                };
+                match m.oversized {
+                    Some(size) => oversized.push((size, message)),
+                    None => batch.push(message),
+                }
+            }
+            let mut records = Vec::new();
+            for (size, message) in oversized {
+                self.metrics.oversized.fetch_add(1, Relaxed);
+                records.push(lane.pipeline.refuse(
+                    "source",
+                    format!(
+                        "the message is {size} bytes, over source.max_message_bytes \
+                         ({}); its first {} bytes are kept here",
+                        self.max_message_bytes,
+                        message.payload.len()
+                    ),
+                    vec![message],
+                ));
+            }
+            if !batch.is_empty() {
+                records.extend(lane.pipeline.process(&batch, clock));
+                let counts = lane.pipeline.counts().clone();
+                self.metrics
+                    .pipelines
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(lane.pipeline.name().to_owned(), counts);
+            }
+            push(out, lane.durable, records, &self.metrics);
+        }
+        if !unknown.is_empty() {
+            self.metrics
+                .unknown_topic
+                .fetch_add(unknown.len() as u64, Relaxed);
+            // One dead letter per message, so that they do not depend on how messages were
+            // grouped into entries.
+            let records = unknown
+                .into_iter()
+                .map(|m| unknown_topic_record(&self.unknown_topic, m))
+                .collect();
+            let durable = self.any_durable();
+            push(out, durable, records, &self.metrics);
+        }
+    }
+
+    /// Fires every open window of every pipeline (the end of a replay's input).
+    pub fn flush(&mut self) -> Produced {
+        let mut out = Produced::default();
+        for lane in &mut self.lanes {
+            let records = lane.pipeline.flush();
+            push(&mut out, lane.durable, records, &self.metrics);
+        }
         out
+    }
+
+    /// The plugin step `step` (`transform[0]` or `farm/transform[0]`) of `pipeline`.
+    pub fn step(&mut self, pipeline: &str, step: &str) -> Result<&mut Operator, String> {
+        let full = if step.starts_with(&format!("{pipeline}/")) {
+            step.to_owned()
+        } else {
+            format!("{pipeline}/{step}")
+        };
+        let p = self
+            .pipeline_mut(pipeline)
+            .ok_or_else(|| format!("unknown pipeline {pipeline:?}"))?;
+        let steps: Vec<String> = p.operators().map(|op| op.spec().step.to_string()).collect();
+        p.step_mut(&full).ok_or_else(|| {
+            format!("unknown step {step:?}; the plugin steps of {pipeline} are {steps:?}")
+        })
     }
 
     /// The state of every effectively-once pipeline, and the seen-set changes since the last
@@ -313,27 +394,21 @@ fn push(out: &mut Produced, durable: bool, records: Vec<Record>, metrics: &Engin
             }
         }
     }
-    if durable {
-        out.durable.extend(records);
-    } else {
-        out.volatile.extend(records);
-    }
+    out.records
+        .extend(records.into_iter().map(|r| (r, durable)));
 }
 
-/// The dead letter of messages that no pipeline's topics match, published to `topic`
-/// (`[source] dead_letter`). `weir replay` makes the same one.
-pub(crate) fn unknown_topic_record(topic: &str, messages: &[&Logged]) -> Record {
+/// The dead letter of a message that no pipeline's topics match, published to `topic`
+/// (`[source] dead_letter`).
+fn unknown_topic_record(topic: &str, m: &Logged) -> Record {
     use base64::Engine as _;
-    let input: Vec<serde_json::Value> = messages
-        .iter()
-        .map(|m| match std::str::from_utf8(&m.payload) {
-            Ok(text) => serde_json::json!({ "topic": m.topic, "payload_text": text }),
-            Err(_) => serde_json::json!({
-                "topic": m.topic,
-                "payload_base64": base64::engine::general_purpose::STANDARD.encode(&m.payload),
-            }),
-        })
-        .collect();
+    let input = vec![match std::str::from_utf8(&m.payload) {
+        Ok(text) => serde_json::json!({ "topic": m.topic, "payload_text": text }),
+        Err(_) => serde_json::json!({
+            "topic": m.topic,
+            "payload_base64": base64::engine::general_purpose::STANDARD.encode(&m.payload),
+        }),
+    }];
     let mut body = serde_json::json!({
         "step": "source",
         "reason": "rejected",

@@ -12,7 +12,7 @@
 //! records, and their ids, are the same ones.
 
 pub mod control;
-pub(crate) mod core;
+mod core;
 pub mod dedup;
 pub mod input;
 pub mod metrics;
@@ -349,8 +349,8 @@ impl Engine<'_> {
                         store.path().display()
                     )
                 })?;
-                let produced = self.core.apply(&entry, true);
-                self.pending.extend(produced.durable);
+                let produced = self.core.apply(&entry, true).map_err(anyhow::Error::msg)?;
+                self.pending.extend(produced.durable());
                 self.processed_through = Some(seq);
                 self.dirty = true;
                 replayed += 1;
@@ -600,18 +600,18 @@ impl Engine<'_> {
         let mut seq = None;
         if !logged.is_empty() {
             let entry = LogEntry::Messages {
-                received_ms,
+                received_ms: Some(received_ms),
                 messages: logged,
             };
             seq = Some(self.append(&entry, &live.stop)?);
             self.metrics
                 .messages_logged
-                .fetch_add(entry_len(&entry), Relaxed);
+                .fetch_add(entry.messages() as u64, Relaxed);
         }
         // Logged (or not owed): now the source broker may forget them.
         live.acker.ack(tokens);
         let entry = LogEntry::Messages {
-            received_ms,
+            received_ms: Some(received_ms),
             messages: all,
         };
         self.process(&entry, seq);
@@ -667,9 +667,16 @@ impl Engine<'_> {
         if let Some(r) = &mut self.recorder {
             r.entry(entry);
         }
-        let produced = self.core.apply(entry, false);
-        self.pending.extend(produced.durable);
-        for r in produced.volatile {
+        // The live loop applies only messages and ticks, which cannot fail.
+        let produced = self.core.apply(entry, false).unwrap_or_else(|e| {
+            tracing::error!(error = %e, "an entry could not be applied");
+            Produced::default()
+        });
+        for (r, durable) in produced.records {
+            if durable {
+                self.pending.push(r);
+                continue;
+            }
             let record = VolatileRecord {
                 topic: r.topic.clone(),
                 id: r.id().to_owned(),
@@ -761,13 +768,6 @@ impl Engine<'_> {
                 Err(anyhow::Error::new(e).context("committing a checkpoint"))
             }
         }
-    }
-}
-
-fn entry_len(entry: &LogEntry) -> u64 {
-    match entry {
-        LogEntry::Messages { messages, .. } => messages.len() as u64,
-        LogEntry::Tick { .. } => 0,
     }
 }
 

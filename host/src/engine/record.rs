@@ -9,8 +9,6 @@ use std::io::{BufWriter, Write};
 use std::path::Path;
 
 use anyhow::Context as _;
-use base64::Engine as _;
-use serde_json::json;
 
 use super::input::LogEntry;
 
@@ -31,40 +29,29 @@ impl InputRecorder {
         })
     }
 
-    /// An entry the engine is about to apply.
+    /// An entry the engine is about to apply, in the lines `weir replay` reads
+    /// ([`crate::replay::entry_lines`]): oversized messages and messages no pipeline takes
+    /// included, as the engine took them.
     pub fn entry(&mut self, entry: &LogEntry) {
-        match entry {
-            LogEntry::Messages {
-                received_ms,
-                messages,
-            } => {
-                for m in messages {
-                    let mut line = json!({ "topic": m.topic, "received_ms": received_ms });
-                    match serde_json::from_slice::<serde_json::Value>(&m.payload) {
-                        // Only when the bytes are exactly what re-serializing gives back.
-                        Ok(v) if serde_json::to_vec(&v).ok().as_deref() == Some(&m.payload[..]) => {
-                            line["payload"] = v
-                        }
-                        _ => {
-                            line["payload_base64"] = base64::engine::general_purpose::STANDARD
-                                .encode(&m.payload)
-                                .into()
-                        }
-                    }
-                    self.line(&line);
-                }
-            }
-            LogEntry::Tick { now_ms } => self.line(&json!({ "tick": now_ms })),
+        for line in crate::replay::entry_lines(entry) {
+            self.line(&line);
         }
     }
 
     /// A swap of `step` to the plugin at `path`, between the entries before and after it.
     pub fn swap(&mut self, pipeline: &str, step: &str, path: &Path) {
-        self.line(&json!({ "swap": { "pipeline": pipeline, "step": step, "plugin": path } }));
+        self.entry(&LogEntry::Swap {
+            pipeline: pipeline.to_owned(),
+            step: step.to_owned(),
+            plugin: path.to_owned(),
+        });
     }
 
     pub fn rollback(&mut self, pipeline: &str, step: &str) {
-        self.line(&json!({ "rollback": { "pipeline": pipeline, "step": step } }));
+        self.entry(&LogEntry::Rollback {
+            pipeline: pipeline.to_owned(),
+            step: step.to_owned(),
+        });
     }
 
     pub fn flush(&mut self) {

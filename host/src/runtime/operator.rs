@@ -665,15 +665,17 @@ impl Operator {
             return output;
         }
         add(&self.metrics.rejected, refused.len() as u64);
-        outcome.dead_letters.push(DeadLetter {
-            step: self.spec.step.clone(),
-            reason: Reason::Rejected,
-            detail: format!(
-                "the plugin made a key longer than max_key_bytes ({} bytes)",
-                self.spec.limits.max_key_bytes
-            ),
-            input: DeadInput::Events(output.events.take(&refused)),
-        });
+        for &i in &refused {
+            outcome.dead_letters.push(DeadLetter {
+                step: self.spec.step.clone(),
+                reason: Reason::Rejected,
+                detail: format!(
+                    "the plugin made a key longer than max_key_bytes ({} bytes)",
+                    self.spec.limits.max_key_bytes
+                ),
+                input: DeadInput::Events(output.events.take(&[i])),
+            });
+        }
         output.events = output.events.take(&keep);
         output
     }

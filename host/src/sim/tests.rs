@@ -210,9 +210,12 @@ fn replay_lines_parse_back() {
     let text = String::from_utf8(out).unwrap();
     for (line, m) in text.lines().zip(f) {
         match crate::replay::parse_line(line).unwrap() {
-            crate::replay::Input::Message(msg) => {
+            crate::replay::Line::Message {
+                received_ms,
+                message: msg,
+            } => {
                 assert_eq!(msg.topic, m.topic);
-                assert_eq!(msg.received_ms, start + m.due.as_millis() as i64);
+                assert_eq!(received_ms, Some(start + m.due.as_millis() as i64));
                 if m.kind == Kind::Garbage {
                     assert_eq!(msg.payload, m.payload);
                 } else {

@@ -322,6 +322,21 @@ pub struct Windower {
     arrivals: u64,
     next_uid: u64,
     custom: Option<Custom>,
+    /// With [`GatewayClock::EventTime`]: the newest event time placed so far, the clock the next
+    /// event is judged by. Not part of a snapshot: only a replay without receive times uses it.
+    event_clock_ms: Option<i64>,
+}
+
+/// The gateway clock a batch is placed with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GatewayClock {
+    /// Every event of the batch was received at this time (ms since the epoch).
+    At(i64),
+    /// No receive time is known (`weir replay` input without `received_ms`): each event is
+    /// judged by the newest event time placed before it, as if the gateway clock ran on the
+    /// data's own time (the first event ever sets it), so the result does not depend on how the
+    /// input is cut into batches.
+    EventTime,
 }
 
 impl std::fmt::Debug for Windower {
@@ -356,6 +371,7 @@ impl Windower {
                 aggregate,
                 pending: Pending::default(),
             }),
+            event_clock_ms: None,
         })
     }
 
@@ -367,12 +383,29 @@ impl Windower {
     /// If `source` is not as long as the batch, or the batch is not well formed (see
     /// [`Batch::validate`]): both are the caller's bugs, not bad input.
     pub fn process(&mut self, batch: &Batch, source: &[Arc<str>], now_ms: i64) -> Emitted {
+        self.place(batch, source, GatewayClock::At(now_ms))
+    }
+
+    /// [`Windower::process`] with no gateway clock: see [`GatewayClock::EventTime`]. Before each
+    /// event the clock moves to the newest event time placed so far, as a tick would.
+    pub fn process_at_event_time(&mut self, batch: &Batch, source: &[Arc<str>]) -> Emitted {
+        self.place(batch, source, GatewayClock::EventTime)
+    }
+
+    /// The newest event time placed with [`GatewayClock::EventTime`], if any.
+    pub fn event_clock(&self) -> Option<i64> {
+        self.event_clock_ms
+    }
+
+    fn place(&mut self, batch: &Batch, source: &[Arc<str>], clock: GatewayClock) -> Emitted {
         assert_eq!(source.len(), batch.len(), "one source per event");
         debug_assert_eq!(batch.validate(), Ok(()));
         let mut out = Emitted::default();
-        self.clock.set_now(now_ms);
-        if self.clock.advance() {
-            self.on_watermark(&mut out);
+        if let GatewayClock::At(now_ms) = clock {
+            self.clock.set_now(now_ms);
+            if self.clock.advance() {
+                self.on_watermark(&mut out);
+            }
         }
         let inputs: Vec<Input<'_>> = self
             .config
@@ -383,12 +416,23 @@ impl Windower {
                 Some(f) => Input::Column(batch.column(f)),
             })
             .collect();
-        let skew_limit = assign::add(now_ms, self.config.max_future_skew_ms);
         let mut late = Diversions::default();
         let mut skewed = Diversions::default();
         let mut names: HashMap<KeyId, Arc<str>> = HashMap::new();
         for (i, src) in source.iter().enumerate() {
             let ts_ms = batch.ts_ms[i];
+            let now_ms = match clock {
+                GatewayClock::At(now_ms) => now_ms,
+                GatewayClock::EventTime => {
+                    let now_ms = self.event_clock_ms.unwrap_or(ts_ms);
+                    self.clock.set_now(now_ms);
+                    if self.clock.advance() {
+                        self.on_watermark(&mut out);
+                    }
+                    now_ms
+                }
+            };
+            let skew_limit = assign::add(now_ms, self.config.max_future_skew_ms);
             if ts_ms > skew_limit {
                 skewed.push(
                     i,
@@ -426,6 +470,9 @@ impl Windower {
                 late.push(i, reason);
             }
             self.clock.observe(src, ts_ms);
+            if clock == GatewayClock::EventTime {
+                self.event_clock_ms = Some(self.event_clock_ms.map_or(ts_ms, |c| c.max(ts_ms)));
+            }
             if self.clock.advance() {
                 self.on_watermark(&mut out);
             }
@@ -1147,18 +1194,16 @@ fn human_ms(ms: i64) -> String {
 /// Events of a batch set aside, grouped by reason in order of first occurrence.
 #[derive(Default)]
 struct Diversions {
+    /// Runs of consecutive diverted events with the same reason, in arrival order: so the side
+    /// outputs keep the events' order, whatever the cut into batches.
     groups: Vec<(String, Vec<usize>)>,
-    by_reason: HashMap<String, usize>,
 }
 
 impl Diversions {
     fn push(&mut self, event: usize, reason: String) {
-        match self.by_reason.get(&reason) {
-            Some(&g) => self.groups[g].1.push(event),
-            None => {
-                self.by_reason.insert(reason.clone(), self.groups.len());
-                self.groups.push((reason, vec![event]));
-            }
+        match self.groups.last_mut() {
+            Some((last, events)) if *last == reason => events.push(event),
+            _ => self.groups.push((reason, vec![event])),
         }
     }
 
