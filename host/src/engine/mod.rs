@@ -416,6 +416,7 @@ impl Engine<'_> {
                 disk_wait.waiting(|waited, _| {
                     tracing::warn!(
                         waited_s = waited.as_secs(),
+                        times_full = store.disk_full_events(),
                         outbox = store.outbox_len(),
                         "the disk is still full: no new input is taken (the source broker keeps \
                          it) until there is room; free space, or let the uplink drain the outbox"

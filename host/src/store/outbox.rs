@@ -143,12 +143,10 @@ impl Raw {
     }
 }
 
-/// Why a run of reads stopped.
+/// How a run of reads ended.
 enum Stop {
-    /// Took what was asked.
-    Full,
-    /// No more keys.
-    End,
+    /// It took what was asked, or every key there was.
+    Whole,
     /// redb reported damage, panicked, or yielded a key out of order.
     Damaged(String),
 }
@@ -427,7 +425,8 @@ impl Store {
         result
     }
 
-    /// Up to `max` raw outbox values after `after`, stopping after one unreadable range.
+    /// Up to `max` raw outbox values after `after` read in one snapshot, then, if the read met
+    /// damage, the unreadable range from there to the next readable position.
     fn scan(
         &self,
         db: &Database,
@@ -440,30 +439,24 @@ impl Store {
             Some(u64::MAX) => return Ok(Vec::new()),
             Some(seq) => seq + 1,
         };
-        let mut out = Vec::new();
-        while out.len() < max {
-            let mut values = Vec::new();
-            let stop = self.read_run(db, op, from, max - out.len(), &mut values)?;
-            for (seq, value) in values {
-                from = seq.saturating_add(1);
-                out.push(Raw::Value(seq, value));
-            }
-            match stop {
-                Stop::Full | Stop::End => break,
-                Stop::Damaged(detail) => {
-                    let end = self.next_seq(db, op)?;
-                    let last = match self.probe(db, op, from, end)? {
-                        Some(readable) => readable - 1,
-                        None => end.saturating_sub(1).max(from),
-                    };
-                    out.push(Raw::Unreadable {
-                        first: from,
-                        last,
-                        detail,
-                    });
-                    break;
-                }
-            }
+        let mut values = Vec::new();
+        let stop = self.read_run(db, op, from, max, &mut values)?;
+        let mut out: Vec<Raw> = Vec::with_capacity(values.len() + 1);
+        for (seq, value) in values {
+            from = seq.saturating_add(1);
+            out.push(Raw::Value(seq, value));
+        }
+        if let Stop::Damaged(detail) = stop {
+            let end = self.next_seq(db, op)?;
+            let last = match self.probe(db, op, from, end)? {
+                Some(readable) => readable - 1,
+                None => end.saturating_sub(1).max(from),
+            };
+            out.push(Raw::Unreadable {
+                first: from,
+                last,
+                detail,
+            });
         }
         Ok(out)
     }
@@ -517,11 +510,7 @@ impl Store {
                 values.push((seq, value.value().to_vec()));
                 previous = Some(seq);
             }
-            Ok(if values.len() == n {
-                Stop::Full
-            } else {
-                Stop::End
-            })
+            Ok(Stop::Whole)
         });
         match run {
             Ok(stop) => stop,
