@@ -410,9 +410,9 @@ impl Engine<'_> {
                 && store.disk_full()
                 && !store.try_resume()
             {
-                // Nothing is written while the disk is full, so that the reserve the store
-                // released goes to deleting delivered records. Messages stay unacknowledged at
-                // the source broker.
+                // No new input while the disk is full: the room the store's released reserve
+                // made goes to deleting delivered records and to the pending checkpoint.
+                // Messages stay unacknowledged at the source broker.
                 disk_wait.waiting(|waited, _| {
                     tracing::warn!(
                         waited_s = waited.as_secs(),

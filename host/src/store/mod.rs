@@ -110,12 +110,17 @@
 //! - A full disk (ENOSPC, EDQUOT): [`Store::disk_full`] turns true, and the reserve file
 //!   ([`StoreOptions::disk_reserve_bytes`], 1 MiB by default, written when the store opens) is
 //!   deleted, so that the deletes of delivered records, which redb writes copy-on-write like
-//!   anything else, and a restart always find room. While the disk is full the engine writes
-//!   nothing (ingest waits, unacknowledged at the source broker) and calls [`Store::try_resume`]
-//!   now and then: once the device has room for the reserve twice over, the reserve is written
-//!   again and writing resumes. Since the file does not shrink by itself, deletes made while the
-//!   disk is full compact it ([`Store::compactions`]) once they have freed as much as the outbox
-//!   still holds (or emptied it), which gives the space back to the device.
+//!   anything else, and a restart always find room. While the disk is full the engine takes no
+//!   new input (it waits, unacknowledged at the source broker), tries its pending checkpoint at
+//!   most once a second (a checkpoint turns logged input into outbox records and trims the input
+//!   log), and calls [`Store::try_resume`] now and then: once the device has room for the
+//!   reserve twice over, the reserve is written again and ingest resumes. Since the file does
+//!   not shrink by itself, deletes made while the disk is full compact it
+//!   ([`Store::compactions`]) once they have freed as much as the outbox still holds (or emptied
+//!   it), which gives the space back to the device. Measured on a 4 MiB tmpfs: after the failed
+//!   commit redb answers every call with "Previous I/O error" until reopened; reopening on the
+//!   full device takes 1 to 6 ms, after which deletes commit; compacting an emptied 6 MiB file
+//!   to 124 KiB takes about a millisecond.
 //! - A full outbox: with [`OnFull::Block`] nothing is ever dropped (the engine stops taking input
 //!   while [`Store::outbox_bytes`] is at or above the cap); with [`OnFull::DropOldest`] the
 //!   checkpoint drops the oldest records, counts them in [`CheckpointCommit`], and logs at ERROR.
@@ -668,8 +673,8 @@ impl Store {
         self.reopens.load(Ordering::Relaxed)
     }
 
-    /// The disk is full: nothing but deletes (and set-asides) should be written until
-    /// [`Store::try_resume`] says there is room again.
+    /// The disk is full: no new input should be written until [`Store::try_resume`] says there
+    /// is room again (deletes, set-asides and checkpoints of what was logged may be).
     pub fn disk_full(&self) -> bool {
         self.disk.is_full()
     }
