@@ -127,6 +127,7 @@ pub mod mosquitto;
 pub mod mqtt_client;
 pub mod process;
 pub mod proxy;
+pub mod tmpfs;
 
 /// The location of each sensor, from `configs/sensors.csv` (the table the farm config enriches
 /// with).

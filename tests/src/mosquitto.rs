@@ -119,6 +119,16 @@ impl Mosquitto {
     /// ([`Mosquitto::port`]) stays plain TCP and open to anonymous clients: the tests' own
     /// publishers and subscribers, which speak plain MQTT only, use it.
     pub fn start_with(options: BrokerOptions) -> Mosquitto {
+        Mosquitto::start_configured(options, "")
+    }
+
+    /// Starts a broker as [`Mosquitto::start`] does, with these lines added to its config (global
+    /// options such as `max_packet_size 4096`).
+    pub fn start_with_config(lines: &str) -> Mosquitto {
+        Mosquitto::start_configured(BrokerOptions::default(), lines)
+    }
+
+    fn start_configured(options: BrokerOptions, extra: &str) -> Mosquitto {
         let bin = ensure_installed();
         let dir = TempDir::new("weir-mosquitto");
         // Readable by the user mosquitto drops to when started as root.
@@ -131,6 +141,9 @@ impl Mosquitto {
         for attempt in 1..=START_ATTEMPTS {
             let port = free_port();
             let mut text = config(port);
+            if !extra.is_empty() {
+                text += &format!("# added by the test\n{extra}\n");
+            }
             let secure_port = options.secure().then(free_port);
             if let Some(secure_port) = secure_port {
                 text = format!(

@@ -385,7 +385,19 @@ impl crate::admin::Control for EngineControl {
             "bytes": self.store.as_ref().map_or(0, |s| s.outbox_bytes()),
             "cap_bytes": self.store.as_ref().map(|s| s.options().max_outbox_bytes),
             "ingest_blocked": e.ingest_blocked.load(Relaxed) == 1,
+            "set_aside": self.store.as_ref().map_or(0, |s| s.set_aside_len()),
+            "set_aside_refused": f.set_aside_refused.load(Relaxed),
+            "set_aside_damaged": f.set_aside_damaged.load(Relaxed),
+            "unreadable_ranges": f.unreadable.load(Relaxed),
         });
+        if let Some(store) = &self.store {
+            status["store"] = json!({
+                "disk_full": store.disk_full(),
+                "disk_full_events": store.disk_full_events(),
+                "reopens": store.reopens(),
+                "compactions": store.compactions(),
+            });
+        }
         status["last_checkpoint_ms"] = json!(e.last_checkpoint_ms.load(Relaxed));
         status["messages_in"] = json!(e.messages_in.load(Relaxed));
         status["store_errors"] = json!(e.store_errors.load(Relaxed));
@@ -608,9 +620,32 @@ impl crate::admin::Control for EngineControl {
         );
         p.counter(
             "weir_store_errors_total",
-            "Failed store writes (retried)",
+            "Failed store reads and writes (retried)",
             &[],
-            c(&e.store_errors),
+            c(&e.store_errors) + c(&f.store_errors),
+        );
+        for (reason, n) in [
+            ("refused", &f.set_aside_refused),
+            ("damaged", &f.set_aside_damaged),
+        ] {
+            p.counter(
+                "weir_outbox_set_aside_total",
+                "Outbox records set aside instead of sent: refused by the upstream broker, or damaged on disk",
+                &[("reason", reason)],
+                c(n),
+            );
+        }
+        p.counter(
+            "weir_outbox_unreadable_total",
+            "Ranges of outbox records the store could not read, skipped",
+            &[],
+            c(&f.unreadable),
+        );
+        p.counter(
+            "weir_forward_rejected_total",
+            "PUBACKs with a failure reason that may pass (kept in the outbox)",
+            &[],
+            c(&f.rejected),
         );
         if let Some(store) = &self.store {
             p.gauge(
@@ -636,6 +671,36 @@ impl crate::admin::Control for EngineControl {
                 "fdatasyncs of the store: two per commit (redb's quick repair)",
                 &[],
                 (store.commits() * 2) as f64,
+            );
+            p.gauge(
+                "weir_outbox_set_aside_records",
+                "Records held in the store's set-aside table",
+                &[],
+                store.set_aside_len() as f64,
+            );
+            p.gauge(
+                "weir_store_disk_full",
+                "1 while the disk is full (ingest waits, delivery goes on)",
+                &[],
+                f64::from(u8::from(store.disk_full())),
+            );
+            p.counter(
+                "weir_store_disk_full_total",
+                "Times the disk was found full",
+                &[],
+                store.disk_full_events() as f64,
+            );
+            p.counter(
+                "weir_store_reopens_total",
+                "Times the store was reopened after an i/o error",
+                &[],
+                store.reopens() as f64,
+            );
+            p.counter(
+                "weir_store_compactions_total",
+                "Compactions that gave space back while the disk was full",
+                &[],
+                store.compactions() as f64,
             );
         }
         p.counter(

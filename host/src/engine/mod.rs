@@ -38,12 +38,23 @@ use crate::mqtt::forwarder::{self, ForwarderMetrics, ForwarderSettings, Volatile
 use crate::mqtt::source::{AckToken, Acker, Incoming, Source, SourceMetrics};
 use crate::pipeline::Record;
 use crate::runtime::{Runtime, RuntimeConfig};
-use crate::store::{OnFull, OutboxRecord, Store, StoreOptions};
+use crate::store::{OnFull, OutboxRecord, Store, StoreError, StoreOptions};
 
 /// Time passes for windows (idle sources) after this long without messages.
 const TICK_EVERY: Duration = Duration::from_secs(1);
 /// A status line (INFO) at most this often, when something changed.
 const STATUS_EVERY: Duration = Duration::from_secs(1);
+/// While the store keeps failing (a full disk), a summary line at most this often.
+const STORE_SUMMARY_EVERY: Duration = Duration::from_secs(30);
+/// While the disk is full, the engine looks whether there is room again this often, answering
+/// admin commands in between.
+const DISK_FULL_POLL: Duration = Duration::from_millis(200);
+/// A checkpoint is due once this much input was logged since the last one, whatever the
+/// interval: it bounds the input log and the records one checkpoint writes, which must fit in
+/// the disk's reserve when the disk is full.
+const CHECKPOINT_AFTER_INPUT_BYTES: usize = 256 * 1024;
+/// While the disk is full, a checkpoint is tried at most this often.
+const FULL_DISK_CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 /// Records of at-most-once pipelines waiting in memory for the forwarder, at most.
 const VOLATILE_QUEUE: usize = 10_000;
 /// Messages from the source waiting for the engine, at most.
@@ -117,6 +128,7 @@ pub fn run_with(
             StoreOptions {
                 max_outbox_bytes: config.storage.max_outbox_bytes,
                 on_full: config.storage.on_full,
+                disk_reserve_bytes: crate::store::DEFAULT_DISK_RESERVE_BYTES,
             },
         )?;
         Some(Arc::new(store))
@@ -148,6 +160,9 @@ pub fn run_with(
             .as_deref()
             .map(record::InputRecorder::create)
             .transpose()?,
+        checkpoint_failing: Throttled::new("checkpoints fail"),
+        unsaved_input_bytes: 0,
+        append_failing: Throttled::new("cannot write the input log"),
     };
     if let Some(store) = &store {
         engine.recover(store)?;
@@ -315,6 +330,12 @@ struct Engine<'a> {
     steps: Arc<control::Steps>,
     /// `--record-input`: what the engine applies, for `weir replay`.
     recorder: Option<record::InputRecorder>,
+    /// Failing checkpoints, for logs at a bounded rate.
+    checkpoint_failing: Throttled,
+    /// Bytes appended to the input log since the last checkpoint.
+    unsaved_input_bytes: usize,
+    /// Failing input-log appends, for logs at a bounded rate.
+    append_failing: Throttled,
 }
 
 impl Engine<'_> {
@@ -356,8 +377,19 @@ impl Engine<'_> {
                 replayed += 1;
             }
         }
-        if self.dirty {
-            self.checkpoint()?;
+        if self.dirty
+            && let Err(e) = self.checkpoint()
+        {
+            // Nothing is lost: the state is in memory and the input log on disk still holds
+            // what it replayed. The live loop commits it once the store takes writes again.
+            if store_error(&e).is_some_and(|s| s.is_corrupt()) {
+                return Err(e);
+            }
+            tracing::warn!(
+                error = %format!("{e:#}"),
+                "cannot commit the checkpoint after recovery; weir starts anyway and commits it \
+                 once the store takes writes again (the input log still holds everything)"
+            );
         }
         tracing::info!(
             replayed_entries = replayed,
@@ -373,10 +405,37 @@ impl Engine<'_> {
         let mut last_input = Instant::now();
         let mut blocked = false;
         let mut last_report = (Instant::now(), u64::MAX);
+        let mut disk_wait = Throttled::new("the disk is full: ingest waits");
         while !live.stop.load(SeqCst) {
             while let Ok(command) = self.commands.try_recv() {
                 self.command(command);
             }
+            if let Some(store) = self.store.clone()
+                && store.disk_full()
+                && !store.try_resume()
+            {
+                // No new input while the disk is full: the room the store's released reserve
+                // made goes to deleting delivered records and to the pending checkpoint.
+                // Messages stay unacknowledged at the source broker.
+                disk_wait.waiting(|waited, _| {
+                    tracing::warn!(
+                        waited_s = waited.as_secs(),
+                        times_full = store.disk_full_events(),
+                        outbox = store.outbox_len(),
+                        "the disk is still full: no new input is taken (the source broker keeps \
+                         it) until there is room; free space, or let the uplink drain the outbox"
+                    );
+                });
+                self.maybe_checkpoint();
+                self.answer_commands_for(DISK_FULL_POLL);
+                continue;
+            }
+            disk_wait.over(|waited| {
+                tracing::info!(
+                    waited_s = waited.as_secs(),
+                    "the disk has room again: ingest resumes"
+                );
+            });
             let activity = self.metrics.messages_in.load(Relaxed)
                 + self.metrics.checkpoints.load(Relaxed)
                 + self.store.as_ref().map_or(0, |s| s.outbox_len());
@@ -414,11 +473,19 @@ impl Engine<'_> {
                 self.take_in(&live, batch)?;
             } else if last_input.elapsed() >= TICK_EVERY {
                 last_input = Instant::now();
-                self.tick()?;
+                self.tick(&live.stop)?;
             }
             self.maybe_checkpoint();
         }
-        self.checkpoint()?;
+        if let Err(e) = self.checkpoint() {
+            if !store_error(&e).is_some_and(StoreError::is_no_space) {
+                return Err(e);
+            }
+            tracing::warn!(
+                "the last checkpoint is skipped: the disk is full; the input log holds everything \
+                 since the previous one, and the next start replays it"
+            );
+        }
         if let Some(r) = &mut self.recorder {
             r.flush();
         }
@@ -603,7 +670,12 @@ impl Engine<'_> {
                 received_ms: Some(received_ms),
                 messages: logged,
             };
-            seq = Some(self.append(&entry, &live.stop)?);
+            let Some(logged) = self.append(&entry, &live.stop) else {
+                // Stopped while the store refused: nothing was acknowledged, so the source
+                // broker sends these messages again to the next run.
+                return Ok(());
+            };
+            seq = Some(logged);
             self.metrics
                 .messages_logged
                 .fetch_add(entry.messages() as u64, Relaxed);
@@ -619,14 +691,17 @@ impl Engine<'_> {
     }
 
     /// Time passes with no input: logged first if an effectively-once pipeline has windows.
-    fn tick(&mut self) -> anyhow::Result<()> {
+    fn tick(&mut self, stop: &AtomicBool) -> anyhow::Result<()> {
         let durable = self.store.is_some() && self.core.wants_ticks(true);
         if !durable && !self.core.wants_ticks(false) {
             return Ok(());
         }
         let entry = LogEntry::Tick { now_ms: now_ms() };
         let seq = if durable {
-            Some(self.append(&entry, &AtomicBool::new(false))?)
+            match self.append(&entry, stop) {
+                Some(seq) => Some(seq),
+                None => return Ok(()),
+            }
         } else {
             None
         };
@@ -634,30 +709,84 @@ impl Engine<'_> {
         Ok(())
     }
 
-    /// Appends to the input log, retrying while the store refuses (a full disk): nothing is
-    /// acknowledged meanwhile, so nothing is lost.
-    fn append(&mut self, entry: &LogEntry, stop: &AtomicBool) -> anyhow::Result<u64> {
-        let store = self.store.as_ref().expect("only with a store");
+    /// Appends to the input log, retrying while the store refuses (a full disk, a failing one):
+    /// nothing is acknowledged meanwhile, so nothing is lost. Between attempts it answers the
+    /// admin API's commands; while the disk is full it does not even try until the store says
+    /// there is room ([`Store::try_resume`]). Logs the first failure, then a summary every 30 s.
+    /// `None` if `stop` turned true first: the entry was not logged.
+    fn append(&mut self, entry: &LogEntry, stop: &AtomicBool) -> Option<u64> {
+        let store = self.store.clone().expect("only with a store");
         let bytes = entry.encode();
         let mut delay = Duration::from_millis(50);
-        loop {
-            match store.append_input(&bytes) {
-                Ok(seq) => {
-                    self.metrics.input_commits.fetch_add(1, Relaxed);
-                    return Ok(seq);
-                }
-                Err(e) => {
-                    self.metrics.store_errors.fetch_add(1, Relaxed);
-                    tracing::error!(
-                        error = %e,
-                        "cannot write the input log; the messages stay unacknowledged at the \
-                         source broker and are retried"
-                    );
-                    if stop.load(SeqCst) {
-                        return Err(e).context("writing the input log at shutdown");
+        let mut failing = std::mem::replace(
+            &mut self.append_failing,
+            Throttled::new("cannot write the input log"),
+        );
+        let result = loop {
+            if !store.disk_full() || store.try_resume() {
+                match store.append_input(&bytes) {
+                    Ok(seq) => {
+                        self.metrics.input_commits.fetch_add(1, Relaxed);
+                        self.unsaved_input_bytes += bytes.len();
+                        failing.over(|waited| {
+                            tracing::info!(
+                                waited_ms = waited.as_millis() as u64,
+                                "the input log is written again"
+                            );
+                        });
+                        break Some(seq);
                     }
-                    std::thread::sleep(delay);
-                    delay = (delay * 2).min(Duration::from_secs(5));
+                    Err(e) => {
+                        self.metrics.store_errors.fetch_add(1, Relaxed);
+                        if failing.begin() {
+                            tracing::error!(
+                                error = %e,
+                                "cannot write the input log; the messages stay unacknowledged at \
+                                 the source broker and are retried"
+                            );
+                        }
+                    }
+                }
+            }
+            failing.waiting(|waited, attempts| {
+                tracing::warn!(
+                    waited_s = waited.as_secs(),
+                    attempts,
+                    disk_full = store.disk_full(),
+                    "still cannot write the input log; the messages stay unacknowledged at the \
+                     source broker"
+                );
+            });
+            if stop.load(SeqCst) {
+                break None;
+            }
+            // What was processed before may still be committed: it moves input into the outbox.
+            self.maybe_checkpoint();
+            let wait = if store.disk_full() {
+                DISK_FULL_POLL
+            } else {
+                let d = delay;
+                delay = (delay * 2).min(Duration::from_secs(5));
+                d
+            };
+            self.answer_commands_for(wait);
+        };
+        self.append_failing = failing;
+        result
+    }
+
+    /// Answers the admin API's commands for `wait` (instead of sleeping), so that a store that
+    /// keeps failing never leaves `/status` unanswered.
+    fn answer_commands_for(&mut self, wait: Duration) {
+        let deadline = Instant::now() + wait;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.commands.recv_timeout(left) {
+                Ok(command) => self.command(command),
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => return,
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                    std::thread::sleep(left);
+                    return;
                 }
             }
         }
@@ -693,18 +822,52 @@ impl Engine<'_> {
         self.steps.publish_quarantines(self.core);
     }
 
-    /// Checkpoints if one is due. A failed commit changed nothing on disk: it is reported, and
-    /// the next one (after the interval) carries everything again.
+    /// Checkpoints if one is due: every `checkpoint_interval`, or sooner once the input logged
+    /// since the last one reaches [`CHECKPOINT_AFTER_INPUT_BYTES`] (so that neither the input
+    /// log nor one checkpoint's records outgrow what a full disk's reserve can take). While the
+    /// disk is full, at most every [`FULL_DISK_CHECKPOINT_EVERY`]: a checkpoint is how logged
+    /// input becomes outbox records and leaves the input log. A failed commit changed nothing on
+    /// disk: it is reported (the first failure, then a summary every 30 s while they last), and
+    /// the next one carries everything again.
     fn maybe_checkpoint(&mut self) {
-        if self.dirty
-            && self.last_checkpoint.elapsed() >= self.checkpoint_interval
-            && let Err(e) = self.checkpoint()
-        {
-            tracing::error!(
-                error = %format!("{e:#}"),
-                "cannot commit a checkpoint; records wait in memory and it is retried (the \
-                 input log still holds everything since the last one)"
-            );
+        if !self.dirty {
+            return;
+        }
+        let full = self.store.as_ref().is_some_and(|s| s.disk_full());
+        let due = if full {
+            self.last_checkpoint.elapsed()
+                >= self.checkpoint_interval.max(FULL_DISK_CHECKPOINT_EVERY)
+        } else {
+            self.last_checkpoint.elapsed() >= self.checkpoint_interval
+                || self.unsaved_input_bytes >= CHECKPOINT_AFTER_INPUT_BYTES
+        };
+        if !due {
+            return;
+        }
+        match self.checkpoint() {
+            Ok(()) => self.checkpoint_failing.over(|waited| {
+                tracing::info!(
+                    waited_ms = waited.as_millis() as u64,
+                    "checkpoints commit again"
+                );
+            }),
+            Err(e) => {
+                if self.checkpoint_failing.begin() {
+                    tracing::error!(
+                        error = %format!("{e:#}"),
+                        "cannot commit a checkpoint; records wait in memory and it is retried (the \
+                         input log still holds everything since the last one)"
+                    );
+                }
+                self.checkpoint_failing.waiting(|waited, attempts| {
+                    tracing::warn!(
+                        error = %format!("{e:#}"),
+                        waited_s = waited.as_secs(),
+                        attempts,
+                        "checkpoints still fail; records wait in memory"
+                    );
+                });
+            }
         }
     }
 
@@ -747,6 +910,7 @@ impl Engine<'_> {
             Ok(commit) => {
                 self.pending.clear();
                 self.dirty = false;
+                self.unsaved_input_bytes = 0;
                 self.last_checkpoint = Instant::now();
                 let m = &self.metrics;
                 let took = started.elapsed().as_micros() as u64;
@@ -796,4 +960,88 @@ fn receive(live: &mut Live, tokio: &tokio::runtime::Handle, wait: Duration) -> V
         }
     }
     batch
+}
+
+/// The store error behind an engine error, if any.
+fn store_error(error: &anyhow::Error) -> Option<&StoreError> {
+    error.chain().find_map(|e| e.downcast_ref::<StoreError>())
+}
+
+/// A condition that may last or come back again and again (a failing store, a full disk),
+/// logged at a bounded rate: [`Throttled::begin`] says whether to log its start (not if a start
+/// was logged in the last [`STORE_SUMMARY_EVERY`]: a flapping condition is one episode for the
+/// log), [`Throttled::waiting`] gives a summary at most every [`STORE_SUMMARY_EVERY`] while it
+/// lasts, and [`Throttled::over`] says once that it ended, if its start was logged.
+#[derive(Debug)]
+struct Throttled {
+    what: &'static str,
+    /// When the current episode began.
+    since: Option<Instant>,
+    summary_at: Option<Instant>,
+    times: u64,
+    /// When a start was last logged, and whether the current episode's was.
+    announced_at: Option<Instant>,
+    announced: bool,
+}
+
+impl Throttled {
+    fn new(what: &'static str) -> Self {
+        Throttled {
+            what,
+            since: None,
+            summary_at: None,
+            times: 0,
+            announced_at: None,
+            announced: false,
+        }
+    }
+
+    /// Marks one occurrence; true if the caller should log it: the first of an episode, unless
+    /// another episode's start was logged less than [`STORE_SUMMARY_EVERY`] ago.
+    fn begin(&mut self) -> bool {
+        self.times += 1;
+        if self.since.is_some() {
+            return false;
+        }
+        let now = Instant::now();
+        self.since = Some(now);
+        self.summary_at = Some(now);
+        self.announced = self
+            .announced_at
+            .is_none_or(|t| now - t >= STORE_SUMMARY_EVERY);
+        if self.announced {
+            self.announced_at = Some(now);
+        }
+        self.announced
+    }
+
+    /// Marks the condition as lasting (beginning it if needed); calls `summary(waited, times)`
+    /// at most every [`STORE_SUMMARY_EVERY`].
+    fn waiting(&mut self, summary: impl FnOnce(Duration, u64)) {
+        if self.since.is_none() {
+            self.begin();
+            return;
+        }
+        let now = Instant::now();
+        if self
+            .summary_at
+            .is_some_and(|t| now - t >= STORE_SUMMARY_EVERY)
+        {
+            self.summary_at = Some(now);
+            summary(now - self.since.unwrap_or(now), self.times);
+        }
+    }
+
+    /// The condition ended: calls `done(how long it lasted)` if its start was logged.
+    fn over(&mut self, done: impl FnOnce(Duration)) {
+        if let Some(since) = self.since.take()
+            && self.announced
+        {
+            done(since.elapsed());
+        }
+        tracing::trace!(what = self.what, times = self.times, "condition over");
+        self.summary_at = None;
+        self.times = 0;
+        self.announced = false;
+    }
 }

@@ -106,6 +106,8 @@ impl Received {
 pub(crate) enum Event {
     ConnAck {
         session_present: bool,
+        /// MQTT 5: the largest packet the broker accepts (its Maximum Packet Size), if it said.
+        max_packet_size: Option<u32>,
     },
     Publish(Received),
     /// A PUBACK for an outgoing QoS 1 publish; `accepted` is false for an MQTT 5 failure reason.
@@ -222,6 +224,7 @@ impl EventLoop {
                 Ok(rumqttc::Event::Incoming(packet)) => Ok(match packet {
                     rumqttc::Packet::ConnAck(c) => Event::ConnAck {
                         session_present: c.session_present,
+                        max_packet_size: None,
                     },
                     rumqttc::Packet::Publish(p) => Event::Publish(Received::V4(p)),
                     rumqttc::Packet::PubAck(a) => Event::PubAck {
@@ -245,6 +248,7 @@ impl EventLoop {
                 Ok(rumqttc::v5::Event::Incoming(packet)) => Ok(match packet {
                     p5::Packet::ConnAck(c) => Event::ConnAck {
                         session_present: c.session_present,
+                        max_packet_size: c.properties.as_ref().and_then(|p| p.max_packet_size),
                     },
                     p5::Packet::Publish(p) => Event::Publish(Received::V5(p)),
                     p5::Packet::PubAck(a) => {

@@ -14,15 +14,39 @@
 //!   user property `id_property`, and in the payload).
 //! - After a connect the backlog drains at once, at most `drain_rate_per_s` publishes per second
 //!   if set; with the outbox empty the forwarder waits for `wake` (or polls every second).
-//! - A PUBACK with an MQTT 5 failure reason (not authorized, quota exceeded...) does not delete
-//!   the entry: it is counted in `rejected`, logged at ERROR, and sent again after the next
-//!   reconnect.
+//! - **A record the broker will refuse is never sent, and never blocks the records behind it.**
+//!   Before publishing, each record is checked the way the broker and the client would
+//!   ([`refusal`]): its topic must be non-empty, without wildcards or NUL and at most 65 535
+//!   bytes, its id (an MQTT 5 user property) at most 65 535 bytes, and the whole PUBLISH within
+//!   the maximum packet size (MQTT's 256 MiB, and over MQTT 5 the broker's Maximum Packet Size
+//!   from its CONNACK). A record that fails is set aside: moved out of the outbox, with the
+//!   reason and its bytes, into the store's set-aside table ([`Outbox::set_aside`]), counted in
+//!   [`ForwarderMetrics::set_aside_refused`] and logged at ERROR with its seq and id, since it
+//!   does not go upstream. Without these checks rumqttc writes a malformed packet (a topic over
+//!   65 535 bytes) or fails its event loop (a packet over the limit): the connection drops, and
+//!   the record is resent after every reconnect, forever.
+//! - A PUBACK with an MQTT 5 failure reason does not delete the entry. The reasons that say the
+//!   record itself is wrong, so that the same bytes would be refused every time (Topic Name
+//!   invalid, Payload format invalid: [`permanent_refusal`]), set it aside as above. The others
+//!   depend on the broker's state or policy, which may change: Quota exceeded, Packet identifier
+//!   in use, Not authorized (an ACL an operator can fix), Unspecified and Implementation specific
+//!   error; they are counted in `rejected`, logged at ERROR, and the record stays in the outbox,
+//!   sent again after the next reconnect.
+//! - Damage: a record whose checksum fails or that does not decode ([`OutboxEntry::Damaged`]) is
+//!   set aside as damaged, never published ([`ForwarderMetrics::set_aside_damaged`]); records redb
+//!   cannot read at all ([`OutboxEntry::Unreadable`]) are reported at ERROR with their range and
+//!   skipped, and the outbox is rebuilt without them ([`Outbox::salvage`], at most once a
+//!   minute). Either way the records after them are delivered.
+//! - A failed outbox read, delete or set-aside is retried after 1 s, doubling up to 30 s, and
+//!   logged once, then summarised at most every 30 s while it lasts, so that a full or failing
+//!   disk does not flood the log. Acked entries whose delete failed may be resent meanwhile
+//!   (duplicates, never losses).
 //! - The rumqttc event loop runs in its own task, never cancelled mid-poll. After an error it
 //!   waits until the control task has forgotten the old connection's publishes, then purges its
 //!   request channel, so a publish of the old connection can never be matched to a seq of the
 //!   new one.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
@@ -33,15 +57,22 @@ use tokio::time::Instant;
 use super::conn::{self, Client, Event};
 use super::{BackoffState, Endpoint};
 
-pub use crate::store::OutboxRecord;
+use crate::store::StoreError;
+pub use crate::store::{OutboxEntry, OutboxRecord, Salvage};
 
 /// The durable queue the forwarder drains. Blocking calls: the forwarder makes them through
 /// `spawn_blocking`.
 pub trait Outbox: Send + Sync + 'static {
-    /// Up to `max` entries with seq greater than `after` (all if `None`), by ascending seq.
-    fn read(&self, after: Option<u64>, max: usize) -> anyhow::Result<Vec<(u64, OutboxRecord)>>;
+    /// Up to `max` entries with seq greater than `after` (all if `None`), by ascending seq: each
+    /// a record, a damaged record, or (last) a range redb cannot read.
+    fn read(&self, after: Option<u64>, max: usize) -> anyhow::Result<Vec<OutboxEntry>>;
     /// Deletes these entries (acknowledged upstream). One durable commit per call.
     fn delete(&self, seqs: &[u64]) -> anyhow::Result<()>;
+    /// Moves these entries out of the outbox, each with the reason it will not be sent, keeping
+    /// their bytes (one durable commit). Returns how many were moved.
+    fn set_aside(&self, entries: &[(u64, String)]) -> anyhow::Result<usize>;
+    /// Rebuilds the outbox without what cannot be read (see [`crate::store::Store::salvage_outbox`]).
+    fn salvage(&self) -> anyhow::Result<Salvage>;
     /// Entries in the outbox.
     fn len(&self) -> u64;
     fn is_empty(&self) -> bool {
@@ -51,13 +82,21 @@ pub trait Outbox: Send + Sync + 'static {
 
 /// The store's outbox, drained by the forwarder.
 impl Outbox for crate::store::Store {
-    fn read(&self, after: Option<u64>, max: usize) -> anyhow::Result<Vec<(u64, OutboxRecord)>> {
-        Ok(self.read_outbox(after, max)?)
+    fn read(&self, after: Option<u64>, max: usize) -> anyhow::Result<Vec<OutboxEntry>> {
+        Ok(self.read_outbox_entries(after, max)?)
     }
 
     fn delete(&self, seqs: &[u64]) -> anyhow::Result<()> {
         self.delete_outbox(seqs)?;
         Ok(())
+    }
+
+    fn set_aside(&self, entries: &[(u64, String)]) -> anyhow::Result<usize> {
+        Ok(crate::store::Store::set_aside(self, entries)?)
+    }
+
+    fn salvage(&self) -> anyhow::Result<Salvage> {
+        Ok(self.salvage_outbox()?)
     }
 
     fn len(&self) -> u64 {
@@ -70,12 +109,20 @@ impl Outbox for crate::store::Store {
 pub struct EmptyOutbox;
 
 impl Outbox for EmptyOutbox {
-    fn read(&self, _after: Option<u64>, _max: usize) -> anyhow::Result<Vec<(u64, OutboxRecord)>> {
+    fn read(&self, _after: Option<u64>, _max: usize) -> anyhow::Result<Vec<OutboxEntry>> {
         Ok(Vec::new())
     }
 
     fn delete(&self, _seqs: &[u64]) -> anyhow::Result<()> {
         Ok(())
+    }
+
+    fn set_aside(&self, _entries: &[(u64, String)]) -> anyhow::Result<usize> {
+        Ok(0)
+    }
+
+    fn salvage(&self) -> anyhow::Result<Salvage> {
+        Ok(Salvage::default())
     }
 
     fn len(&self) -> u64 {
@@ -127,14 +174,21 @@ pub struct ForwarderMetrics {
     pub inflight: AtomicU64,
     /// Entries deleted from the outbox.
     pub deleted: AtomicU64,
-    /// Entries the broker refused (MQTT 5 PUBACK failure reason, or an invalid topic); kept in
-    /// the outbox.
+    /// PUBACKs with a failure reason that may pass (quota, authorisation...): the entry stays in
+    /// the outbox and is sent again after the next reconnect.
     pub rejected: AtomicU64,
+    /// Records set aside because the broker refuses or would refuse them (an invalid topic, a
+    /// packet over the limit, a permanent PUBACK failure reason).
+    pub set_aside_refused: AtomicU64,
+    /// Records set aside because their stored bytes are damaged (checksum, decoding).
+    pub set_aside_damaged: AtomicU64,
+    /// Ranges of outbox records redb could not read, skipped and reported.
+    pub unreadable: AtomicU64,
     /// Volatile (QoS 0) records sent.
     pub volatile_sent: AtomicU64,
     /// Volatile records dropped: not connected, or the client's queue full.
     pub volatile_dropped: AtomicU64,
-    /// Failed outbox reads or deletes (retried).
+    /// Failed outbox reads, deletes or set-asides (retried).
     pub store_errors: AtomicU64,
 }
 
@@ -154,6 +208,217 @@ const IDLE_POLL: Duration = Duration::from_secs(1);
 
 /// How long shutdown waits for outstanding PUBACKs.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
+/// The longest MQTT string (a topic, a user property's name or value): a 16-bit length prefix.
+pub const MQTT_MAX_STRING_BYTES: usize = 65_535;
+
+/// A failed store call is retried after this long at first...
+const STORE_RETRY_FIRST: Duration = Duration::from_secs(1);
+/// ...doubling up to this.
+const STORE_RETRY_MAX: Duration = Duration::from_secs(30);
+/// While a failure lasts, a summary line at most this often.
+const LOG_SUMMARY_EVERY: Duration = Duration::from_secs(30);
+/// A rebuild of an outbox redb cannot fully read is tried at most this often.
+const SALVAGE_EVERY: Duration = Duration::from_secs(60);
+/// Set-aside records logged one by one per [`LOG_SUMMARY_EVERY`], at most; the rest are counted
+/// in a summary line.
+const SET_ASIDE_LOGGED: u32 = 20;
+
+/// What a PUBLISH must fit: the protocol spoken and the largest packet the broker takes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PublishLimits {
+    /// MQTT 5: the id travels as a user property.
+    pub mqtt5: bool,
+    /// The user property's name.
+    pub id_property: String,
+    /// The largest whole packet, in bytes.
+    pub max_packet_bytes: usize,
+}
+
+impl PublishLimits {
+    /// The limits of a connection: MQTT's own maximum, lowered to the broker's Maximum Packet
+    /// Size if its CONNACK gave one (MQTT 5).
+    pub fn new(mqtt5: bool, id_property: &str, broker_max_packet: Option<u32>) -> Self {
+        let max = conn::MQTT_MAX_PACKET_BYTES;
+        PublishLimits {
+            mqtt5,
+            id_property: id_property.to_owned(),
+            max_packet_bytes: broker_max_packet.map_or(max, |b| (b as usize).min(max)),
+        }
+    }
+}
+
+/// The size of the QoS 1 PUBLISH packet of a record, as rumqttc writes it: fixed header,
+/// topic, packet id, (MQTT 5) properties with the id as one user property, payload.
+pub fn publish_packet_bytes(record: &OutboxRecord, limits: &PublishLimits) -> usize {
+    fn varint_len(n: usize) -> usize {
+        match n {
+            0..=127 => 1,
+            128..=16_383 => 2,
+            16_384..=2_097_151 => 3,
+            _ => 4,
+        }
+    }
+    let mut remaining = 2 + record.topic.len() + 2 + record.payload.len();
+    if limits.mqtt5 {
+        let properties = 1 + 2 + limits.id_property.len() + 2 + record.id.len();
+        remaining += varint_len(properties) + properties;
+    }
+    1 + varint_len(remaining) + remaining
+}
+
+/// Why the upstream broker (or the MQTT client before it) would refuse to publish `record`, if
+/// it would: an empty topic, wildcards or NUL in it, a topic or id over MQTT's 65 535-byte
+/// strings, a packet over the limit. Such a record is set aside instead of sent.
+pub fn refusal(record: &OutboxRecord, limits: &PublishLimits) -> Option<String> {
+    let topic = &record.topic;
+    if topic.is_empty() {
+        return Some("its topic is empty".into());
+    }
+    if topic.len() > MQTT_MAX_STRING_BYTES {
+        return Some(format!(
+            "its topic is {} bytes long, over MQTT's limit of {MQTT_MAX_STRING_BYTES}",
+            topic.len()
+        ));
+    }
+    if topic.contains('\0') {
+        return Some("its topic contains a NUL character".into());
+    }
+    if topic.contains(['+', '#']) {
+        return Some("its topic contains a wildcard (+ or #), which a PUBLISH may not".into());
+    }
+    if !conn::valid_topic(topic) {
+        return Some("its topic is not one the MQTT client publishes to".into());
+    }
+    if limits.mqtt5 && record.id.len() > MQTT_MAX_STRING_BYTES {
+        return Some(format!(
+            "its id is {} bytes long, over MQTT's limit of {MQTT_MAX_STRING_BYTES} for the {} \
+             user property",
+            record.id.len(),
+            limits.id_property
+        ));
+    }
+    let size = publish_packet_bytes(record, limits);
+    if size > limits.max_packet_bytes {
+        return Some(format!(
+            "its PUBLISH would be {size} bytes, over the {} bytes the upstream connection takes \
+             (the broker's maximum packet size)",
+            limits.max_packet_bytes
+        ));
+    }
+    None
+}
+
+/// Whether an MQTT 5 PUBACK failure reason (rumqttc's `PubAckReason`, by name) says the record
+/// itself is wrong, so that sending the same bytes again can only be refused again: Topic Name
+/// invalid and Payload format invalid. Every other reason depends on the broker's state or
+/// policy (a quota, an ACL) and may pass later.
+pub fn permanent_refusal(reason: &str) -> bool {
+    matches!(reason, "TopicNameInvalid" | "PayloadFormatInvalid")
+}
+
+/// Retrying a failing store call: when next, and a log that says the first failure, then a
+/// summary at most every [`LOG_SUMMARY_EVERY`], then that it works again.
+#[derive(Debug)]
+struct StoreRetry {
+    what: &'static str,
+    delay: Duration,
+    at: Option<Instant>,
+    failures: u64,
+    since_summary: u64,
+    summary_at: Option<Instant>,
+}
+
+impl StoreRetry {
+    fn new(what: &'static str) -> Self {
+        StoreRetry {
+            what,
+            delay: STORE_RETRY_FIRST,
+            at: None,
+            failures: 0,
+            since_summary: 0,
+            summary_at: None,
+        }
+    }
+
+    /// Whether a retry is not due yet.
+    fn waiting(&self, now: Instant) -> bool {
+        self.at.is_some_and(|at| at > now)
+    }
+
+    fn failed(&mut self, metrics: &ForwarderMetrics, error: &anyhow::Error) {
+        metrics.store_errors.fetch_add(1, Ordering::Relaxed);
+        let now = Instant::now();
+        self.at = Some(now + self.delay);
+        let retry_in_ms = self.delay.as_millis() as u64;
+        self.delay = (self.delay * 2).min(STORE_RETRY_MAX);
+        self.failures += 1;
+        self.since_summary += 1;
+        if self.failures == 1 {
+            self.summary_at = Some(now);
+            self.since_summary = 0;
+            tracing::warn!(error = %format!("{error:#}"), retry_in_ms, "cannot {}; retrying", self.what);
+        } else if self.summary_at.is_none_or(|t| now - t >= LOG_SUMMARY_EVERY) {
+            tracing::warn!(
+                error = %format!("{error:#}"),
+                failures = self.failures,
+                in_the_last_s = self.summary_at.map_or(0, |t| (now - t).as_secs()),
+                retries = self.since_summary,
+                retry_in_ms,
+                "still cannot {}; retrying",
+                self.what
+            );
+            self.summary_at = Some(now);
+            self.since_summary = 0;
+        }
+    }
+
+    fn succeeded(&mut self) {
+        if self.failures > 0 {
+            tracing::info!(failures = self.failures, "can {} again", self.what);
+        }
+        *self = StoreRetry::new(self.what);
+    }
+}
+
+/// Bounds per-record ERROR lines: at most [`SET_ASIDE_LOGGED`] per [`LOG_SUMMARY_EVERY`], then
+/// one line counting the rest.
+#[derive(Debug, Default)]
+struct LogBudget {
+    window_start: Option<Instant>,
+    logged: u32,
+    suppressed: u64,
+}
+
+impl LogBudget {
+    /// Whether this one may be logged; counts it otherwise.
+    fn allow(&mut self) -> bool {
+        let now = Instant::now();
+        if self
+            .window_start
+            .is_none_or(|t| now - t >= LOG_SUMMARY_EVERY)
+        {
+            if self.suppressed > 0 {
+                tracing::error!(
+                    more = self.suppressed,
+                    "more outbox records were set aside than logged one by one; \
+                     weir_outbox_set_aside_total counts them all"
+                );
+            }
+            *self = LogBudget {
+                window_start: Some(now),
+                ..LogBudget::default()
+            };
+        }
+        if self.logged < SET_ASIDE_LOGGED {
+            self.logged += 1;
+            true
+        } else {
+            self.suppressed += 1;
+            false
+        }
+    }
+}
 
 /// Maps PUBACKs to outbox seqs. Publishes are requested in seq order; rumqttc reports each one's
 /// packet id as it goes out, in request order; a PUBACK names a packet id. Pure: no I/O.
@@ -270,7 +535,10 @@ impl TokenBucket {
 
 /// What the event-loop task tells the control task.
 enum LoopEvent {
-    Connected,
+    /// Connected; the broker's Maximum Packet Size if its CONNACK gave one (MQTT 5).
+    Connected {
+        max_packet_size: Option<u32>,
+    },
     /// The connection is gone; reply once everything in flight is forgotten.
     Disconnected(oneshot::Sender<()>),
     OutgoingPublish(u16),
@@ -321,13 +589,17 @@ pub fn spawn(
         metrics.clone(),
         shutdown.clone(),
     ));
+    let mqtt5 = endpoint.protocol == super::Protocol::V5;
+    let limits = PublishLimits::new(mqtt5, &settings.id_property, None);
     let control = Control {
         address: endpoint.address(),
         client,
         settings,
+        limits,
         outbox,
         metrics,
         tracker: InflightTracker::new(),
+        inflight_ids: HashMap::new(),
         connected: false,
         cursor: None,
         high_water: None,
@@ -336,7 +608,15 @@ pub fn spawn(
         retry_at: None,
         to_delete: Vec::new(),
         first_ack_at: None,
+        to_set_aside: Vec::new(),
         bucket: None,
+        read_retry: StoreRetry::new("read the outbox"),
+        delete_retry: StoreRetry::new("delete acknowledged records from the outbox"),
+        set_aside_retry: StoreRetry::new("set outbox records aside"),
+        set_aside_log: LogBudget::default(),
+        salvage_due: false,
+        salvage_at: None,
+        reported_unreadable: HashSet::new(),
     };
     Ok(tokio::spawn(
         control.run(events_rx, loop_task, wake, volatile, shutdown),
@@ -354,14 +634,20 @@ async fn event_loop(
     let mut connected_before = false;
     loop {
         let event = match eventloop.poll().await {
-            Ok(Event::ConnAck { .. }) => {
+            Ok(Event::ConnAck {
+                max_packet_size, ..
+            }) => {
                 if connected_before {
                     metrics.reconnects.fetch_add(1, Ordering::Relaxed);
                 }
                 connected_before = true;
                 backoff.reset();
-                tracing::info!(broker = %address, "connected to the upstream broker");
-                LoopEvent::Connected
+                tracing::info!(
+                    broker = %address,
+                    max_packet_size,
+                    "connected to the upstream broker"
+                );
+                LoopEvent::Connected { max_packet_size }
             }
             Ok(Event::OutgoingPublish(pkid)) => LoopEvent::OutgoingPublish(pkid),
             Ok(Event::PubAck {
@@ -407,11 +693,15 @@ struct Control {
     address: String,
     client: Client,
     settings: ForwarderSettings,
+    /// What a PUBLISH must fit on the current connection.
+    limits: PublishLimits,
     outbox: Arc<dyn Outbox>,
     metrics: Arc<ForwarderMetrics>,
     tracker: InflightTracker,
+    /// The ids of the records in flight, by seq: for the log if the broker refuses one.
+    inflight_ids: HashMap<u64, String>,
     connected: bool,
-    /// The last seq requested or buffered; reads continue after it.
+    /// The last seq requested, buffered or skipped; reads continue after it.
     cursor: Option<u64>,
     /// The highest seq ever requested, to count resends.
     high_water: Option<u64>,
@@ -419,11 +709,24 @@ struct Control {
     buffer: VecDeque<(u64, OutboxRecord)>,
     /// The last read found nothing new: wait for `wake`.
     outbox_idle: bool,
-    /// Try publishing again at this time (full channel, rate limit, store error).
+    /// Try publishing again at this time (full channel, rate limit).
     retry_at: Option<Instant>,
     to_delete: Vec<u64>,
     first_ack_at: Option<Instant>,
+    /// Entries to move out of the outbox, with why.
+    to_set_aside: Vec<(u64, String)>,
     bucket: Option<TokenBucket>,
+    read_retry: StoreRetry,
+    delete_retry: StoreRetry,
+    set_aside_retry: StoreRetry,
+    set_aside_log: LogBudget,
+    /// A read met records redb cannot read: rebuild the outbox without them.
+    salvage_due: bool,
+    /// Not before this (the last attempt failed).
+    salvage_at: Option<Instant>,
+    /// Unreadable ranges already reported (by first seq), so a resend after a reconnect does
+    /// not report them again.
+    reported_unreadable: HashSet<u64>,
 }
 
 impl Control {
@@ -445,13 +748,22 @@ impl Control {
                 self.pump().await;
             }
             self.maybe_flush_deletes(false).await;
+            self.flush_set_aside().await;
+            self.maybe_salvage().await;
             let now = Instant::now();
             let mut deadline = now + IDLE_POLL;
-            if let Some(at) = self.retry_at {
+            for at in [
+                self.retry_at,
+                self.read_retry.at,
+                self.delete_retry.at,
+                self.set_aside_retry.at,
+                self.first_ack_at.map(|first| first + self.settings.linger),
+            ]
+            .into_iter()
+            .flatten()
+            .filter(|at| *at > now)
+            {
                 deadline = deadline.min(at);
-            }
-            if let Some(first) = self.first_ack_at {
-                deadline = deadline.min(first + self.settings.linger);
             }
             tokio::select! {
                 event = events.recv() => match event {
@@ -487,9 +799,14 @@ impl Control {
 
     async fn handle(&mut self, event: LoopEvent) {
         match event {
-            LoopEvent::Connected => {
+            LoopEvent::Connected { max_packet_size } => {
                 self.connected = true;
                 self.metrics.connected.store(true, Ordering::Relaxed);
+                self.limits = PublishLimits::new(
+                    self.limits.mqtt5,
+                    &self.settings.id_property,
+                    max_packet_size,
+                );
                 // Resend from the oldest entry still in the outbox.
                 self.cursor = None;
                 self.buffer.clear();
@@ -501,6 +818,7 @@ impl Control {
             }
             LoopEvent::Disconnected(done) => {
                 let lost = self.tracker.clear();
+                self.inflight_ids.clear();
                 self.connected = false;
                 self.metrics.connected.store(false, Ordering::Relaxed);
                 self.metrics.inflight.store(0, Ordering::Relaxed);
@@ -528,16 +846,27 @@ impl Control {
             } => {
                 match self.tracker.on_ack(pkid) {
                     Some(seq) if accepted => {
+                        self.inflight_ids.remove(&seq);
                         self.metrics.acked.fetch_add(1, Ordering::Relaxed);
                         self.to_delete.push(seq);
                         self.first_ack_at.get_or_insert_with(Instant::now);
                     }
+                    Some(seq) if permanent_refusal(&reason) => {
+                        let id = self.inflight_ids.remove(&seq).unwrap_or_default();
+                        self.refused(
+                            seq,
+                            &id,
+                            None,
+                            format!("the upstream broker refused it ({reason})"),
+                        );
+                    }
                     Some(seq) => {
+                        self.inflight_ids.remove(&seq);
                         self.metrics.rejected.fetch_add(1, Ordering::Relaxed);
                         tracing::error!(
                             broker = %self.address, seq, reason,
-                            "the upstream broker refused a record; it stays in the outbox and \
-                             is sent again after the next reconnect"
+                            "the upstream broker refused a record for now; it stays in the outbox \
+                             and is sent again after the next reconnect"
                         );
                     }
                     None => tracing::debug!(pkid, "PUBACK for an unknown packet id"),
@@ -547,6 +876,27 @@ impl Control {
                     .store(self.tracker.inflight() as u64, Ordering::Relaxed);
             }
         }
+    }
+
+    /// A record the broker refuses (or would): set aside, counted, logged at ERROR with its seq,
+    /// id and topic (long values elided).
+    fn refused(&mut self, seq: u64, id: &str, topic: Option<&str>, reason: String) {
+        self.metrics
+            .set_aside_refused
+            .fetch_add(1, Ordering::Relaxed);
+        if self.set_aside_log.allow() {
+            tracing::error!(
+                broker = %self.address,
+                seq,
+                id = %crate::fsutil::elide(id, 64),
+                topic = %topic.map(|t| crate::fsutil::elide(t, 80)).unwrap_or_default(),
+                reason,
+                "an outbox record will not be accepted upstream: it is set aside (kept in the \
+                 store's set_aside table) and the records after it go on"
+            );
+        }
+        self.to_set_aside
+            .push((seq, format!("refused upstream: {reason}")));
     }
 
     /// Publishes as much as the inflight window, the rate limit and the client's channel allow.
@@ -572,14 +922,6 @@ impl Control {
             let Some((seq, record)) = self.buffer.pop_front() else {
                 break;
             };
-            if !conn::valid_topic(&record.topic) {
-                self.metrics.rejected.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(
-                    seq, topic = %record.topic,
-                    "an outbox record has an invalid MQTT topic; it stays in the outbox unsent"
-                );
-                continue;
-            }
             self.tracker.request(seq);
             let property = Some((self.settings.id_property.as_str(), record.id.as_str()));
             match self
@@ -587,6 +929,7 @@ impl Control {
                 .try_publish(&record.topic, record.payload.clone(), 1, property)
             {
                 Ok(()) => {
+                    self.inflight_ids.insert(seq, record.id);
                     if self.high_water.is_some_and(|h| seq <= h) {
                         self.metrics.resent.fetch_add(1, Ordering::Relaxed);
                     } else {
@@ -611,34 +954,152 @@ impl Control {
             .store(self.tracker.inflight() as u64, Ordering::Relaxed);
     }
 
-    /// Reads the next entries after the cursor into the buffer. False if none (or on an error,
-    /// which schedules a retry).
+    /// Reads the next entries after the cursor: records that fit go to the buffer, the others
+    /// to be set aside; unreadable ones are reported and skipped. False if nothing is left to
+    /// publish for now (or on an error, which schedules a retry).
     async fn read_more(&mut self) -> bool {
+        if self.read_retry.waiting(Instant::now()) {
+            return false;
+        }
         let outbox = self.outbox.clone();
         let after = self.cursor;
         let max = usize::from(self.settings.max_inflight).clamp(64, 1024);
-        let read = tokio::task::spawn_blocking(move || outbox.read(after, max)).await;
-        match read {
-            Ok(Ok(records)) if records.is_empty() => {
-                self.outbox_idle = true;
-                false
+        let read = tokio::task::spawn_blocking(move || outbox.read(after, max))
+            .await
+            .unwrap_or_else(|join| Err(anyhow::anyhow!("the outbox read panicked: {join}")));
+        let entries = match read {
+            Ok(entries) => {
+                self.read_retry.succeeded();
+                entries
             }
-            Ok(Ok(records)) => {
-                self.cursor = records.last().map(|(seq, _)| *seq);
-                self.buffer.extend(records);
-                true
+            Err(error) => {
+                self.read_retry.failed(&self.metrics, &error);
+                return false;
             }
-            Ok(Err(error)) => {
-                self.metrics.store_errors.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(%error, "cannot read the outbox; retrying in 1s");
-                self.retry_at = Some(Instant::now() + Duration::from_secs(1));
-                false
+        };
+        if entries.is_empty() {
+            self.outbox_idle = true;
+            return false;
+        }
+        self.cursor = entries.last().map(OutboxEntry::last_seq);
+        for entry in entries {
+            match entry {
+                OutboxEntry::Record(seq, record) => match refusal(&record, &self.limits) {
+                    None => self.buffer.push_back((seq, record)),
+                    Some(reason) => self.refused(seq, &record.id, Some(&record.topic), reason),
+                },
+                OutboxEntry::Damaged { seq, reason } => {
+                    self.metrics
+                        .set_aside_damaged
+                        .fetch_add(1, Ordering::Relaxed);
+                    if self.set_aside_log.allow() {
+                        tracing::error!(
+                            seq,
+                            reason,
+                            "an outbox record is damaged on disk and will not be sent: it is set \
+                             aside (its bytes kept in the store's set_aside table) and the \
+                             records after it go on"
+                        );
+                    }
+                    self.to_set_aside
+                        .push((seq, format!("damaged: outbox record {seq} {reason}")));
+                }
+                OutboxEntry::Unreadable {
+                    first,
+                    last,
+                    detail,
+                } => {
+                    if self.reported_unreadable.insert(first) {
+                        self.metrics.unreadable.fetch_add(1, Ordering::Relaxed);
+                        tracing::error!(
+                            first_seq = first,
+                            last_seq = last,
+                            detail,
+                            "outbox records cannot be read (the store file is damaged there): \
+                             they will not be sent; the records after them go on, and the \
+                             outbox is rebuilt without them"
+                        );
+                    }
+                    self.salvage_due = true;
+                }
+            }
+        }
+        if !self.to_set_aside.is_empty() {
+            self.flush_set_aside().await;
+        }
+        true
+    }
+
+    /// Moves the entries waiting to be set aside out of the outbox. If redb cannot remove one
+    /// (damage), the outbox is rebuilt instead; on any other failure they are retried later.
+    async fn flush_set_aside(&mut self) {
+        if self.to_set_aside.is_empty() || self.set_aside_retry.waiting(Instant::now()) {
+            return;
+        }
+        let entries = std::mem::take(&mut self.to_set_aside);
+        let outbox = self.outbox.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            let r = outbox.set_aside(&entries);
+            (entries, r)
+        })
+        .await;
+        match result {
+            Ok((_, Ok(_moved))) => self.set_aside_retry.succeeded(),
+            Ok((entries, Err(error))) => {
+                let corrupt = error
+                    .downcast_ref::<StoreError>()
+                    .is_some_and(StoreError::is_corrupt);
+                if corrupt {
+                    // The salvage sets damaged records aside itself; refused ones it keeps, and
+                    // they are set aside again when read after it.
+                    self.salvage_due = true;
+                    self.to_set_aside = entries
+                        .into_iter()
+                        .filter(|(_, why)| !why.starts_with("damaged:"))
+                        .collect();
+                } else {
+                    self.to_set_aside = entries;
+                }
+                self.set_aside_retry.failed(&self.metrics, &error);
             }
             Err(join) => {
+                // The entries are lost with the panicked closure: they stay in the outbox and
+                // are checked again when read after the next reconnect.
+                self.set_aside_retry.failed(
+                    &self.metrics,
+                    &anyhow::anyhow!("set-aside panicked: {join}"),
+                );
+            }
+        }
+    }
+
+    /// Rebuilds the outbox without its unreadable records, if a read met some (at most once a
+    /// minute while it fails).
+    async fn maybe_salvage(&mut self) {
+        if !self.salvage_due || self.salvage_at.is_some_and(|at| at > Instant::now()) {
+            return;
+        }
+        let outbox = self.outbox.clone();
+        let result = tokio::task::spawn_blocking(move || outbox.salvage())
+            .await
+            .unwrap_or_else(|join| Err(anyhow::anyhow!("the salvage panicked: {join}")));
+        match result {
+            Ok(salvage) => {
+                self.salvage_due = false;
+                self.salvage_at = None;
+                self.metrics
+                    .set_aside_damaged
+                    .fetch_add(salvage.damaged.len() as u64, Ordering::Relaxed);
+            }
+            Err(error) => {
                 self.metrics.store_errors.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(error = %join, "outbox read panicked; retrying in 1s");
-                self.retry_at = Some(Instant::now() + Duration::from_secs(1));
-                false
+                self.salvage_at = Some(Instant::now() + SALVAGE_EVERY);
+                tracing::error!(
+                    error = %format!("{error:#}"),
+                    retry_in_s = SALVAGE_EVERY.as_secs(),
+                    "cannot rebuild the damaged outbox; its readable records are still sent, \
+                     the unreadable ones skipped"
+                );
             }
         }
     }
@@ -650,17 +1111,26 @@ impl Control {
                 .fetch_add(1, Ordering::Relaxed);
             return;
         }
-        if !conn::valid_topic(&record.topic) {
+        let as_outbox = OutboxRecord {
+            topic: record.topic,
+            id: record.id,
+            payload: record.payload,
+        };
+        if let Some(reason) = refusal(&as_outbox, &self.limits) {
             self.metrics
                 .volatile_dropped
                 .fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(topic = %record.topic, "volatile record with an invalid topic dropped");
+            tracing::warn!(
+                topic = %crate::fsutil::elide(&as_outbox.topic, 80),
+                reason,
+                "volatile (at-most-once) record dropped: the upstream broker would refuse it"
+            );
             return;
         }
-        let property = Some((self.settings.id_property.as_str(), record.id.as_str()));
+        let property = Some((self.settings.id_property.as_str(), as_outbox.id.as_str()));
         match self
             .client
-            .try_publish(&record.topic, record.payload, 0, property)
+            .try_publish(&as_outbox.topic, as_outbox.payload, 0, property)
         {
             Ok(()) => self.metrics.volatile_sent.fetch_add(1, Ordering::Relaxed),
             Err(conn::NotSent) => self
@@ -671,12 +1141,14 @@ impl Control {
     }
 
     /// Deletes acked entries if `force`, or if enough have gathered or the oldest waited
-    /// `linger`. On an error they stay queued for the next try (and may be resent meanwhile).
+    /// `linger`. On an error they stay queued for the next try (and may be resent meanwhile),
+    /// which waits 1 s, doubling up to 30 s, even if forced.
     async fn maybe_flush_deletes(&mut self, force: bool) {
-        if self.to_delete.is_empty() {
+        if self.to_delete.is_empty() || self.delete_retry.waiting(Instant::now()) {
             return;
         }
         let due = force
+            || self.delete_retry.failures > 0
             || self.to_delete.len() >= DELETE_BATCH
             || self
                 .first_ack_at
@@ -697,18 +1169,20 @@ impl Control {
                     .deleted
                     .fetch_add(seqs.len() as u64, Ordering::Relaxed);
                 self.first_ack_at = None;
+                self.delete_retry.succeeded();
             }
             Ok((seqs, Err(error))) => {
-                self.metrics.store_errors.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(%error, n = seqs.len(), "cannot delete acked outbox entries; retrying");
+                self.delete_retry.failed(&self.metrics, &error);
                 self.to_delete = seqs;
-                self.first_ack_at = Some(Instant::now());
+                self.first_ack_at = None;
             }
             Err(join) => {
                 // The seqs are lost with the panicked closure: those entries are resent after
                 // the next reconnect, as duplicates. Nothing is lost.
-                self.metrics.store_errors.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(error = %join, "outbox delete panicked");
+                self.delete_retry.failed(
+                    &self.metrics,
+                    &anyhow::anyhow!("outbox delete panicked: {join}"),
+                );
                 self.first_ack_at = None;
             }
         }
@@ -857,5 +1331,113 @@ mod tests {
         assert!(b.try_take(start));
         assert!(!b.try_take(start + Duration::from_millis(999)));
         assert!(b.try_take(start + Duration::from_millis(1000)));
+    }
+
+    fn outbox_record(topic: &str, id: &str, payload_len: usize) -> OutboxRecord {
+        OutboxRecord {
+            topic: topic.to_owned(),
+            id: id.to_owned(),
+            payload: vec![b'x'; payload_len],
+        }
+    }
+
+    #[test]
+    fn refusal_names_what_the_broker_would_refuse() {
+        let v5 = PublishLimits::new(true, "weir-id", None);
+        let v311 = PublishLimits::new(false, "weir-id", None);
+        let ok = outbox_record("up/s1", "0123456789abcdef", 100);
+        assert_eq!(refusal(&ok, &v5), None);
+        assert_eq!(refusal(&ok, &v311), None);
+        let cases = [
+            ("", "empty"),
+            ("up/+/x", "wildcard"),
+            ("up/#", "wildcard"),
+            ("up/a\0b", "NUL"),
+        ];
+        for (topic, why) in cases {
+            let reason = refusal(&outbox_record(topic, "id", 1), &v5).expect(topic);
+            assert!(reason.contains(why), "{topic:?}: {reason}");
+        }
+        // MQTT strings carry a 16-bit length: 65 535 bytes pass, one more does not.
+        let longest = format!("up/{}", "k".repeat(MQTT_MAX_STRING_BYTES - 3));
+        assert_eq!(refusal(&outbox_record(&longest, "id", 1), &v5), None);
+        let too_long = format!("up/{}", "k".repeat(70_000));
+        let reason = refusal(&outbox_record(&too_long, "id", 1), &v311).unwrap();
+        assert!(
+            reason.contains("70003 bytes") && reason.contains("65535"),
+            "{reason}"
+        );
+        // The id is a user property over MQTT 5 only.
+        let long_id = "i".repeat(MQTT_MAX_STRING_BYTES + 1);
+        assert!(refusal(&outbox_record("up/s1", &long_id, 1), &v5).is_some());
+        assert_eq!(refusal(&outbox_record("up/s1", &long_id, 1), &v311), None);
+        // The broker's Maximum Packet Size, exactly.
+        let limited = PublishLimits::new(true, "weir-id", Some(1024));
+        let mut record = outbox_record("up/s1", "0123456789abcdef", 0);
+        let overhead = publish_packet_bytes(&record, &limited);
+        record.payload = vec![b'x'; 1024 - overhead - 1];
+        // (one byte less of payload than the limit: the remaining-length field may grow by one)
+        assert!(publish_packet_bytes(&record, &limited) <= 1024);
+        assert_eq!(refusal(&record, &limited), None);
+        record.payload = vec![b'x'; 1024];
+        let reason = refusal(&record, &limited).unwrap();
+        assert!(reason.contains("maximum packet size"), "{reason}");
+        assert_eq!(
+            PublishLimits::new(true, "weir-id", Some(u32::MAX)).max_packet_bytes,
+            conn::MQTT_MAX_PACKET_BYTES
+        );
+    }
+
+    #[test]
+    fn packet_size_is_what_rumqttc_writes() {
+        use rumqttc::v5::mqttbytes::v5 as p5;
+        for topic_len in [1, 100, 65_535] {
+            for payload_len in [0, 10, 100, 120, 127, 128, 16_000, 16_384, 2_097_152] {
+                let record = outbox_record(&"t".repeat(topic_len), "0123456789abcdef", payload_len);
+                let mut v4 = rumqttc::Publish::new(
+                    record.topic.clone(),
+                    rumqttc::QoS::AtLeastOnce,
+                    record.payload.clone(),
+                );
+                v4.pkid = 1;
+                let limits = PublishLimits::new(false, "weir-id", None);
+                assert_eq!(publish_packet_bytes(&record, &limits), v4.size());
+                let properties = p5::PublishProperties {
+                    user_properties: vec![("weir-id".into(), record.id.clone())],
+                    ..Default::default()
+                };
+                let mut v5 = p5::Publish::new(
+                    record.topic.clone(),
+                    rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
+                    record.payload.clone(),
+                    Some(properties),
+                );
+                v5.pkid = 1;
+                let limits = PublishLimits::new(true, "weir-id", None);
+                assert_eq!(publish_packet_bytes(&record, &limits), v5.size());
+            }
+        }
+    }
+
+    #[test]
+    fn only_reasons_about_the_record_itself_are_permanent() {
+        use rumqttc::v5::mqttbytes::v5::PubAckReason as R;
+        // The names are how conn.rs reports a reason (its Debug form).
+        let permanent: Vec<String> = [
+            R::Success,
+            R::NoMatchingSubscribers,
+            R::UnspecifiedError,
+            R::ImplementationSpecificError,
+            R::NotAuthorized,
+            R::TopicNameInvalid,
+            R::PacketIdentifierInUse,
+            R::QuotaExceeded,
+            R::PayloadFormatInvalid,
+        ]
+        .iter()
+        .map(|r| format!("{r:?}"))
+        .filter(|name| permanent_refusal(name))
+        .collect();
+        assert_eq!(permanent, ["TopicNameInvalid", "PayloadFormatInvalid"]);
     }
 }

@@ -357,7 +357,9 @@ async fn run(mut s: RunState, mut eventloop: conn::EventLoop, mut stop: watch::R
             need_subscribe = s.client.try_subscribe(&s.filters).is_err();
         }
         match eventloop.poll().await {
-            Ok(Event::ConnAck { session_present }) => {
+            Ok(Event::ConnAck {
+                session_present, ..
+            }) => {
                 if connected_before {
                     s.metrics.reconnects.fetch_add(1, Ordering::Relaxed);
                 }

@@ -92,6 +92,17 @@ pub(crate) fn is_no_space(error: &io::Error) -> bool {
 }
 
 impl StoreError {
+    /// Whether this is a full disk (or quota): the store then waits for room, see
+    /// [`super::Store::disk_full`].
+    pub fn is_no_space(&self) -> bool {
+        matches!(self, StoreError::Io { source, .. } if is_no_space(source))
+    }
+
+    /// Whether the file is damaged (as opposed to the disk or the operating system failing).
+    pub fn is_corrupt(&self) -> bool {
+        matches!(self, StoreError::Corrupt { .. })
+    }
+
     /// Classifies a redb error raised while doing `op` on the store at `path`.
     pub(crate) fn from_redb(path: &Path, op: &'static str, error: impl Into<redb::Error>) -> Self {
         let path = path.to_path_buf();

@@ -1,7 +1,7 @@
 //! The durable store: weir's one redb database file, `<data_dir>/weir.redb`, holding the input
-//! log, the checkpoint and the outbox.
+//! log, the checkpoint and the outbox, and next to it a reserve file, `<data_dir>/weir.reserve`.
 //!
-//! # On-disk layout (format version 1)
+//! # On-disk layout (format version 2)
 //!
 //! | table        | key                  | value                                                   |
 //! |--------------|----------------------|---------------------------------------------------------|
@@ -9,22 +9,39 @@
 //! | `counters`   | `&str`               | `u64`: see below                                        |
 //! | `input`      | `u64` sequence       | `&[u8]`: one opaque input-log entry (the engine's batch) |
 //! | `checkpoint` | `&str` (`state`)     | `&[u8]`: the engine's opaque checkpoint blob            |
-//! | `outbox`     | `u64` sequence       | `&[u8]`: a postcard-encoded [`OutboxRecord`]            |
+//! | `outbox`     | `u64` sequence       | `&[u8]`: CRC-32 (LE) of the sequence (`u64` LE) and the body, then the body: a postcard-encoded [`OutboxRecord`] |
+//! | `set_aside`  | `u64` sequence       | `&[u8]`: a postcard-encoded [`SetAside`] entry: why, and the stored bytes |
 //! | `seen`       | `&[u8]`              | `()`: ingest dedup, see below                           |
 //!
 //! `u64` keys are redb's fixed-width integer keys, ordered numerically. The `counters` table holds
 //! `input_next_seq` and `outbox_next_seq` (the next sequence to hand out: sequences increase
 //! forever, across trims, deletes and restarts, and are never reused), `outbox_len` and
 //! `outbox_bytes` (the number of outbox entries and the sum of their value sizes, so that opening
-//! is O(1) rather than a scan of the outbox), and `checkpoint_input_through` (absent while the
-//! checkpoint covers no input). Every transaction that changes the input log or the outbox updates
-//! the counters in the same transaction, so they cannot drift from the tables. Opening checks the
-//! stored `outbox_len` against the table's own length (O(1) in redb) as a cheap consistency check.
+//! is O(1) rather than a scan of the outbox), `set_aside_len`, and `checkpoint_input_through`
+//! (absent while the checkpoint covers no input). Every transaction that changes the input log,
+//! the outbox or the set-aside table updates the counters in the same transaction, so they cannot
+//! drift from the tables. Opening checks the stored `outbox_len` against the table's own length
+//! (O(1) in redb) as a cheap consistency check.
+//!
+//! Each outbox value carries a checksum of its own sequence and body, so a record whose bytes
+//! changed on disk, or that sits under another key, is never handed out: readers see it as
+//! damaged ([`OutboxEntry::Damaged`]). Format version 1 (no checksums) is refused with
+//! [`StoreError::UnsupportedVersion`].
+//!
+//! `set_aside` holds outbox records that will never be published as they are: records the
+//! upstream broker refuses or would refuse (an invalid topic, a packet over its limit), and
+//! damaged ones. They are moved there in one transaction with the reason and the stored bytes, so
+//! that nothing is lost and the outbox still drains to empty. An entry for records redb could not
+//! read at all (see below) has `last_seq` > its key and no bytes.
 //!
 //! `seen` keys are a pipeline's name, a 0 byte, the receive time (ms, sign-flipped big-endian, so
 //! keys sort by time) and a 16-byte message fingerprint: what each pipeline's ingest dedup
 //! remembers. A checkpoint adds the newly seen, removes the evicted, and deletes everything of a
 //! pipeline received before its horizon as one range.
+//!
+//! A table `outbox_damaged_<n>` is an outbox that [`Store::salvage_outbox`] replaced because redb
+//! could not read all of it; it is kept, never written, so that its damaged pages are never
+//! reused and the records in them stay in the file for whoever wants to dig.
 //!
 //! # Transactions
 //!
@@ -39,11 +56,18 @@
 //!   All of it or none of it.
 //! - [`Store::delete_outbox`]: the acknowledged entries deleted, each contiguous run of sequences
 //!   as one range. A call that finds none of its sequences commits nothing.
+//! - [`Store::set_aside`]: outbox entries moved to `set_aside` with their reasons.
+//! - [`Store::salvage_outbox`]: the readable records copied into a scratch table in chunks (one
+//!   commit each, invisible to readers), then one commit that renames the old outbox to
+//!   `outbox_damaged_<n>` and the copy to `outbox`, records what could not be kept in
+//!   `set_aside`, and resets the counters. A crash before that commit leaves the old outbox in
+//!   place (the scratch table is dropped by the next salvage).
 //!
 //! Writers are serialised by a mutex that also guards the in-memory copy of the counters; readers
-//! ([`Store::read_input`], [`Store::read_outbox`], ...) use redb read transactions (snapshots) and
-//! never wait for a writer. [`Store::outbox_len`], [`Store::outbox_bytes`] and
-//! [`Store::last_outbox_seq`] are atomics published after each commit.
+//! ([`Store::read_input`], [`Store::read_outbox_entries`], ...) use redb read transactions
+//! (snapshots) and never wait for a writer. [`Store::outbox_len`], [`Store::outbox_bytes`],
+//! [`Store::set_aside_len`] and [`Store::last_outbox_seq`] are atomics published after each
+//! commit.
 //!
 //! # What survives a crash
 //!
@@ -52,7 +76,8 @@
 //! transaction or after it, never in between: a checkpoint, its records and its input trim appear
 //! together or not at all. Quick-repair stores the allocator state with each commit, so reopening
 //! after a crash takes milliseconds instead of a walk of the whole file; the price is a second
-//! fsync per commit (redb's two-phase commit). The file never shrinks; freed pages are reused.
+//! fsync per commit (redb's two-phase commit). The file never shrinks (except by the compaction
+//! below); freed pages are reused.
 //!
 //! # Failure modes and what the user is told
 //!
@@ -62,21 +87,47 @@
 //!   [`StoreError::UnsupportedVersion`], and the file is never deleted or overwritten: an existing
 //!   file is first opened read-only and its `meta` checked, so a refused file is byte-for-byte
 //!   untouched (only a file left by a crash without quick-repair data is opened writable first,
-//!   since only that repairs it; redb verifies every checksum while repairing). The message says to keep a copy, move it aside and start again with an
-//!   empty store; the records it held stay in the copy. redb does not verify checksums when it
-//!   opens a cleanly closed file, so damage to pages not read at open surfaces later, as
-//!   [`StoreError::Corrupt`] from the operation that reads them ([`integrity_check`] reads all).
+//!   since only that repairs it; redb verifies every checksum while repairing). The message says
+//!   to keep a copy, move it aside and start again with an empty store; the records it held stay
+//!   in the copy.
+//! - Damage that opening does not see (redb does not verify page checksums when it opens a
+//!   cleanly closed file, nor when it reads): an outbox record whose checksum fails or that does
+//!   not decode is [`OutboxEntry::Damaged`] and the forwarder sets it aside; pages redb cannot
+//!   read (it reports them corrupted, panics on them, or yields keys out of order) become one
+//!   [`OutboxEntry::Unreadable`] range: the reader probes forward by key (doubling the step, then
+//!   bisecting back) to the first readable record after them, so a drain always ends and delivers
+//!   every readable record. [`Store::salvage_outbox`] then rebuilds the outbox without them. A
+//!   panic inside redb never leaves the store: it becomes [`StoreError::Corrupt`] for that call
+//!   (the probes of a scan stay silent, since a damaged page can take many). Damage elsewhere
+//!   (the input log, the checkpoint) surfaces as [`StoreError::Corrupt`] from the operation that
+//!   reads it ([`integrity_check`] reads all).
 //! - Another process (or another [`Store`] in this one) has the file open: [`StoreError::InUse`].
-//! - An I/O error: [`StoreError::Io`], naming the operation. A full disk says to free space or
-//!   lower `max_outbox_bytes`; the failed transaction is rolled back, so nothing that was not
-//!   stored was acknowledged. After an I/O error during a commit redb refuses further writes
-//!   ([`StoreError::Database`]) until weir is restarted, which reopens the file from its last
-//!   durable commit.
+//! - An I/O error: [`StoreError::Io`], naming the operation; the failed transaction is rolled
+//!   back, so nothing that was not stored was acknowledged. redb refuses every later read and
+//!   write after an I/O error, so the store closes and reopens the database before its next
+//!   operation (milliseconds, thanks to quick repair; counted in [`Store::reopens`]) and continues
+//!   from the last durable commit.
+//! - A full disk (ENOSPC, EDQUOT): [`Store::disk_full`] turns true, and the reserve file
+//!   ([`StoreOptions::disk_reserve_bytes`], 1 MiB by default, written when the store opens) is
+//!   deleted, so that the deletes of delivered records, which redb writes copy-on-write like
+//!   anything else, and a restart always find room. While the disk is full the engine takes no
+//!   new input (it waits, unacknowledged at the source broker), tries its pending checkpoint at
+//!   most once a second (a checkpoint turns logged input into outbox records and trims the input
+//!   log), and calls [`Store::try_resume`] now and then: once the device has room for the
+//!   reserve twice over, the reserve is written again and ingest resumes. Since the file does
+//!   not shrink by itself, deletes made while the disk is full compact it
+//!   ([`Store::compactions`]) once they have freed as much as the outbox still holds (or emptied
+//!   it), which gives the space back to the device. Measured on a 4 MiB tmpfs: after the failed
+//!   commit redb answers every call with "Previous I/O error" until reopened; reopening on the
+//!   full device takes 1 to 6 ms, after which deletes commit; compacting an emptied 6 MiB file
+//!   to 124 KiB takes about a millisecond.
 //! - A full outbox: with [`OnFull::Block`] nothing is ever dropped (the engine stops taking input
 //!   while [`Store::outbox_bytes`] is at or above the cap); with [`OnFull::DropOldest`] the
 //!   checkpoint drops the oldest records, counts them in [`CheckpointCommit`], and logs at ERROR.
 
+mod disk;
 mod error;
+mod outbox;
 #[cfg(test)]
 mod tests;
 
@@ -84,8 +135,8 @@ use std::fs;
 use std::io;
 use std::panic::{self, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard};
 
 use redb::{
     Database, Durability, ReadableDatabase, ReadableTableMetadata, TableDefinition, TableHandle,
@@ -94,11 +145,19 @@ use redb::{
 use serde::{Deserialize, Serialize};
 
 pub use error::StoreError;
+pub use outbox::{OutboxEntry, Salvage, SetAside};
+
+use disk::Disk;
 
 /// The file name of the store inside the data directory.
 pub const FILE_NAME: &str = "weir.redb";
+/// The file name of the disk-space reserve inside the data directory.
+pub const RESERVE_FILE_NAME: &str = "weir.reserve";
 /// The store format this build writes and reads.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
+/// The default of [`StoreOptions::disk_reserve_bytes`]: room for many delete transactions and a
+/// restart, on any device weir runs on.
+pub const DEFAULT_DISK_RESERVE_BYTES: u64 = 1024 * 1024;
 /// The `app` value in the `meta` table: a file without it is not a weir store.
 const APP: &[u8] = b"weir";
 /// redb's page cache. Its default (1 GiB) is too much for a gateway; the working set here is the
@@ -110,6 +169,7 @@ const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters");
 const INPUT: TableDefinition<u64, &[u8]> = TableDefinition::new("input");
 const CHECKPOINT: TableDefinition<&str, &[u8]> = TableDefinition::new("checkpoint");
 const OUTBOX: TableDefinition<u64, &[u8]> = TableDefinition::new("outbox");
+const SET_ASIDE: TableDefinition<u64, &[u8]> = TableDefinition::new("set_aside");
 const SEEN: TableDefinition<&[u8], ()> = TableDefinition::new("seen");
 
 /// A message's identity for ingest dedup.
@@ -156,6 +216,7 @@ const INPUT_NEXT_SEQ: &str = "input_next_seq";
 const OUTBOX_NEXT_SEQ: &str = "outbox_next_seq";
 const OUTBOX_LEN: &str = "outbox_len";
 const OUTBOX_BYTES: &str = "outbox_bytes";
+const SET_ASIDE_LEN: &str = "set_aside_len";
 const CHECKPOINT_INPUT_THROUGH: &str = "checkpoint_input_through";
 
 /// What a checkpoint does when the outbox holds `max_outbox_bytes` or more.
@@ -169,12 +230,16 @@ pub enum OnFull {
     DropOldest,
 }
 
-/// How the store bounds its outbox.
+/// How the store bounds its outbox and keeps room on a full disk.
 #[derive(Clone, Debug)]
 pub struct StoreOptions {
     /// The cap on the sum of the outbox's stored value sizes, in bytes.
     pub max_outbox_bytes: u64,
     pub on_full: OnFull,
+    /// The size of `<data_dir>/weir.reserve`, deleted when the disk fills so that delivered
+    /// records can still be deleted and weir restarted ([`DEFAULT_DISK_RESERVE_BYTES`]); 0: no
+    /// reserve.
+    pub disk_reserve_bytes: u64,
 }
 
 /// A record owed upstream.
@@ -209,6 +274,7 @@ struct Counters {
     outbox_next_seq: u64,
     outbox_len: u64,
     outbox_bytes: u64,
+    set_aside_len: u64,
 }
 
 /// weir's store: one redb file holding the input log, the checkpoint and the outbox. Shared as
@@ -216,13 +282,21 @@ struct Counters {
 pub struct Store {
     path: PathBuf,
     options: StoreOptions,
-    db: Database,
+    /// `None` after an I/O error until the reopen succeeds. Read-locked for every transaction;
+    /// write-locked only to reopen or compact.
+    db: RwLock<Option<Database>>,
+    /// The database must be closed and opened again before its next use (an I/O error, or a
+    /// panic inside a write).
+    needs_reopen: AtomicBool,
     /// Held for the whole of each write transaction; the counters as of the last commit.
     writer: Mutex<Counters>,
     outbox_len: AtomicU64,
     outbox_bytes: AtomicU64,
     outbox_next_seq: AtomicU64,
+    set_aside_len: AtomicU64,
     commits: AtomicU64,
+    reopens: AtomicU64,
+    disk: Disk,
 }
 
 impl std::fmt::Debug for Store {
@@ -232,14 +306,18 @@ impl std::fmt::Debug for Store {
             .field("options", &self.options)
             .field("outbox_len", &self.outbox_len())
             .field("outbox_bytes", &self.outbox_bytes())
+            .field("set_aside_len", &self.set_aside_len())
             .field("commits", &self.commits())
+            .field("disk_full", &self.disk_full())
             .finish()
     }
 }
 
 impl Store {
-    /// Opens (creating if missing) `<data_dir>/weir.redb`, creating `data_dir` too. A file that
-    /// is damaged, foreign or of another format version is refused and left untouched.
+    /// Opens (creating if missing) `<data_dir>/weir.redb`, creating `data_dir` too, and writes
+    /// the reserve file if it is missing. A file that is damaged, foreign or of another format
+    /// version is refused and left untouched. A full disk does not stop it: the store then opens
+    /// in the [`Store::disk_full`] state.
     pub fn open(data_dir: &Path, options: StoreOptions) -> Result<Store, StoreError> {
         let path = data_dir.join(FILE_NAME);
         fs::create_dir_all(data_dir).map_err(|source| StoreError::Io {
@@ -256,18 +334,34 @@ impl Store {
             path = %path.display(),
             outbox_len = counters.outbox_len,
             outbox_bytes = counters.outbox_bytes,
+            set_aside_len = counters.set_aside_len,
             "store opened"
         );
-        Ok(Store {
+        let disk = Disk::open(data_dir.join(RESERVE_FILE_NAME), options.disk_reserve_bytes);
+        let store = Store {
             path,
             options,
-            db,
-            outbox_len: AtomicU64::new(counters.outbox_len),
-            outbox_bytes: AtomicU64::new(counters.outbox_bytes),
-            outbox_next_seq: AtomicU64::new(counters.outbox_next_seq),
+            db: RwLock::new(Some(db)),
+            needs_reopen: AtomicBool::new(false),
+            outbox_len: AtomicU64::new(0),
+            outbox_bytes: AtomicU64::new(0),
+            outbox_next_seq: AtomicU64::new(0),
+            set_aside_len: AtomicU64::new(0),
             writer: Mutex::new(counters),
             commits: AtomicU64::new(0),
-        })
+            reopens: AtomicU64::new(0),
+            disk,
+        };
+        store.publish(&counters);
+        if counters.set_aside_len > 0 {
+            tracing::warn!(
+                path = %store.path.display(),
+                set_aside = counters.set_aside_len,
+                "the store holds records set aside (refused upstream or damaged); they are kept \
+                 in its set_aside table and not sent"
+            );
+        }
+        Ok(store)
     }
 
     /// The store file.
@@ -304,8 +398,8 @@ impl Store {
     /// The number of entries in the input log.
     pub fn input_len(&self) -> Result<u64, StoreError> {
         const OP: &str = "reading the input log";
-        self.guard(OP, || {
-            let txn = self.db.begin_read().map_err(|e| self.err(OP, e))?;
+        self.with_db(OP, |db| {
+            let txn = db.begin_read().map_err(|e| self.err(OP, e))?;
             let input = txn.open_table(INPUT).map_err(|e| self.err(OP, e))?;
             input.len().map_err(|e| self.err(OP, e))
         })
@@ -326,7 +420,7 @@ impl Store {
         seen: &[(String, SeenChanges)],
     ) -> Result<CheckpointCommit, StoreError> {
         const OP: &str = "committing a checkpoint";
-        let encoded = records
+        let bodies = records
             .iter()
             .map(postcard::to_stdvec)
             .collect::<Result<Vec<_>, _>>()
@@ -387,8 +481,9 @@ impl Store {
             drop(table);
 
             let mut outbox = txn.open_table(OUTBOX).map_err(|e| self.err(OP, e))?;
-            for value in &encoded {
+            for body in &bodies {
                 let seq = counters.outbox_next_seq;
+                let value = outbox::seal(seq, body);
                 outbox
                     .insert(seq, value.as_slice())
                     .map_err(|e| self.err(OP, e))?;
@@ -433,8 +528,8 @@ impl Store {
     /// fingerprint), oldest first.
     pub fn load_seen(&self, pipeline: &str) -> Result<Vec<(i64, Fingerprint)>, StoreError> {
         const OP: &str = "loading the dedup memory";
-        self.guard(OP, || {
-            let txn = self.db.begin_read().map_err(|e| self.err(OP, e))?;
+        self.with_db(OP, |db| {
+            let txn = db.begin_read().map_err(|e| self.err(OP, e))?;
             let table = match txn.open_table(SEEN) {
                 Ok(t) => t,
                 Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
@@ -465,8 +560,8 @@ impl Store {
     /// committed.
     pub fn load_checkpoint(&self) -> Result<Option<SavedCheckpoint>, StoreError> {
         const OP: &str = "loading the checkpoint";
-        self.guard(OP, || {
-            let txn = self.db.begin_read().map_err(|e| self.err(OP, e))?;
+        self.with_db(OP, |db| {
+            let txn = db.begin_read().map_err(|e| self.err(OP, e))?;
             let table = txn.open_table(CHECKPOINT).map_err(|e| self.err(OP, e))?;
             let Some(blob) = table.get(CHECKPOINT_STATE).map_err(|e| self.err(OP, e))? else {
                 return Ok(None);
@@ -480,23 +575,37 @@ impl Store {
         })
     }
 
-    /// Up to `max` outbox records with a sequence greater than `after`, in ascending order.
+    /// Up to `max` outbox records with a sequence greater than `after`, in ascending order. Strict:
+    /// a damaged or unreadable record is [`StoreError::Corrupt`]; the forwarder reads with
+    /// [`Store::read_outbox_entries`], which reports damage per record and reads on past it.
     pub fn read_outbox(
         &self,
         after: Option<u64>,
         max: usize,
     ) -> Result<Vec<(u64, OutboxRecord)>, StoreError> {
-        const OP: &str = "reading the outbox";
-        self.read_range(OP, OUTBOX, after, max, |seq, bytes| {
-            postcard::from_bytes(bytes).map_err(|e| StoreError::Corrupt {
-                path: self.path.clone(),
-                detail: format!("outbox record {seq} cannot be decoded ({e})"),
+        self.read_outbox_entries(after, max)?
+            .into_iter()
+            .map(|entry| match entry {
+                OutboxEntry::Record(seq, record) => Ok((seq, record)),
+                OutboxEntry::Damaged { seq, reason } => Err(StoreError::Corrupt {
+                    path: self.path.clone(),
+                    detail: format!("outbox record {seq} {reason}"),
+                }),
+                OutboxEntry::Unreadable {
+                    first,
+                    last,
+                    detail,
+                } => Err(StoreError::Corrupt {
+                    path: self.path.clone(),
+                    detail: format!("outbox records {first} to {last} cannot be read ({detail})"),
+                }),
             })
-        })
+            .collect()
     }
 
     /// Deletes the outbox entries with these sequences in one durable commit (each contiguous
     /// run as one range); sequences not in the outbox are ignored. Returns how many were deleted.
+    /// While the disk is full, deletes that freed enough compact the file (see the module doc).
     pub fn delete_outbox(&self, seqs: &[u64]) -> Result<usize, StoreError> {
         const OP: &str = "deleting from the outbox";
         let mut sorted = seqs.to_vec();
@@ -505,21 +614,32 @@ impl Store {
         if sorted.is_empty() {
             return Ok(0);
         }
-        self.write(OP, |txn, counters| {
+        let mut freed = 0u64;
+        let deleted = self.write(OP, |txn, counters| {
             let mut outbox = txn.open_table(OUTBOX).map_err(|e| self.err(OP, e))?;
             let mut deleted = 0usize;
             for (first, last) in runs(&sorted) {
                 outbox
                     .retain_in(first..=last, |_, value| {
                         deleted += 1;
-                        counters.outbox_len -= 1;
-                        counters.outbox_bytes -= value.len() as u64;
+                        counters.outbox_len = counters.outbox_len.saturating_sub(1);
+                        counters.outbox_bytes =
+                            counters.outbox_bytes.saturating_sub(value.len() as u64);
+                        freed += value.len() as u64;
                         false
                     })
                     .map_err(|e| self.err(OP, e))?;
             }
             Ok((deleted, deleted > 0))
-        })
+        })?;
+        if freed > 0
+            && self
+                .disk
+                .freed(freed, self.outbox_len(), self.outbox_bytes())
+        {
+            self.compact();
+        }
+        Ok(deleted)
     }
 
     /// The number of records in the outbox.
@@ -530,6 +650,11 @@ impl Store {
     /// The sum of the outbox's stored value sizes, in bytes (what `max_outbox_bytes` caps).
     pub fn outbox_bytes(&self) -> u64 {
         self.outbox_bytes.load(Ordering::Acquire)
+    }
+
+    /// The number of entries in the set-aside table (see [`Store::set_aside`]).
+    pub fn set_aside_len(&self) -> u64 {
+        self.set_aside_len.load(Ordering::Acquire)
     }
 
     /// The highest sequence ever given to an outbox record (whether or not it is still there),
@@ -543,6 +668,46 @@ impl Store {
         self.commits.load(Ordering::Relaxed)
     }
 
+    /// Times the database was closed and opened again after an I/O error.
+    pub fn reopens(&self) -> u64 {
+        self.reopens.load(Ordering::Relaxed)
+    }
+
+    /// The disk is full: no new input should be written until [`Store::try_resume`] says there
+    /// is room again (deletes, set-asides and checkpoints of what was logged may be).
+    pub fn disk_full(&self) -> bool {
+        self.disk.is_full()
+    }
+
+    /// Times the disk was found full.
+    pub fn disk_full_events(&self) -> u64 {
+        self.disk.full_events()
+    }
+
+    /// Compactions done to give space back while the disk was full.
+    pub fn compactions(&self) -> u64 {
+        self.disk.compactions()
+    }
+
+    /// Whether the store may be written to again: true unless the disk is full; while it is, at
+    /// most once a second, checks whether the device has room for the reserve twice over and if
+    /// so writes the reserve back and leaves the full state. Cheap otherwise (no I/O).
+    pub fn try_resume(&self) -> bool {
+        self.disk.try_resume(&self.path)
+    }
+
+    /// Publishes committed counters to the atomics readers use.
+    fn publish(&self, counters: &Counters) {
+        self.outbox_len
+            .store(counters.outbox_len, Ordering::Release);
+        self.outbox_bytes
+            .store(counters.outbox_bytes, Ordering::Release);
+        self.outbox_next_seq
+            .store(counters.outbox_next_seq, Ordering::Release);
+        self.set_aside_len
+            .store(counters.set_aside_len, Ordering::Release);
+    }
+
     /// Runs one durable write transaction. `body` updates a copy of the counters and returns its
     /// result and whether it changed anything; the counters are stored in the same transaction
     /// and published only after the commit succeeds. A body that changed nothing is aborted.
@@ -552,9 +717,14 @@ impl Store {
         body: impl FnOnce(&WriteTransaction, &mut Counters) -> Result<(T, bool), StoreError>,
     ) -> Result<T, StoreError> {
         let mut committed = self.lock_writer();
+        self.reopen_if_needed(&mut committed)?;
         let mut counters = *committed;
-        self.guard(op, || {
-            let mut txn = self.db.begin_write().map_err(|e| self.err(op, e))?;
+        let db = self.read_db();
+        let Some(db) = db.as_ref() else {
+            return Err(self.closed(op));
+        };
+        let result = self.guard_write(op, || {
+            let mut txn = db.begin_write().map_err(|e| self.err(op, e))?;
             txn.set_durability(Durability::Immediate)
                 .map_err(|e| self.err_detail(op, e))?;
             txn.set_quick_repair(true);
@@ -567,16 +737,16 @@ impl Store {
             txn.commit().map_err(|e| self.err(op, e))?;
             self.commits.fetch_add(1, Ordering::Relaxed);
             Ok(out)
-        })
-        .inspect(|_| {
-            *committed = counters;
-            self.outbox_len
-                .store(counters.outbox_len, Ordering::Release);
-            self.outbox_bytes
-                .store(counters.outbox_bytes, Ordering::Release);
-            self.outbox_next_seq
-                .store(counters.outbox_next_seq, Ordering::Release);
-        })
+        });
+        match &result {
+            Ok(_) => {
+                *committed = counters;
+                self.publish(&counters);
+            }
+            Err(e) if e.is_no_space() => self.disk.enter_full(&self.path, op),
+            Err(_) => {}
+        }
+        result
     }
 
     /// Reads up to `max` entries with a key greater than `after` from a `u64`-keyed table.
@@ -593,8 +763,8 @@ impl Store {
             Some(u64::MAX) => return Ok(Vec::new()),
             Some(seq) => seq + 1,
         };
-        self.guard(op, || {
-            let txn = self.db.begin_read().map_err(|e| self.err(op, e))?;
+        self.with_db(op, |db| {
+            let txn = db.begin_read().map_err(|e| self.err(op, e))?;
             let table = txn.open_table(table).map_err(|e| self.err(op, e))?;
             let mut out = Vec::with_capacity(max.min(1024));
             for entry in table.range(from..).map_err(|e| self.err(op, e))?.take(max) {
@@ -606,14 +776,40 @@ impl Store {
         })
     }
 
-    /// Runs `f`, turning a panic inside redb (which a damaged page can cause) into
-    /// [`StoreError::Corrupt`] instead of taking the process down.
-    fn guard<T>(
+    /// Runs `f` on the open database (reopening it first after an I/O error), turning a panic
+    /// inside redb (which a damaged page can cause) into [`StoreError::Corrupt`] instead of
+    /// taking the process down.
+    fn with_db<T>(
+        &self,
+        op: &'static str,
+        f: impl FnOnce(&Database) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        if self.needs_reopen.load(Ordering::Acquire) {
+            let mut committed = self.lock_writer();
+            self.reopen_if_needed(&mut committed)?;
+        }
+        let db = self.read_db();
+        let Some(db) = db.as_ref() else {
+            return Err(self.closed(op));
+        };
+        guard_panic(&self.path, op, || f(db))
+    }
+
+    /// [`guard_panic`] for a write: a panic inside a write transaction may leave redb's state
+    /// unusable, so the database is reopened before the next operation.
+    fn guard_write<T>(
         &self,
         op: &'static str,
         f: impl FnOnce() -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        guard_panic(&self.path, op, f)
+        panic::catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|payload| {
+            self.needs_reopen.store(true, Ordering::Release);
+            Err(panicked(&self.path, op, &*payload))
+        })
+    }
+
+    fn read_db(&self) -> RwLockReadGuard<'_, Option<Database>> {
+        self.db.read().unwrap_or_else(|p| p.into_inner())
     }
 
     fn lock_writer(&self) -> MutexGuard<'_, Counters> {
@@ -622,7 +818,92 @@ impl Store {
         self.writer.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Closes and reopens the database if an I/O error (or a panic in a write) asked for it;
+    /// the caller holds the writer lock. The counters are read back from the file: it is as of
+    /// its last durable commit.
+    fn reopen_if_needed(&self, committed: &mut Counters) -> Result<(), StoreError> {
+        if !self.needs_reopen.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let mut slot = self.db.write().unwrap_or_else(|p| p.into_inner());
+        // Dropped first: it holds the file's lock. After an I/O error redb writes nothing more.
+        *slot = None;
+        let (db, meta) = open_database(&self.path)?;
+        let counters = match meta {
+            Meta::Weir => read_counters(&self.path, &db)?,
+            Meta::Empty => {
+                return Err(StoreError::Corrupt {
+                    path: self.path.clone(),
+                    detail: "it lost its tables while weir was running".into(),
+                });
+            }
+        };
+        *slot = Some(db);
+        drop(slot);
+        *committed = counters;
+        self.publish(&counters);
+        self.needs_reopen.store(false, Ordering::Release);
+        let n = self.reopens.fetch_add(1, Ordering::Relaxed) + 1;
+        tracing::info!(
+            path = %self.path.display(),
+            reopens = n,
+            "reopened the store after an i/o error; it continues from its last commit"
+        );
+        Ok(())
+    }
+
+    /// Compacts the file (gives free pages back to the device), then tries to leave the full
+    /// state. Failures are logged: the disk stays full, nothing else changes.
+    fn compact(&self) {
+        const OP: &str = "compacting the store";
+        let committed = self.lock_writer();
+        let mut slot = self.db.write().unwrap_or_else(|p| p.into_inner());
+        let Some(db) = slot.as_mut() else { return };
+        let before = fs::metadata(&self.path).map_or(0, |m| m.len());
+        let started = std::time::Instant::now();
+        let result = guard_panic(&self.path, OP, || {
+            db.compact().map_err(|e| self.err(OP, e))?;
+            Ok(())
+        });
+        drop(slot);
+        drop(committed);
+        match result {
+            Ok(()) => {
+                self.disk.compacted();
+                tracing::info!(
+                    path = %self.path.display(),
+                    before_bytes = before,
+                    after_bytes = fs::metadata(&self.path).map_or(0, |m| m.len()),
+                    took_ms = started.elapsed().as_millis() as u64,
+                    "compacted the store to give space back to the full disk"
+                );
+                self.try_resume();
+            }
+            Err(error) => {
+                self.needs_reopen.store(true, Ordering::Release);
+                tracing::warn!(%error, "cannot compact the store; the disk stays full");
+            }
+        }
+    }
+
+    fn closed(&self, op: &'static str) -> StoreError {
+        StoreError::Database {
+            path: self.path.clone(),
+            op,
+            detail: "the database is closed after an i/o error and could not be opened again"
+                .into(),
+        }
+    }
+
+    /// A redb error during `op`; one that leaves redb refusing further I/O asks for a reopen.
     fn err(&self, op: &'static str, error: impl Into<redb::Error>) -> StoreError {
+        let error = error.into();
+        if matches!(
+            error,
+            redb::Error::Io(_) | redb::Error::PreviousIo | redb::Error::DatabaseClosed
+        ) {
+            self.needs_reopen.store(true, Ordering::Release);
+        }
         StoreError::from_redb(&self.path, op, error)
     }
 
@@ -663,23 +944,32 @@ fn runs(sorted: &[u64]) -> impl Iterator<Item = (u64, u64)> + '_ {
     })
 }
 
+/// The message of a caught panic.
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> &str {
+    payload
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| payload.downcast_ref::<&str>().copied())
+        .unwrap_or("no message")
+}
+
+/// A panic inside redb during `op`, logged and turned into [`StoreError::Corrupt`].
+fn panicked(path: &Path, op: &'static str, payload: &(dyn std::any::Any + Send)) -> StoreError {
+    let detail = panic_message(payload);
+    tracing::error!(path = %path.display(), op, detail, "the store panicked");
+    StoreError::Corrupt {
+        path: path.to_path_buf(),
+        detail: format!("redb failed while {op} ({detail})"),
+    }
+}
+
 fn guard_panic<T>(
     path: &Path,
     op: &'static str,
     f: impl FnOnce() -> Result<T, StoreError>,
 ) -> Result<T, StoreError> {
-    panic::catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|payload| {
-        let detail = payload
-            .downcast_ref::<String>()
-            .map(String::as_str)
-            .or_else(|| payload.downcast_ref::<&str>().copied())
-            .unwrap_or("no message");
-        tracing::error!(path = %path.display(), op, detail, "the store panicked");
-        Err(StoreError::Corrupt {
-            path: path.to_path_buf(),
-            detail: format!("redb failed while {op} ({detail})"),
-        })
-    })
+    panic::catch_unwind(AssertUnwindSafe(f))
+        .unwrap_or_else(|payload| Err(panicked(path, op, &*payload)))
 }
 
 /// Opens the redb file, creating it if missing. An existing file is first opened read-only and
@@ -693,7 +983,11 @@ fn open_database(path: &Path) -> Result<(Database, Meta), StoreError> {
         if exists {
             match builder().open_read_only(path) {
                 Ok(db) => {
-                    read_meta(path, &db)?;
+                    // Everything opening reads, read first without a byte written: a file
+                    // refused here is left exactly as it was.
+                    if let Meta::Weir = read_meta(path, &db)? {
+                        read_counters(path, &db)?;
+                    }
                 }
                 // Not closed cleanly and no allocator snapshot: only a writable open repairs it,
                 // and the meta check follows the repair.
@@ -814,6 +1108,7 @@ fn initialise(path: &Path, db: &Database) -> Result<Counters, StoreError> {
         txn.open_table(INPUT).map_err(|e| err(e.into()))?;
         txn.open_table(CHECKPOINT).map_err(|e| err(e.into()))?;
         txn.open_table(OUTBOX).map_err(|e| err(e.into()))?;
+        txn.open_table(SET_ASIDE).map_err(|e| err(e.into()))?;
     }
     write_counters(&txn, &counters).map_err(err)?;
     txn.commit().map_err(|e| err(e.into()))?;
@@ -827,11 +1122,12 @@ fn write_counters(txn: &WriteTransaction, counters: &Counters) -> Result<(), red
     table.insert(OUTBOX_NEXT_SEQ, counters.outbox_next_seq)?;
     table.insert(OUTBOX_LEN, counters.outbox_len)?;
     table.insert(OUTBOX_BYTES, counters.outbox_bytes)?;
+    table.insert(SET_ASIDE_LEN, counters.set_aside_len)?;
     Ok(())
 }
 
 /// Reads the persistent counters and checks `outbox_len` against the outbox table's own length.
-fn read_counters(path: &Path, db: &Database) -> Result<Counters, StoreError> {
+fn read_counters(path: &Path, db: &impl ReadableDatabase) -> Result<Counters, StoreError> {
     const OP: &str = "reading the store's counters";
     let err = |e: redb::Error| StoreError::from_redb(path, OP, e);
     guard_panic(path, OP, || {
@@ -852,6 +1148,7 @@ fn read_counters(path: &Path, db: &Database) -> Result<Counters, StoreError> {
             outbox_next_seq: get(OUTBOX_NEXT_SEQ)?,
             outbox_len: get(OUTBOX_LEN)?,
             outbox_bytes: get(OUTBOX_BYTES)?,
+            set_aside_len: get(SET_ASIDE_LEN)?,
         };
         let outbox = txn.open_table(OUTBOX).map_err(|e| err(e.into()))?;
         let actual = outbox.len().map_err(|e| err(e.into()))?;
