@@ -1,11 +1,12 @@
 //! Enrichment: joins events by key with a reference table (CSV with a header row, or a JSON
 //! array of objects), e.g. sensor id → location, crop, calibration offset. The table is read when
-//! the pipeline starts and read again when the file changes; a table that fails to read keeps the
-//! previous version in use (and says so in the log).
+//! the pipeline starts. A new version is applied as content ([`Enricher::replace`]), never read
+//! here: the live engine watches the file and logs each new version as an input entry, so that
+//! recovery and replay use the same versions at the same points. A version that does not parse
+//! keeps the previous one in use (and says so in the log).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::time::SystemTime;
 
 use crate::batch::{Batch, Builder, Value};
 
@@ -28,7 +29,9 @@ pub struct Enricher {
     fields: Vec<String>,
     on_missing: OnMissing,
     rows: HashMap<String, Vec<Option<Value>>>,
-    modified: Option<SystemTime>,
+    /// The version in use, as read from the file, and its sha256 (hex).
+    content: Vec<u8>,
+    sha256: String,
 }
 
 /// Events after enrichment, and those sent to the dead-letter output.
@@ -56,10 +59,27 @@ impl Enricher {
             fields,
             on_missing,
             rows: HashMap::new(),
-            modified: None,
+            content: Vec::new(),
+            sha256: String::new(),
         };
-        e.load()?;
+        let content = read(path)?;
+        e.replace(&content)?;
         Ok(e)
+    }
+
+    /// The file the table comes from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The sha256 (hex) of the version in use.
+    pub fn sha256(&self) -> &str {
+        &self.sha256
+    }
+
+    /// The version in use, as the file held it.
+    pub fn content(&self) -> &[u8] {
+        &self.content
     }
 
     /// Number of rows in the table.
@@ -71,16 +91,15 @@ impl Enricher {
         self.rows.is_empty()
     }
 
-    fn load(&mut self) -> Result<(), String> {
-        let modified = std::fs::metadata(&self.path)
-            .and_then(|m| m.modified())
-            .ok();
-        let text = crate::fsutil::read_text_capped(&self.path, "table", crate::fsutil::caps::TABLE)
-            .map_err(|e| e.to_string())?;
+    /// Uses `content` (a version of the table file) from now on. A version that does not parse
+    /// or lacks a column changes nothing and says why.
+    pub fn replace(&mut self, content: &[u8]) -> Result<(), String> {
+        let text = std::str::from_utf8(content)
+            .map_err(|_| format!("table {} is not UTF-8 text", self.path.display()))?;
         let records = if self.path.extension().is_some_and(|x| x == "json") {
-            json_records(&text)
+            json_records(text)
         } else {
-            csv_records(&text)
+            csv_records(text)
         }
         .map_err(|e| format!("table {}: {e}", self.path.display()))?;
         let mut rows = HashMap::new();
@@ -111,28 +130,9 @@ impl Enricher {
             }
         }
         self.rows = rows;
-        self.modified = modified;
+        self.sha256 = crate::runtime::sha256_hex(content);
+        self.content = content.to_vec();
         Ok(())
-    }
-
-    /// Reads the table again if the file changed since it was last read. Returns whether it did.
-    pub fn reload_if_changed(&mut self) -> bool {
-        let modified = std::fs::metadata(&self.path)
-            .and_then(|m| m.modified())
-            .ok();
-        if modified.is_none() || modified == self.modified {
-            return false;
-        }
-        match self.load() {
-            Ok(()) => {
-                tracing::info!(table = %self.path.display(), rows = self.rows.len(), "reference table reloaded");
-                true
-            }
-            Err(e) => {
-                tracing::warn!("{e}; keeping the previous version of the table");
-                false
-            }
-        }
     }
 
     /// Adds the table's fields to each event whose key is in the table.
@@ -180,6 +180,11 @@ fn text_of(v: &Value) -> String {
         Value::Int(x) => x.to_string(),
         Value::Flag(x) => x.to_string(),
     }
+}
+
+/// Reads a table file (capped, a regular file).
+pub fn read(path: &Path) -> Result<Vec<u8>, String> {
+    crate::fsutil::read_capped(path, "table", crate::fsutil::caps::TABLE).map_err(|e| e.to_string())
 }
 
 /// A CSV cell as a value: an integer, a number, true/false, text; empty is absent.
@@ -300,24 +305,17 @@ mod tests {
     }
 
     #[test]
-    fn reloads_a_changed_json_table_and_refuses_a_broken_one() {
+    fn a_new_version_replaces_the_table_and_a_broken_one_keeps_the_old() {
         let path = table("t.json", r#"[{"id": "s1", "zone": "a"}]"#);
         let mut e = Enricher::open(&path, "id", vec!["zone".into()], OnMissing::Pass).unwrap();
-        assert!(!e.reload_if_changed());
-        std::fs::write(
-            &path,
-            r#"[{"id": "s1", "zone": "b"}, {"id": "s2", "zone": "c"}]"#,
-        )
-        .unwrap();
-        let later = SystemTime::now() + std::time::Duration::from_secs(5);
-        std::fs::File::options()
-            .write(true)
-            .open(&path)
-            .unwrap()
-            .set_modified(later)
+        let first = e.sha256().to_owned();
+        e.replace(br#"[{"id": "s1", "zone": "b"}, {"id": "s2", "zone": "c"}]"#)
             .unwrap();
-        assert!(e.reload_if_changed());
         assert_eq!(e.len(), 2);
+        assert_ne!(e.sha256(), first);
+        let err = e.replace(br#"[{"zone": "b"}]"#).unwrap_err();
+        assert!(err.ends_with("row 1 has no `id`"), "{err}");
+        assert_eq!(e.len(), 2, "the previous version stays in use");
         let err = Enricher::open(&path, "sensor", vec![], OnMissing::Pass).unwrap_err();
         assert!(err.ends_with("row 1 has no `sensor`"), "{err}");
         let err = Enricher::open(&path, "id", vec!["crop".into()], OnMissing::Pass).unwrap_err();

@@ -63,7 +63,7 @@ enum Decoder {
 }
 
 /// The layout version of [`PipelineState`].
-const STATE_VERSION: u32 = 1;
+const STATE_VERSION: u32 = 2;
 
 /// One entry of a step's keyed state: (key, name, value).
 type StateEntry = (String, String, Vec<u8>);
@@ -79,6 +79,9 @@ pub struct PipelineState {
     /// Key → watermark source, sorted by key.
     sources: Vec<(String, String)>,
     newest_event_ms: i64,
+    /// The reference table in use (its file's content), so that recovery enriches with the
+    /// version the live run used, whatever the file holds now.
+    table: Option<Vec<u8>>,
 }
 
 /// A running pipeline.
@@ -309,6 +312,7 @@ impl Pipeline {
                 .collect(),
             sources,
             newest_event_ms: self.newest_event_ms,
+            table: self.enrich.as_ref().map(|e| e.content().to_vec()),
         }
     }
 
@@ -356,6 +360,10 @@ impl Pipeline {
             .map(|(k, s)| (keys::intern(&k), Arc::from(s)))
             .collect();
         self.newest_event_ms = state.newest_event_ms;
+        if let (Some(e), Some(content)) = (&mut self.enrich, &state.table) {
+            e.replace(content)
+                .map_err(|e| format!("the checkpoint's reference table: {e}"))?;
+        }
         Ok(())
     }
 
@@ -383,6 +391,10 @@ impl Pipeline {
     }
 
     fn process_inner(&mut self, messages: &[Message], clock: GatewayClock) -> Vec<Record> {
+        self.set_clock(match clock {
+            GatewayClock::At(now_ms) => now_ms,
+            GatewayClock::EventTime => self.newest_event_ms,
+        });
         let mut records = Vec::new();
         let mut taken = Vec::with_capacity(messages.len());
         for m in messages {
@@ -404,7 +416,6 @@ impl Pipeline {
             events = outcome.events;
         }
         if let Some(enrich) = &mut self.enrich {
-            enrich.reload_if_changed();
             let enriched = enrich.apply(&events);
             self.dead_letter_each(
                 "enrich",
@@ -491,8 +502,38 @@ impl Pipeline {
         self.publishable(records)
     }
 
+    /// The reference table's file and the sha256 of the version in use, if the pipeline
+    /// enriches.
+    pub fn table(&self) -> Option<(&std::path::Path, &str)> {
+        self.enrich.as_ref().map(|e| (e.path(), e.sha256()))
+    }
+
+    /// Uses a new version of the reference table (see [`Enricher::replace`]); a version that does
+    /// not parse is refused with the reason and the old one stays.
+    pub fn replace_table(&mut self, content: &[u8]) -> Result<(), String> {
+        match &mut self.enrich {
+            Some(e) => e.replace(content),
+            None => Err(format!("pipeline {} has no reference table", self.name)),
+        }
+    }
+
+    /// Gives every plugin step the gateway clock: a plugin's quarantine follows the input's
+    /// time, not the wall clock, so a replay quarantines where the live run did.
+    fn set_clock(&mut self, now_ms: i64) {
+        if let Decoder::Plugin(op) = &mut self.decoder {
+            op.set_clock(now_ms);
+        }
+        for op in &mut self.transforms {
+            op.set_clock(now_ms);
+        }
+        if let Some(w) = &mut self.window {
+            w.set_custom_clock(now_ms);
+        }
+    }
+
     /// Lets time pass with no new messages (idle sources, the gateway clock).
     pub fn tick(&mut self, now_ms: i64) -> Vec<Record> {
+        self.set_clock(now_ms);
         let mut records = Vec::new();
         if let Some(w) = &mut self.window {
             let emitted = w.tick(now_ms);
@@ -774,6 +815,10 @@ impl window::CustomAggregate for PluginAggregate {
 
     fn merge(&mut self, a: &[u8], b: &[u8]) -> Result<Vec<u8>, String> {
         self.0.merge_accumulators(a, b).map_err(|e| e.to_string())
+    }
+
+    fn set_clock(&mut self, now_ms: i64) {
+        self.0.set_clock(now_ms);
     }
 
     fn finish(&mut self, accs: &[Vec<u8>]) -> Result<Vec<Vec<(String, Value)>>, String> {

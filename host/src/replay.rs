@@ -16,7 +16,9 @@
 //! - a clock tick: `{"tick": 1700000060000}`: the gateway clock moved there with no input (idle
 //!   sources, processing-time windows), as in a live run;
 //! - a hot swap, `{"swap": {"pipeline": "farm", "step": "farm/transform[2]", "plugin": "x.wasm"}}`,
-//!   or a rollback, `{"rollback": {"pipeline": "farm", "step": "farm/transform[2]"}}`.
+//!   or a rollback, `{"rollback": {"pipeline": "farm", "step": "farm/transform[2]"}}`;
+//! - a new version of a pipeline's reference table, `{"table": {"pipeline": "farm",
+//!   "content_base64": "..."}}` (the table file is otherwise read once, at the start).
 //!
 //! `weir run --record-input FILE` writes exactly this, so a live session replays to the same
 //! records. Messages with a `received_ms` (recorded live) go through each pipeline's ingest
@@ -80,6 +82,23 @@ pub fn parse_line(line: &str) -> Result<Line, String> {
     if let Some(now_ms) = ms("tick")? {
         return Ok(Line::Entry(LogEntry::Tick { now_ms }));
     }
+    if let Some(t) = v.get("table") {
+        let pipeline = t
+            .get("pipeline")
+            .and_then(|x| x.as_str())
+            .ok_or("\"table\" needs a \"pipeline\" string")?;
+        let content = t
+            .get("content_base64")
+            .and_then(|x| x.as_str())
+            .ok_or("\"table\" needs a \"content_base64\" string")?;
+        let content = base64::engine::general_purpose::STANDARD
+            .decode(content)
+            .map_err(|e| format!("\"table\" content is not base64: {e}"))?;
+        return Ok(Line::Entry(LogEntry::Table {
+            pipeline: pipeline.to_owned(),
+            content,
+        }));
+    }
     for what in ["swap", "rollback"] {
         if let Some(o) = v.get(what) {
             let field = |name: &str| {
@@ -100,9 +119,9 @@ pub fn parse_line(line: &str) -> Result<Line, String> {
             }));
         }
     }
-    let topic = v["topic"]
-        .as_str()
-        .ok_or("no \"topic\" string (nor a \"watermark\", \"tick\", \"swap\" or \"rollback\")")?;
+    let topic = v["topic"].as_str().ok_or(
+        "no \"topic\" string (nor a \"watermark\", \"tick\", \"swap\", \"rollback\" or \"table\")",
+    )?;
     let payload = match (v.get("payload"), v.get("payload_base64")) {
         (_, Some(b)) => base64::engine::general_purpose::STANDARD
             .decode(b.as_str().ok_or("\"payload_base64\" is not a string")?)
@@ -164,6 +183,10 @@ pub fn entry_lines(entry: &LogEntry) -> Vec<serde_json::Value> {
         LogEntry::Rollback { pipeline, step } => {
             vec![json!({ "rollback": { "pipeline": pipeline, "step": step } })]
         }
+        LogEntry::Table { pipeline, content } => vec![json!({ "table": {
+            "pipeline": pipeline,
+            "content_base64": base64::engine::general_purpose::STANDARD.encode(content),
+        } })],
     }
 }
 
@@ -374,7 +397,8 @@ mod tests {
         assert_eq!(
             parse_line(r#"{"payload": 1}"#),
             Err(
-                "no \"topic\" string (nor a \"watermark\", \"tick\", \"swap\" or \"rollback\")"
+                "no \"topic\" string (nor a \"watermark\", \"tick\", \"swap\", \"rollback\" or \
+                 \"table\")"
                     .into()
             )
         );
@@ -424,6 +448,10 @@ mod tests {
             LogEntry::Rollback {
                 pipeline: "p".into(),
                 step: "p/transform[0]".into(),
+            },
+            LogEntry::Table {
+                pipeline: "p".into(),
+                content: b"sensor,location\ns1,north\n".to_vec(),
             },
         ];
         for entry in entries {

@@ -720,9 +720,15 @@ fn a_live_swap_keeps_every_message_and_the_keyed_state_and_rolls_back() {
     let input = numbered(6_000);
     let port = sensors_broker.port();
     let feed = input.clone();
+    // Three thirds of the input: the first under v1; the second while v2 comes in (and a broken
+    // version is refused); the last after the rollback. Each third starts when the test says.
+    let (next_third, third) = std::sync::mpsc::channel::<()>();
     let publisher = std::thread::spawn(move || {
         let mut p = Publisher::connect(port);
         for (i, (t, m)) in feed.iter().enumerate() {
+            if i % 2_000 == 0 && i > 0 {
+                third.recv().unwrap();
+            }
             p.publish(t, m.clone());
             if i % 100 == 99 {
                 std::thread::sleep(Duration::from_millis(20));
@@ -743,6 +749,7 @@ fn a_live_swap_keeps_every_message_and_the_keyed_state_and_rolls_back() {
     let v2 = counter("v2");
     let (ok, out, err) = plugin_cli(&["swap", "relay", "transform[0]", v2.to_str().unwrap()]);
     assert!(ok, "the swap succeeds: {out}{err}");
+    next_third.send(()).unwrap();
     // A version that fails its init is refused with the reason; v2 keeps running.
     upstream.wait_until(|m| m.len() >= 2_500, Duration::from_secs(60));
     let broken = weir_tests::plugin_path("broken_init");
@@ -753,9 +760,10 @@ fn a_live_swap_keeps_every_message_and_the_keyed_state_and_rolls_back() {
         "says why: {out}{err}"
     );
     // Rollback: back to v1.
-    upstream.wait_until(|m| m.len() >= 4_000, Duration::from_secs(60));
+    upstream.wait_until(|m| m.len() >= 3_500, Duration::from_secs(60));
     let (ok, out, err) = plugin_cli(&["rollback", "relay", "transform[0]"]);
     assert!(ok, "the rollback succeeds: {out}{err}");
+    next_third.send(()).unwrap();
     publisher.join().unwrap();
 
     let got = upstream.wait_until(|m| distinct_ids(m) >= input.len(), Duration::from_secs(120));

@@ -1,5 +1,8 @@
 //! `weir simulate`: publish a simulated farm to a broker, and/or write it for `weir replay`.
 
+// The simulator paces messages by the wall clock: an edge.
+#![allow(clippy::disallowed_methods)]
+
 use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -19,7 +19,7 @@ use std::sync::atomic::Ordering::{AcqRel, Relaxed};
 use std::sync::atomic::{AtomicI64, AtomicU8, AtomicU64};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{Value, json};
 
@@ -289,14 +289,11 @@ impl Steps {
     /// Publishes which plugins are quarantined, and until when: the engine thread calls this
     /// after each batch.
     pub(super) fn publish_quarantines(&self, core: &Core) {
-        let now = Instant::now();
+        // Quarantines run on the gateway clock, which is the wall clock's reading live.
         let now_ms = super::now_ms();
         let ops = core.pipelines().flat_map(|(p, _, _)| p.operators());
         for (view, op) in self.steps.iter().zip(ops) {
-            let until = op.quarantined_until().filter(|u| *u > now).map_or(0, |u| {
-                let left = i64::try_from(u.duration_since(now).as_millis()).unwrap_or(i64::MAX);
-                now_ms.saturating_add(left)
-            });
+            let until = op.quarantined_until().filter(|&u| u > now_ms).unwrap_or(0);
             view.quarantined_until_ms.store(until, Relaxed);
         }
     }

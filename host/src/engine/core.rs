@@ -180,6 +180,17 @@ impl Core {
                     .rollback()
                     .map_err(|e| e.to_string())?;
             }
+            LogEntry::Table { pipeline, content } => {
+                let p = self
+                    .pipeline_mut(pipeline)
+                    .ok_or_else(|| format!("unknown pipeline {pipeline:?}"))?;
+                match p.replace_table(content) {
+                    Ok(()) => tracing::info!(pipeline = %pipeline, "reference table replaced"),
+                    Err(e) => {
+                        tracing::warn!(pipeline = %pipeline, "{e}; the previous version stays in use")
+                    }
+                }
+            }
             LogEntry::Messages {
                 received_ms,
                 messages,

@@ -36,6 +36,9 @@ pub enum LogEntry {
     },
     /// A step back to the version before its last swap.
     Rollback { pipeline: String, step: String },
+    /// A new version of a pipeline's reference table, as the live engine read it from the file
+    /// when it changed (logged whole, so recovery uses the same version at the same point).
+    Table { pipeline: String, content: Vec<u8> },
 }
 
 /// A message as logged.

@@ -40,6 +40,8 @@ use crate::pipeline::Record;
 use crate::runtime::{Runtime, RuntimeConfig};
 use crate::store::{OnFull, OutboxRecord, Store, StoreError, StoreOptions};
 
+/// How often the reference tables' files are looked at for a new version.
+const TABLE_POLL: Duration = Duration::from_secs(1);
 /// Time passes for windows (idle sources) after this long without messages.
 const TICK_EVERY: Duration = Duration::from_secs(1);
 /// A status line (INFO) at most this often, when something changed.
@@ -71,7 +73,14 @@ pub struct Metrics {
     pub forwarder: Arc<ForwarderMetrics>,
 }
 
+/// Now, by the monotonic clock: the live loop's own pacing (checkpoints, ticks, reports).
+#[allow(clippy::disallowed_methods)] // the live loop is the edge that reads the clocks
+fn instant() -> Instant {
+    Instant::now()
+}
+
 /// The gateway clock, in ms since the Unix epoch.
+#[allow(clippy::disallowed_methods)] // the live loop is the edge that reads the clocks
 pub fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -148,7 +157,7 @@ pub fn run_with(
         unsaved_seen: Vec::new(),
         processed_through: None,
         dirty: false,
-        last_checkpoint: Instant::now(),
+        last_checkpoint: instant(),
         checkpoint_interval: config.storage.checkpoint_interval,
         wake: wake_tx,
         volatile: volatile_tx,
@@ -161,6 +170,8 @@ pub fn run_with(
             .map(record::InputRecorder::create)
             .transpose()?,
         checkpoint_failing: Throttled::new("checkpoints fail"),
+        tables_polled: None,
+        table_stats: std::collections::HashMap::new(),
         unsaved_input_bytes: 0,
         append_failing: Throttled::new("cannot write the input log"),
     };
@@ -330,6 +341,10 @@ struct Engine<'a> {
     steps: Arc<control::Steps>,
     /// `--record-input`: what the engine applies, for `weir replay`.
     recorder: Option<record::InputRecorder>,
+    /// When the reference tables were last looked at, and what each file's metadata was then
+    /// (size, mtime, inode), by pipeline.
+    tables_polled: Option<Instant>,
+    table_stats: std::collections::HashMap<String, Option<(u64, i64, i64, u64)>>,
     /// Failing checkpoints, for logs at a bounded rate.
     checkpoint_failing: Throttled,
     /// Bytes appended to the input log since the last checkpoint.
@@ -341,7 +356,7 @@ struct Engine<'a> {
 impl Engine<'_> {
     /// Restores the last checkpoint and replays the input log after it, then checkpoints.
     fn recover(&mut self, store: &Store) -> anyhow::Result<()> {
-        let started = Instant::now();
+        let started = instant();
         let mut covered = None;
         if let Some((blob, through)) = store.load_checkpoint()? {
             let checkpoint = Checkpoint::decode(&blob).map_err(|e| {
@@ -402,9 +417,9 @@ impl Engine<'_> {
 
     /// The live loop, until `stop`.
     fn live(&mut self, mut live: Live, tokio: &tokio::runtime::Handle) -> anyhow::Result<()> {
-        let mut last_input = Instant::now();
+        let mut last_input = instant();
         let mut blocked = false;
-        let mut last_report = (Instant::now(), u64::MAX);
+        let mut last_report = (instant(), u64::MAX);
         let mut disk_wait = Throttled::new("the disk is full: ingest waits");
         while !live.stop.load(SeqCst) {
             while let Ok(command) = self.commands.try_recv() {
@@ -441,7 +456,7 @@ impl Engine<'_> {
                 + self.store.as_ref().map_or(0, |s| s.outbox_len());
             if last_report.0.elapsed() >= STATUS_EVERY && activity != last_report.1 {
                 self.report("status");
-                last_report = (Instant::now(), activity);
+                last_report = (instant(), activity);
             }
             if self.over_cap(&live) {
                 if !blocked {
@@ -463,16 +478,17 @@ impl Engine<'_> {
                 self.metrics.ingest_blocked.store(0, Relaxed);
                 tracing::info!("the outbox has room again: ingest resumes");
             }
+            self.poll_tables(&live.stop);
             let wait = self
                 .checkpoint_interval
                 .min(TICK_EVERY)
                 .min(Duration::from_millis(100));
             let batch = receive(&mut live, tokio, wait);
             if !batch.is_empty() {
-                last_input = Instant::now();
+                last_input = instant();
                 self.take_in(&live, batch)?;
             } else if last_input.elapsed() >= TICK_EVERY {
-                last_input = Instant::now();
+                last_input = instant();
                 self.tick(&live.stop)?;
             }
             self.maybe_checkpoint();
@@ -520,7 +536,7 @@ impl Engine<'_> {
                     return;
                 }
                 // The pause as the data path sees it: from here to the reply (checkpoint included).
-                let started = Instant::now();
+                let started = instant();
                 // A checkpoint first: the input log after it is then replayed, after a crash, by
                 // the version the config names (a swap lasts until a restart).
                 if let Err(e) = self.checkpoint() {
@@ -544,7 +560,7 @@ impl Engine<'_> {
                 if !reply.claim() {
                     return;
                 }
-                let started = Instant::now();
+                let started = instant();
                 if let Err(e) = self.checkpoint() {
                     reply.send(Err(format!("cannot checkpoint before the rollback: {e:#}")));
                     return;
@@ -691,6 +707,49 @@ impl Engine<'_> {
     }
 
     /// Time passes with no input: logged first if an effectively-once pipeline has windows.
+    /// Looks at each pipeline's reference table file (at most every [`TABLE_POLL`]): a version
+    /// other than the one in use is logged whole, as an entry, and applied, so that recovery
+    /// and replay switch tables at the same point. The pipelines themselves never read files.
+    fn poll_tables(&mut self, stop: &AtomicBool) {
+        if self.tables_polled.is_some_and(|t| t.elapsed() < TABLE_POLL) {
+            return;
+        }
+        self.tables_polled = Some(instant());
+        let mut changed = Vec::new();
+        for (p, durable, _) in self.core.pipelines() {
+            let Some((path, sha256)) = p.table() else {
+                continue;
+            };
+            let stat = std::fs::metadata(path).ok().map(|m| {
+                use std::os::unix::fs::MetadataExt as _;
+                (m.len(), m.mtime(), m.mtime_nsec(), m.ino())
+            });
+            let seen = self.table_stats.insert(p.name().to_owned(), stat);
+            if seen.is_some_and(|seen| seen == stat) {
+                continue;
+            }
+            match crate::enrich::read(path) {
+                Ok(content) if crate::runtime::sha256_hex(&content) != sha256 => {
+                    changed.push((p.name().to_owned(), durable, content))
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!("{e}; the version in use stays"),
+            }
+        }
+        for (pipeline, durable, content) in changed {
+            let entry = LogEntry::Table { pipeline, content };
+            let seq = if durable && self.store.is_some() {
+                match self.append(&entry, stop) {
+                    Some(seq) => Some(seq),
+                    None => return,
+                }
+            } else {
+                None
+            };
+            self.process(&entry, seq);
+        }
+    }
+
     fn tick(&mut self, stop: &AtomicBool) -> anyhow::Result<()> {
         let durable = self.store.is_some() && self.core.wants_ticks(true);
         if !durable && !self.core.wants_ticks(false) {
@@ -778,9 +837,9 @@ impl Engine<'_> {
     /// Answers the admin API's commands for `wait` (instead of sleeping), so that a store that
     /// keeps failing never leaves `/status` unanswered.
     fn answer_commands_for(&mut self, wait: Duration) {
-        let deadline = Instant::now() + wait;
+        let deadline = instant() + wait;
         loop {
-            let left = deadline.saturating_duration_since(Instant::now());
+            let left = deadline.saturating_duration_since(instant());
             match self.commands.recv_timeout(left) {
                 Ok(command) => self.command(command),
                 Err(std::sync::mpsc::RecvTimeoutError::Timeout) => return,
@@ -796,7 +855,7 @@ impl Engine<'_> {
         if let Some(r) = &mut self.recorder {
             r.entry(entry);
         }
-        // The live loop applies only messages and ticks, which cannot fail.
+        // The live loop applies messages, ticks and tables, which cannot fail.
         let produced = self.core.apply(entry, false).unwrap_or_else(|e| {
             tracing::error!(error = %e, "an entry could not be applied");
             Produced::default()
@@ -880,7 +939,7 @@ impl Engine<'_> {
         if !self.dirty && self.pending.is_empty() {
             return Ok(());
         }
-        let started = Instant::now();
+        let started = instant();
         let (checkpoint, mut seen) = self.core.checkpoint();
         if !self.unsaved_seen.is_empty() {
             let mut earlier = std::mem::take(&mut self.unsaved_seen);
@@ -911,7 +970,7 @@ impl Engine<'_> {
                 self.pending.clear();
                 self.dirty = false;
                 self.unsaved_input_bytes = 0;
-                self.last_checkpoint = Instant::now();
+                self.last_checkpoint = instant();
                 let m = &self.metrics;
                 let took = started.elapsed().as_micros() as u64;
                 m.checkpoints.fetch_add(1, Relaxed);
@@ -928,7 +987,7 @@ impl Engine<'_> {
             Err(e) => {
                 self.unsaved_seen = seen;
                 self.metrics.store_errors.fetch_add(1, Relaxed);
-                self.last_checkpoint = Instant::now();
+                self.last_checkpoint = instant();
                 Err(anyhow::Error::new(e).context("committing a checkpoint"))
             }
         }
@@ -1003,7 +1062,7 @@ impl Throttled {
         if self.since.is_some() {
             return false;
         }
-        let now = Instant::now();
+        let now = instant();
         self.since = Some(now);
         self.summary_at = Some(now);
         self.announced = self
@@ -1022,7 +1081,7 @@ impl Throttled {
             self.begin();
             return;
         }
-        let now = Instant::now();
+        let now = instant();
         if self
             .summary_at
             .is_some_and(|t| now - t >= STORE_SUMMARY_EVERY)

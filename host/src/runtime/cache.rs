@@ -10,6 +10,9 @@
 //! **Trust**: loading a compiled artifact maps machine code that runs without validation. The
 //! cache directory must be writable only by weir (it lives in weir's data directory).
 
+// Compile and load times are measured for the log and the metrics.
+#![allow(clippy::disallowed_methods)]
+
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};

@@ -10,6 +10,10 @@
 //! straight to the dead-letter output; then one call is tried, and a failure quarantines it again
 //! for twice as long.
 
+// Call times are measured for the metrics, and an operator run on its own (not by a pipeline)
+// has only the wall clock for its quarantine; nothing a pipeline emits reads it.
+#![allow(clippy::disallowed_methods)]
+
 use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -283,7 +287,8 @@ impl OperatorSpec {
 struct Health {
     failures_in_row: u32,
     quarantines_in_row: u32,
-    quarantined_until: Option<Instant>,
+    /// On the operator's clock (see [`Operator::set_clock`]), in ms.
+    quarantined_until: Option<i64>,
     /// The last quarantine just ended: the next failure quarantines again at once.
     probation: bool,
 }
@@ -300,6 +305,10 @@ pub struct Operator {
     state: KeyedState,
     health: Health,
     metrics: Arc<OperatorMetrics>,
+    /// The gateway clock of the batch being processed, set by the pipeline, so that quarantines
+    /// follow the input's time and replay the same; `None` (a plugin run on its own, as by
+    /// `weir plugin run`): the wall clock.
+    clock_ms: Option<i64>,
 }
 
 impl fmt::Debug for Operator {
@@ -328,7 +337,17 @@ impl Operator {
             state: KeyedState::default(),
             health: Health::default(),
             metrics: Arc::default(),
+            clock_ms: None,
         })
+    }
+
+    /// Sets the gateway clock (ms) for the calls that follow: quarantines start and end by it.
+    pub fn set_clock(&mut self, now_ms: i64) {
+        self.clock_ms = Some(now_ms);
+    }
+
+    fn now_ms(&self) -> i64 {
+        self.clock_ms.unwrap_or_else(wall_clock_ms)
     }
 
     pub fn spec(&self) -> &OperatorSpec {
@@ -364,8 +383,9 @@ impl Operator {
         self.state = state;
     }
 
-    /// Until when the plugin is quarantined, if it is.
-    pub fn quarantined_until(&self) -> Option<Instant> {
+    /// Until when (ms, on the clock of [`Operator::set_clock`]) the plugin is quarantined, if it
+    /// is.
+    pub fn quarantined_until(&self) -> Option<i64> {
         self.health.quarantined_until
     }
 
@@ -518,10 +538,10 @@ impl Operator {
     ) -> Result<R, Failure> {
         add(&self.metrics.events_in, inputs as u64);
         if let Some(until) = self.health.quarantined_until {
-            let now = Instant::now();
+            let now = self.now_ms();
             if now < until {
                 return Err(Failure::Quarantined {
-                    remaining: until - now,
+                    remaining: Duration::from_millis(until.abs_diff(now)),
                 });
             }
             self.health.quarantined_until = None;
@@ -603,7 +623,8 @@ impl Operator {
                 .quarantine_backoff
                 .saturating_mul(factor)
                 .min(limits.quarantine_backoff_max);
-            self.health.quarantined_until = Some(Instant::now() + backoff);
+            let backoff_ms = i64::try_from(backoff.as_millis()).unwrap_or(i64::MAX);
+            self.health.quarantined_until = Some(self.now_ms().saturating_add(backoff_ms));
             self.health.quarantines_in_row += 1;
             self.health.failures_in_row = 0;
             self.health.probation = false;
@@ -721,4 +742,12 @@ fn output_problem(output: &Output, inputs: usize, limits: &Limits) -> Option<Fai
 
 fn short(sha256: &str) -> &str {
     &sha256[..sha256.len().min(12)]
+}
+
+/// The wall clock, for an operator not run by a pipeline (which gives it the gateway clock).
+#[allow(clippy::disallowed_methods)] // the edge: a plugin run on its own, with no input clock
+fn wall_clock_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }

@@ -35,6 +35,10 @@ pub trait CustomAggregate {
 
     /// The result of each accumulator, as named values, in order.
     fn finish(&mut self, accs: &[Vec<u8>]) -> Result<Vec<Vec<(String, Value)>>, String>;
+
+    /// The gateway clock (ms) of the calls that follow, for an aggregate whose behaviour
+    /// depends on time (a plugin's quarantine). Nothing by default.
+    fn set_clock(&mut self, _now_ms: i64) {}
 }
 
 /// One value of an event, borrowed from its column.

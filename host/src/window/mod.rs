@@ -392,6 +392,13 @@ impl Windower {
         self.place(batch, source, GatewayClock::EventTime)
     }
 
+    /// Tells the custom aggregate, if any, the gateway clock of the calls that follow.
+    pub fn set_custom_clock(&mut self, now_ms: i64) {
+        if let Some(c) = &mut self.custom {
+            c.aggregate.set_clock(now_ms);
+        }
+    }
+
     /// The newest event time placed with [`GatewayClock::EventTime`], if any.
     pub fn event_clock(&self) -> Option<i64> {
         self.event_clock_ms
