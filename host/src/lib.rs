@@ -16,6 +16,7 @@ pub mod fsutil;
 pub mod keys;
 pub mod mqtt;
 pub mod pipeline;
+pub mod record;
 pub mod replay;
 pub mod runtime;
 pub mod sim;

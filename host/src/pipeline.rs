@@ -21,41 +21,7 @@ use crate::runtime::{DeadInput, DeadLetter, Operator, OperatorSpec, Runtime, Wor
 pub use crate::window::GatewayClock;
 use crate::window::{self, Windower};
 
-/// Which output a record goes to.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Output {
-    Main,
-    Late,
-    DeadLetter,
-}
-
-/// A record a pipeline emits: where it goes, and its body.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Record {
-    pub output: Output,
-    /// The topic it is published to (from the output's template).
-    pub topic: String,
-    pub body: serde_json::Value,
-}
-
-impl Record {
-    /// The record's deterministic id (every record has one).
-    pub fn id(&self) -> &str {
-        self.body["id"].as_str().unwrap_or_default()
-    }
-
-    /// The record as one JSON object: `output`, `topic`, then the body's fields.
-    pub fn to_json(&self) -> serde_json::Value {
-        let mut v = serde_json::json!({ "output": self.output, "topic": self.topic });
-        if let (Some(map), serde_json::Value::Object(body)) = (v.as_object_mut(), &self.body) {
-            for (k, x) in body {
-                map.insert(k.clone(), x.clone());
-            }
-        }
-        v
-    }
-}
+pub use crate::record::{Output, Record, RecordId};
 
 enum Decoder {
     Json(JsonMapping),
@@ -568,7 +534,7 @@ impl Pipeline {
                         "the record cannot be published: its topic {} {problem}",
                         crate::fsutil::elide(&r.topic, 80)
                     ),
-                    vec![r.body],
+                    vec![r.payload_json()],
                 ),
             })
             .collect()
@@ -698,26 +664,26 @@ impl Pipeline {
                 start: r.start_ms,
                 end: r.end_ms,
             };
+            let serde_json::Value::Object(mut body) = serde_json::json!({
+                "pipeline": r.pipeline,
+                "key": &*r.key,
+                "window": r.kind.as_str(),
+                "start_ms": r.start_ms,
+                "end_ms": r.end_ms,
+                "revision": r.revision,
+                "count": r.count,
+                "values": values,
+            }) else {
+                unreachable!("a JSON object")
+            };
+            if !r.replaces.is_empty() {
+                body.insert("replaces".into(), r.replaces.clone().into());
+            }
             records.push(Record {
                 output: Output::Main,
                 topic: vars.render(&self.output.topic),
-                body: {
-                    let mut body = serde_json::json!({
-                        "id": r.id,
-                        "pipeline": r.pipeline,
-                        "key": &*r.key,
-                        "window": r.kind.as_str(),
-                        "start_ms": r.start_ms,
-                        "end_ms": r.end_ms,
-                        "revision": r.revision,
-                        "count": r.count,
-                        "values": values,
-                    });
-                    if !r.replaces.is_empty() {
-                        body["replaces"] = r.replaces.clone().into();
-                    }
-                    body
-                },
+                id: RecordId::parse(&r.id).expect("window ids are 32 hex characters"),
+                body,
             });
         }
         for late in emitted.late {
@@ -726,12 +692,12 @@ impl Pipeline {
                 let vars = TopicVars::event(&self.name, &key);
                 let mut event = late.batch.event_json(i);
                 event["reason"] = late.reason.clone().into();
-                event["id"] = content_id(&self.name, &event).into();
-                records.push(Record {
-                    output: Output::Late,
-                    topic: vars.render(&self.output.late),
-                    body: event,
-                });
+                records.push(content_record(
+                    &self.name,
+                    Output::Late,
+                    vars.render(&self.output.late),
+                    event,
+                ));
             }
         }
         for skewed in emitted.skewed {
@@ -878,28 +844,37 @@ impl<'a> TopicVars<'a> {
 
 fn event_record(pipeline: &str, output: &config::Output, events: &Batch, i: usize) -> Record {
     let key = events.key_of(i);
-    let mut body = events.event_json(i);
-    body["id"] = content_id(pipeline, &body).into();
-    Record {
-        output: Output::Main,
-        topic: TopicVars::event(pipeline, &key).render(&output.topic),
-        body,
-    }
+    content_record(
+        pipeline,
+        Output::Main,
+        TopicVars::event(pipeline, &key).render(&output.topic),
+        events.event_json(i),
+    )
 }
 
-/// A deterministic id for a record that is not a window result (an event forwarded without a
-/// window, a late event, a dead letter): its event time (`ts_ms`, 0 if it has none) in 16 hex
-/// digits, then 8 bytes of a hash of the pipeline and the record's body.
-fn content_id(pipeline: &str, event: &serde_json::Value) -> String {
+/// A record that is not a window result (an event forwarded without a window, a late event, a
+/// dead letter), with its content id: its event time (`ts_ms`, 0 if it has none), then a hash of
+/// the pipeline and the record's fields.
+pub(crate) fn content_record(
+    pipeline: &str,
+    output: Output,
+    topic: String,
+    fields: serde_json::Value,
+) -> Record {
     let mut h = Sha256::new();
     h.update(pipeline.as_bytes());
     h.update([0]);
-    h.update(event.to_string().as_bytes());
-    let digest = h.finalize();
-    let ts = event["ts_ms"].as_i64().unwrap_or(0) as u64;
-    let mut id = format!("{ts:016x}");
-    id.extend(digest[..8].iter().map(|b| format!("{b:02x}")));
-    id
+    h.update(fields.to_string().as_bytes());
+    let ts = fields["ts_ms"].as_i64().unwrap_or(0) as u64;
+    let serde_json::Value::Object(body) = fields else {
+        unreachable!("records are JSON objects")
+    };
+    Record {
+        output,
+        topic,
+        id: RecordId::new(ts, &h.finalize()),
+        body,
+    }
 }
 
 fn dead_letter_record(pipeline: &str, output: &config::Output, d: &DeadLetter) -> Record {
@@ -919,18 +894,17 @@ fn dead_letter_json(
     detail: &str,
     input: Vec<serde_json::Value>,
 ) -> Record {
-    let mut body = serde_json::json!({
-        "step": step,
-        "reason": reason,
-        "detail": detail,
-        "input": input,
-    });
-    body["id"] = content_id(pipeline, &body).into();
-    Record {
-        output: Output::DeadLetter,
-        topic: TopicVars::event(pipeline, "").render(&output.dead_letter),
-        body,
-    }
+    content_record(
+        pipeline,
+        Output::DeadLetter,
+        TopicVars::event(pipeline, "").render(&output.dead_letter),
+        serde_json::json!({
+            "step": step,
+            "reason": reason,
+            "detail": detail,
+            "input": input,
+        }),
+    )
 }
 
 fn message_json(m: &Message) -> serde_json::Value {

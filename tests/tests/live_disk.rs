@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value as Json, json};
+use weir::record::RecordId;
 use weir::store::{OnFull, OutboxRecord, Store, StoreOptions};
 use weir_tests::mosquitto::Mosquitto;
 use weir_tests::mqtt_client::{Collector, Message};
@@ -377,25 +378,24 @@ fn records_the_broker_would_refuse_are_set_aside_and_the_rest_flows() {
     // Append the hostile records after them, as a checkpoint would, then one good record.
     let store = Store::open(&data, store_options()).unwrap();
     let (checkpoint, through) = store.load_checkpoint().unwrap().expect("a checkpoint");
-    let bad = |topic: String, payload: usize, id: &str| OutboxRecord {
+    // Ids whose time part says which is which: 0xbad0 + n for the bad ones, 0x600d for the good.
+    let id = |n: u64| RecordId::new(n, &[0; 8]).to_string();
+    let bad = |topic: String, payload: usize, n: u64| OutboxRecord {
         topic,
-        id: id.to_owned(),
-        payload: json!({"id": id, "pad": "p".repeat(payload)})
+        id: RecordId::new(n, &[0; 8]),
+        payload: json!({"id": id(n), "pad": "p".repeat(payload)})
             .to_string()
             .into_bytes(),
     };
     let hostile = vec![
-        bad(String::new(), 10, "bad-empty"),
-        bad("relay/+".into(), 10, "bad-wildcard"),
-        bad("relay/a\0b".into(), 10, "bad-nul"),
-        bad(
-            format!("relay/{}", "k".repeat(70_000)),
-            10,
-            "bad-long-topic",
-        ),
-        bad("relay/big".into(), 10_000, "bad-too-large"),
-        bad("relay/after".into(), 10, "good-after"),
+        bad(String::new(), 10, 0xbad0),
+        bad("relay/+".into(), 10, 0xbad1),
+        bad("relay/a\0b".into(), 10, 0xbad2),
+        bad(format!("relay/{}", "k".repeat(70_000)), 10, 0xbad3),
+        bad("relay/big".into(), 10_000, 0xbad4),
+        bad("relay/after".into(), 10, 0x600d),
     ];
+    let bad_ids: Vec<String> = (0xbad0..=0xbad4).map(id).collect();
     store
         .commit_checkpoint(&checkpoint, through, &hostile, &[])
         .unwrap();
@@ -414,9 +414,9 @@ fn records_the_broker_would_refuse_are_set_aside_and_the_rest_flows() {
         s["outbox"]["records"] == 0
     });
     let ids = distinct_ids(&got);
-    assert!(ids.contains("good-after"), "the record after them arrived");
+    assert!(ids.contains(&id(0x600d)), "the record after them arrived");
     assert!(
-        !ids.iter().any(|id| id.starts_with("bad-")),
+        !ids.iter().any(|i| bad_ids.contains(i)),
         "no refused record was sent: {ids:?}"
     );
     let readings: Vec<Message> = got
@@ -436,17 +436,11 @@ fn records_the_broker_would_refuse_are_set_aside_and_the_rest_flows() {
     assert_eq!(r.json().unwrap()["outbox"]["set_aside"], 5);
     assert!(weir.terminate().success(), "{}", weir.stderr());
     let stderr = weir.stderr();
-    for id in [
-        "bad-empty",
-        "bad-wildcard",
-        "bad-nul",
-        "bad-long-topic",
-        "bad-too-large",
-    ] {
+    for id in &bad_ids {
         assert!(
             stderr
                 .lines()
-                .any(|l| l.contains("ERROR") && l.contains(id) && l.contains("seq=")),
+                .any(|l| l.contains("ERROR") && l.contains(id.as_str()) && l.contains("seq=")),
             "an ERROR names {id}:\n{stderr}"
         );
     }

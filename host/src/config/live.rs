@@ -64,11 +64,17 @@ pub struct Upstream {
     pub id_property: String,
 }
 
+/// The default `commit_interval` (see configs/README.md for the measured trade).
+pub const DEFAULT_COMMIT_INTERVAL: Duration = Duration::from_millis(25);
+
 /// `[storage]`: the durable store.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Storage {
     pub data_dir: PathBuf,
-    /// How often state and new records are committed (at most; only when something changed).
+    /// At most one commit (input, records, deletes, and a checkpoint when due) per this long.
+    pub commit_interval: Duration,
+    /// How often a checkpoint (the pipelines' state) goes with a commit, at most; only when
+    /// something changed. Recovery replays the input logged since the last one.
     pub checkpoint_interval: Duration,
     /// The outbox's cap in bytes...
     pub max_outbox_bytes: u64,
@@ -150,7 +156,8 @@ impl Default for Storage {
     fn default() -> Self {
         Storage {
             data_dir: PathBuf::from("/var/lib/weir"),
-            checkpoint_interval: Duration::from_millis(200),
+            commit_interval: DEFAULT_COMMIT_INTERVAL,
+            checkpoint_interval: Duration::from_secs(30),
             max_outbox_bytes: 512 * 1024 * 1024,
             on_full: OnFull::Block,
         }

@@ -104,6 +104,7 @@ pub(super) struct RawReconnect {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawStorage {
     pub data_dir: Option<String>,
+    pub commit_interval: Option<toml::Value>,
     pub checkpoint_interval: Option<toml::Value>,
     pub max_outbox: Option<toml::Value>,
     pub on_full: Option<RawOnFull>,

@@ -51,6 +51,26 @@ struct Lane {
     seen: SeenSet,
 }
 
+/// Which pipelines an entry is applied to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Lanes {
+    All,
+    /// Only the effectively-once ones (recovery: the at-most-once ones never saw the input log).
+    EffectivelyOnce,
+    /// Only the at-most-once ones (an entry the input log does not hold).
+    AtMostOnce,
+}
+
+impl Lanes {
+    fn has(self, durable: bool) -> bool {
+        match self {
+            Lanes::All => true,
+            Lanes::EffectivelyOnce => durable,
+            Lanes::AtMostOnce => !durable,
+        }
+    }
+}
+
 /// Records produced by one entry, in the order made.
 #[derive(Debug, Default)]
 pub struct Produced {
@@ -141,19 +161,26 @@ impl Core {
     /// swap or rollback that cannot be done (an unknown step, a plugin that does not load): entries
     /// the live loop logs never fail.
     pub fn apply(&mut self, entry: &LogEntry, replaying: bool) -> Result<Produced, String> {
+        let lanes = if replaying {
+            Lanes::EffectivelyOnce
+        } else {
+            Lanes::All
+        };
+        self.apply_to(entry, lanes)
+    }
+
+    /// [`Core::apply`] to some of the pipelines only.
+    pub fn apply_to(&mut self, entry: &LogEntry, lanes: Lanes) -> Result<Produced, String> {
         let mut out = Produced::default();
         match entry {
             LogEntry::Tick { now_ms } => {
-                for lane in &mut self.lanes {
-                    if replaying && !lane.durable {
-                        continue;
-                    }
+                for lane in self.lanes.iter_mut().filter(|l| lanes.has(l.durable)) {
                     let records = lane.pipeline.tick(*now_ms);
                     push(&mut out, lane.durable, records, &self.metrics);
                 }
             }
             LogEntry::Watermark { watermark_ms } => {
-                for lane in &mut self.lanes {
+                for lane in self.lanes.iter_mut().filter(|l| lanes.has(l.durable)) {
                     let records = lane.pipeline.advance_watermark_to(*watermark_ms);
                     push(&mut out, lane.durable, records, &self.metrics);
                 }
@@ -194,7 +221,7 @@ impl Core {
             LogEntry::Messages {
                 received_ms,
                 messages,
-            } => self.messages(*received_ms, messages, replaying, &mut out),
+            } => self.messages(*received_ms, messages, lanes, &mut out),
         }
         // Between two entries, no batch holds key ids: the key table may forget idle keys.
         let forgotten = crate::keys::sweep();
@@ -210,7 +237,7 @@ impl Core {
         &mut self,
         received_ms: Option<i64>,
         messages: &[Logged],
-        replaying: bool,
+        lanes: Lanes,
         out: &mut Produced,
     ) {
         let clock = match received_ms {
@@ -223,10 +250,7 @@ impl Core {
                 unknown.push(m);
             }
         }
-        for lane in &mut self.lanes {
-            if replaying && !lane.durable {
-                continue;
-            }
+        for lane in self.lanes.iter_mut().filter(|l| lanes.has(l.durable)) {
             let mut batch = Vec::new();
             let mut oversized = Vec::new();
             for m in messages.iter().filter(|m| lane.pipeline.accepts(&m.topic)) {
@@ -272,7 +296,7 @@ impl Core {
             }
             push(out, lane.durable, records, &self.metrics);
         }
-        if !unknown.is_empty() {
+        if !unknown.is_empty() && lanes.has(self.any_durable()) {
             self.metrics
                 .unknown_topic
                 .fetch_add(unknown.len() as u64, Relaxed);
@@ -420,22 +444,15 @@ fn unknown_topic_record(topic: &str, m: &Logged) -> Record {
             "payload_base64": base64::engine::general_purpose::STANDARD.encode(&m.payload),
         }),
     }];
-    let mut body = serde_json::json!({
-        "step": "source",
-        "reason": "rejected",
-        "detail": "no pipeline's topics match the message's topic",
-        "input": input,
-    });
-    let digest = {
-        use sha2::{Digest, Sha256};
-        Sha256::digest(body.to_string().as_bytes())
-    };
-    let mut id = format!("{:016x}", 0);
-    id.extend(digest[..8].iter().map(|b| format!("{b:02x}")));
-    body["id"] = id.into();
-    Record {
-        output: Output::DeadLetter,
-        topic: topic.to_owned(),
-        body,
-    }
+    crate::pipeline::content_record(
+        "",
+        Output::DeadLetter,
+        topic.to_owned(),
+        serde_json::json!({
+            "step": "source",
+            "reason": "rejected",
+            "detail": "no pipeline's topics match the message's topic",
+            "input": input,
+        }),
+    )
 }

@@ -1,16 +1,20 @@
-//! `weir run`: the live gateway. Messages from the source broker are logged (one commit, one
-//! fsync per batch) and only then acknowledged; the pipelines process them; a checkpoint commits
-//! their state, the dedup changes, the input position and the records emitted since the last one
-//! in one transaction; the forwarder drains the outbox upstream.
+//! `weir run`: the live gateway. Messages from the source broker are processed as they come;
+//! at most once per `commit_interval` one durable transaction (a group commit) holds the input
+//! taken in since the last one, the records made from it, the deletion of records the upstream
+//! broker acknowledged, and, when one is due, a checkpoint (state, dedup changes, the input
+//! position). Only then are the messages acknowledged to the source broker, and the records
+//! handed to the forwarder, which drains the outbox upstream.
 //!
 //! Threads: the MQTT source and the forwarder are tokio tasks (their event loops never run guest
-//! code); the pipelines run on one engine thread of their own, which also does the input-log and
-//! checkpoint commits, so Wasm never runs on a tokio worker.
+//! code); the pipelines run on one engine thread of their own, which also commits, so Wasm never
+//! runs on a tokio worker.
 //!
 //! After a crash the engine restores the last checkpoint and replays the input log after it:
-//! every entry is processed exactly as before (same messages, same gateway clock), so the
-//! records, and their ids, are the same ones.
+//! every entry is processed exactly as before (same messages, same gateway clock), so the state
+//! is what it was. The records those entries made are in the outbox already (each commit held
+//! its input's records), so recovery makes them again only to drop them.
 
+mod acked;
 pub mod control;
 mod core;
 pub mod dedup;
@@ -36,9 +40,9 @@ pub use self::metrics::EngineMetrics;
 use crate::config::Config;
 use crate::mqtt::forwarder::{self, ForwarderMetrics, ForwarderSettings, VolatileRecord};
 use crate::mqtt::source::{AckToken, Acker, Incoming, Source, SourceMetrics};
-use crate::pipeline::Record;
+use crate::record::WireRecord;
 use crate::runtime::{Runtime, RuntimeConfig};
-use crate::store::{OnFull, OutboxRecord, Store, StoreError, StoreOptions};
+use crate::store::{Commit, OnFull, Store, StoreOptions};
 
 /// How often the reference tables' files are looked at for a new version.
 const TABLE_POLL: Duration = Duration::from_secs(1);
@@ -52,11 +56,12 @@ const STORE_SUMMARY_EVERY: Duration = Duration::from_secs(30);
 /// admin commands in between.
 const DISK_FULL_POLL: Duration = Duration::from_millis(200);
 /// A checkpoint is due once this much input was logged since the last one, whatever the
-/// interval: it bounds the input log and the records one checkpoint writes, which must fit in
-/// the disk's reserve when the disk is full.
-const CHECKPOINT_AFTER_INPUT_BYTES: usize = 256 * 1024;
-/// While the disk is full, a checkpoint is tried at most this often.
-const FULL_DISK_CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
+/// interval: it bounds the input log (and so recovery, and what a full disk must hold).
+const CHECKPOINT_AFTER_INPUT_BYTES: usize = 1 << 20;
+/// While the disk is full, a commit is tried at most this often.
+const FULL_DISK_COMMIT_EVERY: Duration = Duration::from_secs(1);
+/// The live loop looks at the admin API's commands at least this often.
+const COMMANDS_EVERY: Duration = Duration::from_millis(100);
 /// Records of at-most-once pipelines waiting in memory for the forwarder, at most.
 const VOLATILE_QUEUE: usize = 10_000;
 /// Messages from the source waiting for the engine, at most.
@@ -150,15 +155,20 @@ pub fn run_with(
     let (commands_tx, commands_rx) = control::channel();
     let (wake_tx, wake_rx) = watch::channel(0u64);
     let (volatile_tx, volatile_rx) = mpsc::channel(VOLATILE_QUEUE);
+    let acked = Arc::new(acked::Acknowledged::default());
     let mut engine = Engine {
         core: &mut core,
         store: store.clone(),
-        pending: Vec::new(),
+        uncommitted: Uncommitted::default(),
+        acked: acked.clone(),
+        acker: None,
         unsaved_seen: Vec::new(),
-        processed_through: None,
         dirty: false,
+        last_commit: None,
         last_checkpoint: instant(),
+        commit_interval: config.storage.commit_interval,
         checkpoint_interval: config.storage.checkpoint_interval,
+        input_bytes_since_checkpoint: 0,
         wake: wake_tx,
         volatile: volatile_tx,
         metrics: metrics.engine.clone(),
@@ -169,11 +179,9 @@ pub fn run_with(
             .as_deref()
             .map(record::InputRecorder::create)
             .transpose()?,
-        checkpoint_failing: Throttled::new("checkpoints fail"),
+        commit_failing: Throttled::new("commits fail"),
         tables_polled: None,
         table_stats: std::collections::HashMap::new(),
-        unsaved_input_bytes: 0,
-        append_failing: Throttled::new("cannot write the input log"),
     };
     if let Some(store) = &store {
         engine.recover(store)?;
@@ -181,7 +189,10 @@ pub fn run_with(
     let (fwd_stop_tx, fwd_stop_rx) = watch::channel(false);
     let fwd_stop_rx_admin = fwd_stop_rx.clone();
     let outbox: Arc<dyn forwarder::Outbox> = match &store {
-        Some(s) => s.clone(),
+        Some(s) => Arc::new(acked::CommittedOutbox {
+            store: s.clone(),
+            acked,
+        }),
         None => Arc::new(forwarder::EmptyOutbox),
     };
     let forwarder = forwarder::spawn(
@@ -258,9 +269,9 @@ pub fn run_with(
         "weir is running"
     );
 
+    engine.acker = Some(source.acker());
     let live = Live {
         ingest: ingest_rx,
-        acker: source.acker(),
         batch_max: config.source.batch_max_messages,
         linger: config.source.batch_linger,
         max_message_bytes: config.source.max_message_bytes,
@@ -310,7 +321,6 @@ pub fn run_with(
 /// The live loop's inputs.
 struct Live {
     ingest: mpsc::Receiver<Incoming>,
-    acker: Acker,
     batch_max: usize,
     linger: Duration,
     max_message_bytes: u64,
@@ -319,20 +329,26 @@ struct Live {
     stop: Arc<AtomicBool>,
 }
 
-/// The engine thread: takes messages in, logs them, runs them through the core, checkpoints.
+/// The engine thread: takes messages in, runs them through the core, commits.
 struct Engine<'a> {
     core: &'a mut Core,
     store: Option<Arc<Store>>,
-    /// Records of effectively-once pipelines since the last checkpoint.
-    pending: Vec<Record>,
+    /// What was taken in and made since the last commit: all of it goes into the next one.
+    uncommitted: Uncommitted,
+    /// Outbox records acknowledged upstream: the next commit deletes them.
+    acked: Arc<acked::Acknowledged>,
+    /// Acknowledges messages to the source broker (once it is started).
+    acker: Option<Acker>,
     /// Seen-set changes of checkpoints that failed to commit, for the next one.
     unsaved_seen: Vec<(String, SeenChanges)>,
-    /// The last input-log entry processed.
-    processed_through: Option<u64>,
     /// State changed since the last checkpoint.
     dirty: bool,
+    last_commit: Option<Instant>,
     last_checkpoint: Instant,
+    commit_interval: Duration,
     checkpoint_interval: Duration,
+    /// Input bytes logged since the last checkpoint.
+    input_bytes_since_checkpoint: usize,
     wake: watch::Sender<u64>,
     volatile: mpsc::Sender<VolatileRecord>,
     metrics: Arc<EngineMetrics>,
@@ -341,23 +357,38 @@ struct Engine<'a> {
     steps: Arc<control::Steps>,
     /// `--record-input`: what the engine applies, for `weir replay`.
     recorder: Option<record::InputRecorder>,
+    /// Failing commits, for logs at a bounded rate.
+    commit_failing: Throttled,
     /// When the reference tables were last looked at, and what each file's metadata was then
     /// (size, mtime, inode), by pipeline.
     tables_polled: Option<Instant>,
     table_stats: std::collections::HashMap<String, Option<(u64, i64, i64, u64)>>,
-    /// Failing checkpoints, for logs at a bounded rate.
-    checkpoint_failing: Throttled,
-    /// Bytes appended to the input log since the last checkpoint.
-    unsaved_input_bytes: usize,
-    /// Failing input-log appends, for logs at a bounded rate.
-    append_failing: Throttled,
+}
+
+/// Since the last commit: the input-log entries taken in (encoded), the records made from them
+/// (serialized, as they enter the outbox), and the acks owed to the source broker for them.
+#[derive(Default)]
+struct Uncommitted {
+    entries: Vec<Vec<u8>>,
+    entry_bytes: usize,
+    messages: u64,
+    records: Vec<WireRecord>,
+    acks: Vec<AckToken>,
+}
+
+impl Uncommitted {
+    fn is_empty(&self) -> bool {
+        self.entries.is_empty() && self.records.is_empty()
+    }
 }
 
 impl Engine<'_> {
-    /// Restores the last checkpoint and replays the input log after it, then checkpoints.
+    /// Restores the last checkpoint and replays the input log after it. The records the replayed
+    /// entries make are dropped: each commit held its input and the records made from it, so they
+    /// are in the outbox already (or were delivered).
     fn recover(&mut self, store: &Store) -> anyhow::Result<()> {
         let started = instant();
-        let mut covered = None;
+        let mut after = None;
         if let Some((blob, through)) = store.load_checkpoint()? {
             let checkpoint = Checkpoint::decode(&blob).map_err(|e| {
                 anyhow::anyhow!(
@@ -368,12 +399,11 @@ impl Engine<'_> {
             })?;
             self.core
                 .restore(checkpoint, |name| Ok(store.load_seen(name)?))?;
-            covered = through;
+            after = through;
         }
-        self.processed_through = covered;
         let mut replayed = 0u64;
         loop {
-            let entries = store.read_input(self.processed_through, 256)?;
+            let entries = store.read_input(after, 256)?;
             if entries.is_empty() {
                 break;
             }
@@ -385,26 +415,12 @@ impl Engine<'_> {
                         store.path().display()
                     )
                 })?;
-                let produced = self.core.apply(&entry, true).map_err(anyhow::Error::msg)?;
-                self.pending.extend(produced.durable());
-                self.processed_through = Some(seq);
+                self.core.apply(&entry, true).map_err(anyhow::Error::msg)?;
+                self.input_bytes_since_checkpoint += bytes.len();
+                after = Some(seq);
                 self.dirty = true;
                 replayed += 1;
             }
-        }
-        if self.dirty
-            && let Err(e) = self.checkpoint()
-        {
-            // Nothing is lost: the state is in memory and the input log on disk still holds
-            // what it replayed. The live loop commits it once the store takes writes again.
-            if store_error(&e).is_some_and(|s| s.is_corrupt()) {
-                return Err(e);
-            }
-            tracing::warn!(
-                error = %format!("{e:#}"),
-                "cannot commit the checkpoint after recovery; weir starts anyway and commits it \
-                 once the store takes writes again (the input log still holds everything)"
-            );
         }
         tracing::info!(
             replayed_entries = replayed,
@@ -430,8 +446,8 @@ impl Engine<'_> {
                 && !store.try_resume()
             {
                 // No new input while the disk is full: the room the store's released reserve
-                // made goes to deleting delivered records and to the pending checkpoint.
-                // Messages stay unacknowledged at the source broker.
+                // made goes to deleting delivered records and to the pending commit. Messages
+                // stay unacknowledged at the source broker.
                 disk_wait.waiting(|waited, _| {
                     tracing::warn!(
                         waited_s = waited.as_secs(),
@@ -441,7 +457,12 @@ impl Engine<'_> {
                          it) until there is room; free space, or let the uplink drain the outbox"
                     );
                 });
-                self.maybe_checkpoint();
+                if self
+                    .last_commit
+                    .is_none_or(|t| t.elapsed() >= FULL_DISK_COMMIT_EVERY)
+                {
+                    self.commit(false);
+                }
                 self.answer_commands_for(DISK_FULL_POLL);
                 continue;
             }
@@ -469,8 +490,8 @@ impl Engine<'_> {
                          until the uplink drains it; the source broker holds the messages"
                     );
                 }
-                self.maybe_checkpoint();
-                std::thread::sleep(Duration::from_millis(20));
+                self.maybe_commit();
+                self.answer_commands_for(Duration::from_millis(20));
                 continue;
             }
             if blocked {
@@ -478,28 +499,27 @@ impl Engine<'_> {
                 self.metrics.ingest_blocked.store(0, Relaxed);
                 tracing::info!("the outbox has room again: ingest resumes");
             }
-            self.poll_tables(&live.stop);
-            let wait = self
-                .checkpoint_interval
-                .min(TICK_EVERY)
-                .min(Duration::from_millis(100));
+            self.poll_tables();
+            // Wait for input until the next commit is due (if one is owed), a tick, or a look at
+            // the admin API's commands, whichever comes first.
+            let mut wait = COMMANDS_EVERY.min(TICK_EVERY.saturating_sub(last_input.elapsed()));
+            if let Some(due) = self.commit_due_in() {
+                wait = wait.min(due);
+            }
             let batch = receive(&mut live, tokio, wait);
             if !batch.is_empty() {
                 last_input = instant();
-                self.take_in(&live, batch)?;
+                self.take_in(&live, batch);
             } else if last_input.elapsed() >= TICK_EVERY {
                 last_input = instant();
-                self.tick(&live.stop)?;
+                self.tick();
             }
-            self.maybe_checkpoint();
+            self.maybe_commit();
         }
-        if let Err(e) = self.checkpoint() {
-            if !store_error(&e).is_some_and(StoreError::is_no_space) {
-                return Err(e);
-            }
+        if !self.commit(true) {
             tracing::warn!(
-                "the last checkpoint is skipped: the disk is full; the input log holds everything \
-                 since the previous one, and the next start replays it"
+                "the last commit failed (see above); what it held stays unacknowledged at the \
+                 source broker, and the next start replays the input log after the last checkpoint"
             );
         }
         if let Some(r) = &mut self.recorder {
@@ -535,12 +555,15 @@ impl Engine<'_> {
                 if !reply.claim() {
                     return;
                 }
-                // The pause as the data path sees it: from here to the reply (checkpoint included).
+                // The pause as the data path sees it: from here to the reply (commit included).
                 let started = instant();
-                // A checkpoint first: the input log after it is then replayed, after a crash, by
-                // the version the config names (a swap lasts until a restart).
-                if let Err(e) = self.checkpoint() {
-                    reply.send(Err(format!("cannot checkpoint before the swap: {e:#}")));
+                // A commit with a checkpoint first, whatever the commit interval: the input log
+                // after it is then replayed, after a crash, by the version the config names (a
+                // swap lasts until a restart).
+                if !self.commit(true) {
+                    reply.send(Err(
+                        "cannot commit a checkpoint before the swap (see weir's log)".to_owned(),
+                    ));
                     return;
                 }
                 let mut result = self.operator(&pipeline, &step).map(|op| op.swap(*prepared));
@@ -561,8 +584,11 @@ impl Engine<'_> {
                     return;
                 }
                 let started = instant();
-                if let Err(e) = self.checkpoint() {
-                    reply.send(Err(format!("cannot checkpoint before the rollback: {e:#}")));
+                if !self.commit(true) {
+                    reply.send(Err(
+                        "cannot commit a checkpoint before the rollback (see weir's log)"
+                            .to_owned(),
+                    ));
                     return;
                 }
                 let mut result = self
@@ -650,13 +676,15 @@ impl Engine<'_> {
                 .is_some_and(|s| s.outbox_bytes() >= live.max_outbox_bytes)
     }
 
-    /// Logs a batch (if any of it must be), acknowledges it, and processes it.
-    fn take_in(&mut self, live: &Live, batch: Vec<Incoming>) -> anyhow::Result<()> {
+    /// Takes a batch in: what must be logged goes into the next commit (acknowledged after it),
+    /// the rest is acknowledged at once; the whole batch is processed now.
+    fn take_in(&mut self, live: &Live, batch: Vec<Incoming>) {
         self.metrics
             .messages_in
             .fetch_add(batch.len() as u64, Relaxed);
         let received_ms = now_ms();
-        let mut tokens: Vec<AckToken> = Vec::with_capacity(batch.len());
+        let mut owed: Vec<AckToken> = Vec::new();
+        let mut free: Vec<AckToken> = Vec::new();
         let mut all = Vec::with_capacity(batch.len());
         let mut logged = Vec::new();
         for incoming in batch {
@@ -676,41 +704,43 @@ impl Engine<'_> {
             };
             if self.store.is_some() && self.core.must_log(&m.topic) {
                 logged.push(m.clone());
+                owed.push(incoming.ack);
+            } else {
+                free.push(incoming.ack);
             }
             all.push(m);
-            tokens.push(incoming.ack);
         }
-        let mut seq = None;
+        // Not owed upstream: the source broker may forget them now.
+        if let Some(acker) = &self.acker {
+            acker.ack(free);
+        }
         if !logged.is_empty() {
             let entry = LogEntry::Messages {
                 received_ms: Some(received_ms),
                 messages: logged,
             };
-            let Some(logged) = self.append(&entry, &live.stop) else {
-                // Stopped while the store refused: nothing was acknowledged, so the source
-                // broker sends these messages again to the next run.
-                return Ok(());
-            };
-            seq = Some(logged);
-            self.metrics
-                .messages_logged
-                .fetch_add(entry.messages() as u64, Relaxed);
+            self.log(&entry);
+            self.uncommitted.acks.extend(owed);
         }
-        // Logged (or not owed): now the source broker may forget them.
-        live.acker.ack(tokens);
         let entry = LogEntry::Messages {
             received_ms: Some(received_ms),
             messages: all,
         };
-        self.process(&entry, seq);
-        Ok(())
+        self.process(&entry);
     }
 
-    /// Time passes with no input: logged first if an effectively-once pipeline has windows.
+    /// Adds an entry to what the next commit writes to the input log.
+    fn log(&mut self, entry: &LogEntry) {
+        let bytes = entry.encode();
+        self.uncommitted.entry_bytes += bytes.len();
+        self.uncommitted.messages += entry.messages() as u64;
+        self.uncommitted.entries.push(bytes);
+    }
+
     /// Looks at each pipeline's reference table file (at most every [`TABLE_POLL`]): a version
     /// other than the one in use is logged whole, as an entry, and applied, so that recovery
     /// and replay switch tables at the same point. The pipelines themselves never read files.
-    fn poll_tables(&mut self, stop: &AtomicBool) {
+    fn poll_tables(&mut self) {
         if self.tables_polled.is_some_and(|t| t.elapsed() < TABLE_POLL) {
             return;
         }
@@ -738,100 +768,27 @@ impl Engine<'_> {
         }
         for (pipeline, durable, content) in changed {
             let entry = LogEntry::Table { pipeline, content };
-            let seq = if durable && self.store.is_some() {
-                match self.append(&entry, stop) {
-                    Some(seq) => Some(seq),
-                    None => return,
-                }
+            if durable && self.store.is_some() {
+                self.log(&entry);
+                self.process(&entry);
             } else {
-                None
-            };
-            self.process(&entry, seq);
+                self.process_volatile(&entry);
+            }
         }
     }
 
-    fn tick(&mut self, stop: &AtomicBool) -> anyhow::Result<()> {
+    /// Time passes with no input. Logged (and so applied to every pipeline) while an
+    /// effectively-once pipeline holds windows; otherwise applied to the at-most-once ones only,
+    /// so that nothing the input log does not hold ever changes a durable pipeline.
+    fn tick(&mut self) {
         let durable = self.store.is_some() && self.core.wants_ticks(true);
-        if !durable && !self.core.wants_ticks(false) {
-            return Ok(());
-        }
         let entry = LogEntry::Tick { now_ms: now_ms() };
-        let seq = if durable {
-            match self.append(&entry, stop) {
-                Some(seq) => Some(seq),
-                None => return Ok(()),
-            }
-        } else {
-            None
-        };
-        self.process(&entry, seq);
-        Ok(())
-    }
-
-    /// Appends to the input log, retrying while the store refuses (a full disk, a failing one):
-    /// nothing is acknowledged meanwhile, so nothing is lost. Between attempts it answers the
-    /// admin API's commands; while the disk is full it does not even try until the store says
-    /// there is room ([`Store::try_resume`]). Logs the first failure, then a summary every 30 s.
-    /// `None` if `stop` turned true first: the entry was not logged.
-    fn append(&mut self, entry: &LogEntry, stop: &AtomicBool) -> Option<u64> {
-        let store = self.store.clone().expect("only with a store");
-        let bytes = entry.encode();
-        let mut delay = Duration::from_millis(50);
-        let mut failing = std::mem::replace(
-            &mut self.append_failing,
-            Throttled::new("cannot write the input log"),
-        );
-        let result = loop {
-            if !store.disk_full() || store.try_resume() {
-                match store.append_input(&bytes) {
-                    Ok(seq) => {
-                        self.metrics.input_commits.fetch_add(1, Relaxed);
-                        self.unsaved_input_bytes += bytes.len();
-                        failing.over(|waited| {
-                            tracing::info!(
-                                waited_ms = waited.as_millis() as u64,
-                                "the input log is written again"
-                            );
-                        });
-                        break Some(seq);
-                    }
-                    Err(e) => {
-                        self.metrics.store_errors.fetch_add(1, Relaxed);
-                        if failing.begin() {
-                            tracing::error!(
-                                error = %e,
-                                "cannot write the input log; the messages stay unacknowledged at \
-                                 the source broker and are retried"
-                            );
-                        }
-                    }
-                }
-            }
-            failing.waiting(|waited, attempts| {
-                tracing::warn!(
-                    waited_s = waited.as_secs(),
-                    attempts,
-                    disk_full = store.disk_full(),
-                    "still cannot write the input log; the messages stay unacknowledged at the \
-                     source broker"
-                );
-            });
-            if stop.load(SeqCst) {
-                break None;
-            }
-            // What was processed before may still be committed: it moves input into the outbox.
-            self.maybe_checkpoint();
-            let wait = if store.disk_full() {
-                DISK_FULL_POLL
-            } else {
-                let d = delay;
-                delay = (delay * 2).min(Duration::from_secs(5));
-                d
-            };
-            self.answer_commands_for(wait);
-        };
-        self.append_failing = failing;
-        result
+        if durable {
+            self.log(&entry);
+            self.process(&entry);
+        } else if self.core.wants_ticks(false) {
+            self.process_volatile(&entry);
+        }
     }
 
     /// Answers the admin API's commands for `wait` (instead of sleeping), so that a store that
@@ -851,144 +808,175 @@ impl Engine<'_> {
         }
     }
 
-    fn process(&mut self, entry: &LogEntry, seq: Option<u64>) {
+    /// Applies an entry to every pipeline: records of effectively-once ones wait for the next
+    /// commit, those of at-most-once ones are sent at once.
+    fn process(&mut self, entry: &LogEntry) {
+        self.apply(entry, false);
+    }
+
+    /// Applies an entry the input log does not hold to the at-most-once pipelines only.
+    fn process_volatile(&mut self, entry: &LogEntry) {
+        self.apply(entry, true);
+    }
+
+    fn apply(&mut self, entry: &LogEntry, volatile_only: bool) {
         if let Some(r) = &mut self.recorder {
             r.entry(entry);
         }
+        let lanes = if volatile_only {
+            core::Lanes::AtMostOnce
+        } else {
+            core::Lanes::All
+        };
         // The live loop applies messages, ticks and tables, which cannot fail.
-        let produced = self.core.apply(entry, false).unwrap_or_else(|e| {
+        let produced = self.core.apply_to(entry, lanes).unwrap_or_else(|e| {
             tracing::error!(error = %e, "an entry could not be applied");
             Produced::default()
         });
         for (r, durable) in produced.records {
+            let wire = r.to_wire();
             if durable {
-                self.pending.push(r);
-                continue;
-            }
-            let record = VolatileRecord {
-                topic: r.topic.clone(),
-                id: r.id().to_owned(),
-                payload: r.body.to_string().into_bytes(),
-            };
-            if self.volatile.try_send(record).is_err() {
+                self.uncommitted.records.push(wire);
+            } else if self.volatile.try_send(wire).is_err() {
                 self.metrics.volatile_dropped.fetch_add(1, Relaxed);
             }
         }
-        if seq.is_some() {
-            self.processed_through = seq;
+        if !volatile_only {
+            self.dirty = true;
         }
-        self.dirty = true;
         self.steps.publish_quarantines(self.core);
     }
 
-    /// Checkpoints if one is due: every `checkpoint_interval`, or sooner once the input logged
-    /// since the last one reaches [`CHECKPOINT_AFTER_INPUT_BYTES`] (so that neither the input
-    /// log nor one checkpoint's records outgrow what a full disk's reserve can take). While the
-    /// disk is full, at most every [`FULL_DISK_CHECKPOINT_EVERY`]: a checkpoint is how logged
-    /// input becomes outbox records and leaves the input log. A failed commit changed nothing on
-    /// disk: it is reported (the first failure, then a summary every 30 s while they last), and
-    /// the next one carries everything again.
-    fn maybe_checkpoint(&mut self) {
-        if !self.dirty {
-            return;
+    /// Whether a checkpoint is due: `checkpoint_interval` passed since the last one, or the input
+    /// logged since reached [`CHECKPOINT_AFTER_INPUT_BYTES`].
+    fn checkpoint_due(&self) -> bool {
+        self.dirty
+            && (self.last_checkpoint.elapsed() >= self.checkpoint_interval
+                || self.input_bytes_since_checkpoint + self.uncommitted.entry_bytes
+                    >= CHECKPOINT_AFTER_INPUT_BYTES)
+    }
+
+    /// How long until the next commit, if one is owed: something was taken in or made, the
+    /// upstream broker acknowledged records, or a checkpoint is due.
+    fn commit_due_in(&self) -> Option<Duration> {
+        self.store.as_ref()?;
+        let owed =
+            !self.uncommitted.is_empty() || self.acked.any_waiting() || self.checkpoint_due();
+        if !owed {
+            return None;
         }
-        let full = self.store.as_ref().is_some_and(|s| s.disk_full());
-        let due = if full {
-            self.last_checkpoint.elapsed()
-                >= self.checkpoint_interval.max(FULL_DISK_CHECKPOINT_EVERY)
-        } else {
-            self.last_checkpoint.elapsed() >= self.checkpoint_interval
-                || self.unsaved_input_bytes >= CHECKPOINT_AFTER_INPUT_BYTES
-        };
-        if !due {
-            return;
-        }
-        match self.checkpoint() {
-            Ok(()) => self.checkpoint_failing.over(|waited| {
-                tracing::info!(
-                    waited_ms = waited.as_millis() as u64,
-                    "checkpoints commit again"
-                );
-            }),
-            Err(e) => {
-                if self.checkpoint_failing.begin() {
-                    tracing::error!(
-                        error = %format!("{e:#}"),
-                        "cannot commit a checkpoint; records wait in memory and it is retried (the \
-                         input log still holds everything since the last one)"
-                    );
-                }
-                self.checkpoint_failing.waiting(|waited, attempts| {
-                    tracing::warn!(
-                        error = %format!("{e:#}"),
-                        waited_s = waited.as_secs(),
-                        attempts,
-                        "checkpoints still fail; records wait in memory"
-                    );
-                });
-            }
+        Some(self.last_commit.map_or(Duration::ZERO, |t| {
+            self.commit_interval.saturating_sub(t.elapsed())
+        }))
+    }
+
+    /// Commits if one is owed and `commit_interval` has passed since the last one.
+    fn maybe_commit(&mut self) {
+        if self.commit_due_in() == Some(Duration::ZERO) {
+            self.commit(false);
         }
     }
 
-    /// Commits state, seen-set changes, the input position and pending records together.
-    fn checkpoint(&mut self) -> anyhow::Result<()> {
+    /// One group commit: the input taken in since the last one, the records made from it, the
+    /// deletes of what the upstream broker acknowledged, and a checkpoint if one is due (or
+    /// `checkpoint`). Then the messages are acknowledged and the forwarder woken. A failed
+    /// commit changed nothing on disk: everything stays for the next one (and no new input is
+    /// taken meanwhile, see [`Engine::live`]); the first failure is logged, then a summary every
+    /// 30 s. Returns whether it committed.
+    fn commit(&mut self, checkpoint: bool) -> bool {
         let Some(store) = self.store.clone() else {
             self.dirty = false;
-            return Ok(());
+            return true;
         };
-        if !self.dirty && self.pending.is_empty() {
-            return Ok(());
+        let with_checkpoint = (checkpoint && self.dirty) || self.checkpoint_due();
+        let deletes = self.acked.take();
+        if self.uncommitted.is_empty() && deletes.is_empty() && !with_checkpoint {
+            return true;
         }
         let started = instant();
-        let (checkpoint, mut seen) = self.core.checkpoint();
-        if !self.unsaved_seen.is_empty() {
-            let mut earlier = std::mem::take(&mut self.unsaved_seen);
-            for (name, changes) in seen {
-                match earlier.iter_mut().find(|(n, _)| *n == name) {
-                    Some((_, e)) => e.merge(changes),
-                    None => earlier.push((name, changes)),
+        let (blob, seen) = if with_checkpoint {
+            let (state, mut seen) = self.core.checkpoint();
+            if !self.unsaved_seen.is_empty() {
+                let mut earlier = std::mem::take(&mut self.unsaved_seen);
+                for (name, changes) in seen {
+                    match earlier.iter_mut().find(|(n, _)| *n == name) {
+                        Some((_, e)) => e.merge(changes),
+                        None => earlier.push((name, changes)),
+                    }
                 }
+                seen = earlier;
             }
-            seen = earlier;
-        }
-        let records: Vec<OutboxRecord> = self
-            .pending
-            .iter()
-            .map(|r| OutboxRecord {
-                topic: r.topic.clone(),
-                id: r.id().to_owned(),
-                payload: r.body.to_string().into_bytes(),
-            })
-            .collect();
-        match store.commit_checkpoint(
-            &checkpoint.encode(),
-            self.processed_through,
-            &records,
-            &seen,
-        ) {
-            Ok(commit) => {
-                self.pending.clear();
-                self.dirty = false;
-                self.unsaved_input_bytes = 0;
-                self.last_checkpoint = instant();
-                let m = &self.metrics;
+            (Some(state.encode()), seen)
+        } else {
+            (None, Vec::new())
+        };
+        let commit = Commit {
+            input: &self.uncommitted.entries,
+            records: &self.uncommitted.records,
+            delete: &deletes,
+            checkpoint: blob.as_deref().map(|b| (b, seen.as_slice())),
+        };
+        self.last_commit = Some(instant());
+        match store.commit(&commit) {
+            Ok(done) => {
                 let took = started.elapsed().as_micros() as u64;
-                m.checkpoints.fetch_add(1, Relaxed);
-                m.checkpoint_micros.fetch_add(took, Relaxed);
-                m.last_checkpoint_micros.store(took, Relaxed);
-                m.last_checkpoint_ms.store(now_ms().max(0) as u64, Relaxed);
-                m.outboxed.fetch_add(records.len() as u64, Relaxed);
-                m.dropped_by_cap.fetch_add(commit.dropped, Relaxed);
-                if let Some(last) = commit.last_seq {
+                let m = &self.metrics;
+                let done_input = std::mem::take(&mut self.uncommitted);
+                if !done_input.entries.is_empty() {
+                    m.input_commits.fetch_add(1, Relaxed);
+                    m.messages_logged.fetch_add(done_input.messages, Relaxed);
+                    self.input_bytes_since_checkpoint += done_input.entry_bytes;
+                }
+                m.outboxed
+                    .fetch_add(done_input.records.len() as u64, Relaxed);
+                m.dropped_by_cap.fetch_add(done.dropped, Relaxed);
+                self.acked.deleted(&deletes);
+                if with_checkpoint {
+                    self.dirty = false;
+                    self.input_bytes_since_checkpoint = 0;
+                    self.last_checkpoint = instant();
+                    m.checkpoints.fetch_add(1, Relaxed);
+                    m.checkpoint_micros.fetch_add(took, Relaxed);
+                    m.last_checkpoint_micros.store(took, Relaxed);
+                    m.last_checkpoint_ms.store(now_ms().max(0) as u64, Relaxed);
+                }
+                // Durable now: the source broker may forget the messages, the records may go.
+                if let Some(acker) = self.acker.as_ref() {
+                    acker.ack(done_input.acks);
+                }
+                if let Some(last) = done.last_seq {
                     self.wake.send_replace(last);
                 }
-                Ok(())
+                self.commit_failing.over(|waited| {
+                    tracing::info!(
+                        waited_ms = waited.as_millis() as u64,
+                        "commits succeed again"
+                    );
+                });
+                true
             }
             Err(e) => {
-                self.unsaved_seen = seen;
                 self.metrics.store_errors.fetch_add(1, Relaxed);
-                self.last_checkpoint = instant();
-                Err(anyhow::Error::new(e).context("committing a checkpoint"))
+                self.acked.put_back(deletes);
+                if with_checkpoint {
+                    self.unsaved_seen = seen;
+                }
+                if self.commit_failing.begin() {
+                    tracing::error!(
+                        error = %e,
+                        "cannot commit; the input stays unacknowledged at the source broker and \
+                         the records in memory, and the commit is retried (nothing is lost)"
+                    );
+                }
+                self.commit_failing.waiting(|waited, attempts| {
+                    tracing::warn!(
+                        error = %e,
+                        waited_s = waited.as_secs(),
+                        attempts,
+                        "commits still fail"
+                    );
+                });
+                false
             }
         }
     }
@@ -1019,11 +1007,6 @@ fn receive(live: &mut Live, tokio: &tokio::runtime::Handle, wait: Duration) -> V
         }
     }
     batch
-}
-
-/// The store error behind an engine error, if any.
-fn store_error(error: &anyhow::Error) -> Option<&StoreError> {
-    error.chain().find_map(|e| e.downcast_ref::<StoreError>())
 }
 
 /// A condition that may last or come back again and again (a failing store, a full disk),

@@ -57,6 +57,7 @@ use tokio::time::Instant;
 use super::conn::{self, Client, Event};
 use super::{BackoffState, Endpoint};
 
+use crate::record::RecordId;
 use crate::store::StoreError;
 pub use crate::store::{OutboxEntry, OutboxRecord, Salvage};
 
@@ -193,12 +194,7 @@ pub struct ForwarderMetrics {
 }
 
 /// A record of an at-most-once pipeline: published with QoS 0 from memory, never stored.
-#[derive(Clone, Debug)]
-pub struct VolatileRecord {
-    pub topic: String,
-    pub payload: Vec<u8>,
-    pub id: String,
-}
+pub type VolatileRecord = crate::record::WireRecord;
 
 /// Acked entries are deleted at least this often (besides every `linger`).
 pub const DELETE_BATCH: usize = 256;
@@ -261,7 +257,7 @@ pub fn publish_packet_bytes(record: &OutboxRecord, limits: &PublishLimits) -> us
     }
     let mut remaining = 2 + record.topic.len() + 2 + record.payload.len();
     if limits.mqtt5 {
-        let properties = 1 + 2 + limits.id_property.len() + 2 + record.id.len();
+        let properties = 1 + 2 + limits.id_property.len() + 2 + RecordId::TEXT_LEN;
         remaining += varint_len(properties) + properties;
     }
     1 + varint_len(remaining) + remaining
@@ -289,14 +285,6 @@ pub fn refusal(record: &OutboxRecord, limits: &PublishLimits) -> Option<String> 
     }
     if !conn::valid_topic(topic) {
         return Some("its topic is not one the MQTT client publishes to".into());
-    }
-    if limits.mqtt5 && record.id.len() > MQTT_MAX_STRING_BYTES {
-        return Some(format!(
-            "its id is {} bytes long, over MQTT's limit of {MQTT_MAX_STRING_BYTES} for the {} \
-             user property",
-            record.id.len(),
-            limits.id_property
-        ));
     }
     let size = publish_packet_bytes(record, limits);
     if size > limits.max_packet_bytes {
@@ -699,7 +687,7 @@ struct Control {
     metrics: Arc<ForwarderMetrics>,
     tracker: InflightTracker,
     /// The ids of the records in flight, by seq: for the log if the broker refuses one.
-    inflight_ids: HashMap<u64, String>,
+    inflight_ids: HashMap<u64, RecordId>,
     connected: bool,
     /// The last seq requested, buffered or skipped; reads continue after it.
     cursor: Option<u64>,
@@ -852,7 +840,11 @@ impl Control {
                         self.first_ack_at.get_or_insert_with(Instant::now);
                     }
                     Some(seq) if permanent_refusal(&reason) => {
-                        let id = self.inflight_ids.remove(&seq).unwrap_or_default();
+                        let id = self
+                            .inflight_ids
+                            .remove(&seq)
+                            .map(|id| id.to_string())
+                            .unwrap_or_default();
                         self.refused(
                             seq,
                             &id,
@@ -923,7 +915,8 @@ impl Control {
                 break;
             };
             self.tracker.request(seq);
-            let property = Some((self.settings.id_property.as_str(), record.id.as_str()));
+            let id = record.id.to_string();
+            let property = Some((self.settings.id_property.as_str(), id.as_str()));
             match self
                 .client
                 .try_publish(&record.topic, record.payload.clone(), 1, property)
@@ -986,7 +979,9 @@ impl Control {
             match entry {
                 OutboxEntry::Record(seq, record) => match refusal(&record, &self.limits) {
                     None => self.buffer.push_back((seq, record)),
-                    Some(reason) => self.refused(seq, &record.id, Some(&record.topic), reason),
+                    Some(reason) => {
+                        self.refused(seq, &record.id.to_string(), Some(&record.topic), reason)
+                    }
                 },
                 OutboxEntry::Damaged { seq, reason } => {
                     self.metrics
@@ -1111,26 +1106,22 @@ impl Control {
                 .fetch_add(1, Ordering::Relaxed);
             return;
         }
-        let as_outbox = OutboxRecord {
-            topic: record.topic,
-            id: record.id,
-            payload: record.payload,
-        };
-        if let Some(reason) = refusal(&as_outbox, &self.limits) {
+        if let Some(reason) = refusal(&record, &self.limits) {
             self.metrics
                 .volatile_dropped
                 .fetch_add(1, Ordering::Relaxed);
             tracing::warn!(
-                topic = %crate::fsutil::elide(&as_outbox.topic, 80),
+                topic = %crate::fsutil::elide(&record.topic, 80),
                 reason,
                 "volatile (at-most-once) record dropped: the upstream broker would refuse it"
             );
             return;
         }
-        let property = Some((self.settings.id_property.as_str(), as_outbox.id.as_str()));
+        let id = record.id.to_string();
+        let property = Some((self.settings.id_property.as_str(), id.as_str()));
         match self
             .client
-            .try_publish(&as_outbox.topic, as_outbox.payload, 0, property)
+            .try_publish(&record.topic, record.payload, 0, property)
         {
             Ok(()) => self.metrics.volatile_sent.fetch_add(1, Ordering::Relaxed),
             Err(conn::NotSent) => self
@@ -1333,10 +1324,10 @@ mod tests {
         assert!(b.try_take(start + Duration::from_millis(1000)));
     }
 
-    fn outbox_record(topic: &str, id: &str, payload_len: usize) -> OutboxRecord {
+    fn outbox_record(topic: &str, id: u64, payload_len: usize) -> OutboxRecord {
         OutboxRecord {
             topic: topic.to_owned(),
-            id: id.to_owned(),
+            id: RecordId::new(id, &[7; 8]),
             payload: vec![b'x'; payload_len],
         }
     }
@@ -1345,7 +1336,7 @@ mod tests {
     fn refusal_names_what_the_broker_would_refuse() {
         let v5 = PublishLimits::new(true, "weir-id", None);
         let v311 = PublishLimits::new(false, "weir-id", None);
-        let ok = outbox_record("up/s1", "0123456789abcdef", 100);
+        let ok = outbox_record("up/s1", 0x0123_4567_89ab_cdef, 100);
         assert_eq!(refusal(&ok, &v5), None);
         assert_eq!(refusal(&ok, &v311), None);
         let cases = [
@@ -1355,25 +1346,21 @@ mod tests {
             ("up/a\0b", "NUL"),
         ];
         for (topic, why) in cases {
-            let reason = refusal(&outbox_record(topic, "id", 1), &v5).expect(topic);
+            let reason = refusal(&outbox_record(topic, 1, 1), &v5).expect(topic);
             assert!(reason.contains(why), "{topic:?}: {reason}");
         }
         // MQTT strings carry a 16-bit length: 65 535 bytes pass, one more does not.
         let longest = format!("up/{}", "k".repeat(MQTT_MAX_STRING_BYTES - 3));
-        assert_eq!(refusal(&outbox_record(&longest, "id", 1), &v5), None);
+        assert_eq!(refusal(&outbox_record(&longest, 1, 1), &v5), None);
         let too_long = format!("up/{}", "k".repeat(70_000));
-        let reason = refusal(&outbox_record(&too_long, "id", 1), &v311).unwrap();
+        let reason = refusal(&outbox_record(&too_long, 1, 1), &v311).unwrap();
         assert!(
             reason.contains("70003 bytes") && reason.contains("65535"),
             "{reason}"
         );
-        // The id is a user property over MQTT 5 only.
-        let long_id = "i".repeat(MQTT_MAX_STRING_BYTES + 1);
-        assert!(refusal(&outbox_record("up/s1", &long_id, 1), &v5).is_some());
-        assert_eq!(refusal(&outbox_record("up/s1", &long_id, 1), &v311), None);
         // The broker's Maximum Packet Size, exactly.
         let limited = PublishLimits::new(true, "weir-id", Some(1024));
-        let mut record = outbox_record("up/s1", "0123456789abcdef", 0);
+        let mut record = outbox_record("up/s1", 0x0123_4567_89ab_cdef, 0);
         let overhead = publish_packet_bytes(&record, &limited);
         record.payload = vec![b'x'; 1024 - overhead - 1];
         // (one byte less of payload than the limit: the remaining-length field may grow by one)
@@ -1393,7 +1380,8 @@ mod tests {
         use rumqttc::v5::mqttbytes::v5 as p5;
         for topic_len in [1, 100, 65_535] {
             for payload_len in [0, 10, 100, 120, 127, 128, 16_000, 16_384, 2_097_152] {
-                let record = outbox_record(&"t".repeat(topic_len), "0123456789abcdef", payload_len);
+                let record =
+                    outbox_record(&"t".repeat(topic_len), 0x0123_4567_89ab_cdef, payload_len);
                 let mut v4 = rumqttc::Publish::new(
                     record.topic.clone(),
                     rumqttc::QoS::AtLeastOnce,
@@ -1403,7 +1391,7 @@ mod tests {
                 let limits = PublishLimits::new(false, "weir-id", None);
                 assert_eq!(publish_packet_bytes(&record, &limits), v4.size());
                 let properties = p5::PublishProperties {
-                    user_properties: vec![("weir-id".into(), record.id.clone())],
+                    user_properties: vec![("weir-id".into(), record.id.to_string())],
                     ..Default::default()
                 };
                 let mut v5 = p5::Publish::new(

@@ -145,7 +145,6 @@ use redb::{
     Database, Durability, ReadableDatabase, ReadableTableMetadata, TableDefinition, TableHandle,
     WriteTransaction,
 };
-use serde::{Deserialize, Serialize};
 
 pub use error::StoreError;
 pub use outbox::{OutboxEntry, Salvage, SetAside};
@@ -157,7 +156,7 @@ pub const FILE_NAME: &str = "weir.redb";
 /// The file name of the disk-space reserve inside the data directory.
 pub const RESERVE_FILE_NAME: &str = "weir.reserve";
 /// The store format this build writes and reads.
-pub const FORMAT_VERSION: u32 = 2;
+pub const FORMAT_VERSION: u32 = 3;
 /// The default of [`StoreOptions::disk_reserve_bytes`]: room for many delete transactions and a
 /// restart, on any device weir runs on.
 pub const DEFAULT_DISK_RESERVE_BYTES: u64 = 1024 * 1024;
@@ -245,13 +244,8 @@ pub struct StoreOptions {
     pub disk_reserve_bytes: u64,
 }
 
-/// A record owed upstream.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct OutboxRecord {
-    pub topic: String,
-    pub id: String,
-    pub payload: Vec<u8>,
-}
+/// A record owed upstream, as it is published (see [`crate::record::WireRecord`]).
+pub type OutboxRecord = crate::record::WireRecord;
 
 /// What [`Store::commit_checkpoint`] did to the outbox.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -263,6 +257,36 @@ pub struct CheckpointCommit {
     /// Outbox records deleted by [`OnFull::DropOldest`].
     pub dropped: u64,
     /// The sum of their stored sizes.
+    pub dropped_bytes: u64,
+}
+
+/// What one [`Store::commit`] holds.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Commit<'a> {
+    /// Input-log entries (each encoded), appended in order.
+    pub input: &'a [Vec<u8>],
+    /// Records, appended to the outbox in order.
+    pub records: &'a [OutboxRecord],
+    /// Outbox entries acknowledged upstream, deleted (sequences not in the outbox are ignored).
+    pub delete: &'a [u64],
+    /// The checkpoint, when one is due: the engine's blob, which covers every input entry logged
+    /// so far, this commit's included, and each pipeline's dedup changes since the last one.
+    pub checkpoint: Option<(&'a [u8], &'a [(String, SeenChanges)])>,
+}
+
+/// What a [`Store::commit`] did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Committed {
+    /// The sequences given to the first and last input entry appended, if any.
+    pub input_first_seq: Option<u64>,
+    pub input_last_seq: Option<u64>,
+    /// The sequences of the first and last record appended, if any.
+    pub first_seq: Option<u64>,
+    pub last_seq: Option<u64>,
+    /// Outbox records deleted as acknowledged.
+    pub deleted: usize,
+    /// Outbox records deleted by [`OnFull::DropOldest`], and the sum of their stored sizes.
+    pub dropped: u64,
     pub dropped_bytes: u64,
 }
 
@@ -459,29 +483,7 @@ impl Store {
             }
             drop(stored);
 
-            let mut table = txn.open_table(SEEN).map_err(|e| self.err(OP, e))?;
-            for (pipeline, changes) in seen {
-                let start = seen_key(pipeline, i64::MIN, None);
-                let cutoff = seen_key(pipeline, changes.forget_before_ms, None);
-                table
-                    .retain_in(start.as_slice()..cutoff.as_slice(), |_, _| false)
-                    .map_err(|e| self.err(OP, e))?;
-                for (t, f) in &changes.evicted {
-                    table
-                        .remove(seen_key(pipeline, *t, Some(f)).as_slice())
-                        .map_err(|e| self.err(OP, e))?;
-                }
-                for (t, f) in changes
-                    .added
-                    .iter()
-                    .filter(|(t, _)| *t >= changes.forget_before_ms)
-                {
-                    table
-                        .insert(seen_key(pipeline, *t, Some(f)).as_slice(), ())
-                        .map_err(|e| self.err(OP, e))?;
-                }
-            }
-            drop(table);
+            self.apply_seen(OP, txn, seen)?;
 
             let mut outbox = txn.open_table(OUTBOX).map_err(|e| self.err(OP, e))?;
             for body in &bodies {
@@ -525,6 +527,158 @@ impl Store {
             );
         }
         Ok(result)
+    }
+
+    /// The engine's group commit, in one durable transaction: appends `commit.input` to the input
+    /// log and `commit.records` to the outbox (with [`OnFull::DropOldest`], then drops the
+    /// oldest records over the cap), deletes the acknowledged `commit.delete`, and, with a
+    /// checkpoint, replaces the checkpoint blob, records that it covers every input entry logged
+    /// so far (this commit's included), deletes those, and applies the dedup changes. All of it
+    /// or none of it. While the disk is full, deletes that freed enough compact the file.
+    pub fn commit(&self, commit: &Commit<'_>) -> Result<Committed, StoreError> {
+        const OP: &str = "committing input, records and deletes";
+        let bodies = commit
+            .records
+            .iter()
+            .map(postcard::to_stdvec)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| StoreError::Database {
+                path: self.path.clone(),
+                op: OP,
+                detail: format!("cannot encode an outbox record: {e}"),
+            })?;
+        let mut deletes = commit.delete.to_vec();
+        deletes.sort_unstable();
+        deletes.dedup();
+        let mut freed = 0u64;
+        let result = self.write(OP, |txn, counters| {
+            let mut result = Committed::default();
+            if !commit.input.is_empty() {
+                let mut input = txn.open_table(INPUT).map_err(|e| self.err(OP, e))?;
+                for entry in commit.input {
+                    let seq = counters.input_next_seq;
+                    input
+                        .insert(seq, entry.as_slice())
+                        .map_err(|e| self.err(OP, e))?;
+                    result.input_first_seq.get_or_insert(seq);
+                    result.input_last_seq = Some(seq);
+                    counters.input_next_seq = seq + 1;
+                }
+            }
+            let mut outbox = txn.open_table(OUTBOX).map_err(|e| self.err(OP, e))?;
+            for (first, last) in runs(&deletes) {
+                outbox
+                    .retain_in(first..=last, |_, value| {
+                        result.deleted += 1;
+                        counters.outbox_len = counters.outbox_len.saturating_sub(1);
+                        counters.outbox_bytes =
+                            counters.outbox_bytes.saturating_sub(value.len() as u64);
+                        freed += value.len() as u64;
+                        false
+                    })
+                    .map_err(|e| self.err(OP, e))?;
+            }
+            for body in &bodies {
+                let seq = counters.outbox_next_seq;
+                let value = outbox::seal(seq, body);
+                outbox
+                    .insert(seq, value.as_slice())
+                    .map_err(|e| self.err(OP, e))?;
+                result.first_seq.get_or_insert(seq);
+                result.last_seq = Some(seq);
+                counters.outbox_next_seq = seq + 1;
+                counters.outbox_len += 1;
+                counters.outbox_bytes += value.len() as u64;
+            }
+            let max = self.options.max_outbox_bytes;
+            if self.options.on_full == OnFull::DropOldest && counters.outbox_bytes > max {
+                let mut oldest = outbox
+                    .extract_from_if::<u64, _>(.., |_, _| true)
+                    .map_err(|e| self.err(OP, e))?;
+                while counters.outbox_bytes > max {
+                    let Some(entry) = oldest.next() else { break };
+                    let (_, value) = entry.map_err(|e| self.err(OP, e))?;
+                    let size = value.value().len() as u64;
+                    counters.outbox_len -= 1;
+                    counters.outbox_bytes -= size;
+                    result.dropped += 1;
+                    result.dropped_bytes += size;
+                }
+            }
+            drop(outbox);
+            if let Some((blob, seen)) = commit.checkpoint {
+                txn.open_table(CHECKPOINT)
+                    .map_err(|e| self.err(OP, e))?
+                    .insert(CHECKPOINT_STATE, blob)
+                    .map_err(|e| self.err(OP, e))?;
+                if let Some(through) = counters.input_next_seq.checked_sub(1) {
+                    txn.open_table(COUNTERS)
+                        .map_err(|e| self.err(OP, e))?
+                        .insert(CHECKPOINT_INPUT_THROUGH, through)
+                        .map_err(|e| self.err(OP, e))?;
+                    txn.open_table(INPUT)
+                        .map_err(|e| self.err(OP, e))?
+                        .retain_in(..=through, |_, _| false)
+                        .map_err(|e| self.err(OP, e))?;
+                }
+                self.apply_seen(OP, txn, seen)?;
+            }
+            let changed = !commit.input.is_empty()
+                || !bodies.is_empty()
+                || result.deleted > 0
+                || commit.checkpoint.is_some();
+            Ok((result, changed))
+        })?;
+        if result.dropped > 0 {
+            tracing::error!(
+                path = %self.path.display(),
+                dropped = result.dropped,
+                dropped_bytes = result.dropped_bytes,
+                max_outbox_bytes = self.options.max_outbox_bytes,
+                "outbox full: dropped the oldest records by the configured drop-oldest policy; \
+                 they will never be forwarded"
+            );
+        }
+        if freed > 0
+            && self
+                .disk
+                .freed(freed, self.outbox_len(), self.outbox_bytes())
+        {
+            self.compact();
+        }
+        Ok(result)
+    }
+
+    /// Applies the dedup changes of a checkpoint to the `seen` table.
+    fn apply_seen(
+        &self,
+        op: &'static str,
+        txn: &WriteTransaction,
+        seen: &[(String, SeenChanges)],
+    ) -> Result<(), StoreError> {
+        let mut table = txn.open_table(SEEN).map_err(|e| self.err(op, e))?;
+        for (pipeline, changes) in seen {
+            let start = seen_key(pipeline, i64::MIN, None);
+            let cutoff = seen_key(pipeline, changes.forget_before_ms, None);
+            table
+                .retain_in(start.as_slice()..cutoff.as_slice(), |_, _| false)
+                .map_err(|e| self.err(op, e))?;
+            for (t, f) in &changes.evicted {
+                table
+                    .remove(seen_key(pipeline, *t, Some(f)).as_slice())
+                    .map_err(|e| self.err(op, e))?;
+            }
+            for (t, f) in changes
+                .added
+                .iter()
+                .filter(|(t, _)| *t >= changes.forget_before_ms)
+            {
+                table
+                    .insert(seen_key(pipeline, *t, Some(f)).as_slice(), ())
+                    .map_err(|e| self.err(op, e))?;
+            }
+        }
+        Ok(())
     }
 
     /// What `pipeline`'s ingest dedup remembers, as committed by checkpoints: (receive time,

@@ -53,7 +53,7 @@ fn unbounded() -> StoreOptions {
 fn record(n: u64, payload_len: usize) -> OutboxRecord {
     OutboxRecord {
         topic: format!("farm/site-{}/minute", n % 7),
-        id: format!("{n:016x}"),
+        id: weir_id(n),
         payload: vec![(n % 251) as u8; payload_len],
     }
 }
@@ -938,7 +938,7 @@ fn a_damaged_store_drains_to_the_end_and_never_hands_out_a_damaged_record() {
     let records: Vec<OutboxRecord> = (0..RECORDS)
         .map(|n| OutboxRecord {
             topic: format!("relay/s{}", n % 50),
-            id: format!("{n:016x}"),
+            id: weir_id(n),
             payload: format!(
                 "{{\"id\":\"{n:016x}\",\"key\":\"s{}\",\"value\":{}.5,\"pad\":\"{}\"}}",
                 n % 50,
@@ -1139,4 +1139,9 @@ fn a_full_disk_leaves_the_store_able_to_read_delete_and_restart_and_then_resume(
         .commit_checkpoint(b"cp", Some(seq), &[record(n, 200)], &[])
         .unwrap();
     assert_eq!(store.outbox_len(), 1);
+}
+
+/// A record id for test record `n`.
+fn weir_id(n: u64) -> crate::record::RecordId {
+    crate::record::RecordId::new(n, &n.to_be_bytes())
 }

@@ -147,6 +147,11 @@ impl Validator<'_> {
             }
             storage.data_dir = self.dir.join(dir);
         }
+        if let Some(v) = &raw.commit_interval {
+            storage.commit_interval = self
+                .positive_duration("storage.commit_interval", v)
+                .unwrap_or_default();
+        }
         if let Some(v) = &raw.checkpoint_interval {
             storage.checkpoint_interval = self
                 .positive_duration("storage.checkpoint_interval", v)
