@@ -262,32 +262,46 @@ fn sigkill_at_random_moments_loses_nothing_and_changes_nothing() {
     let kills: usize = std::env::var("WEIR_CRASH_KILLS")
         .ok()
         .and_then(|k| k.parse().ok())
-        .unwrap_or(20);
+        .unwrap_or(50);
 
     let upstream = Collector::subscribe(cloud.port(), "#");
     let mut weir = start_weir(&config);
-    // The publisher streams the whole time, at a rate that spreads the input over the kills.
+    // The publisher streams the whole time, at a rate that spreads the input over the kills
+    // (about 400 ms each).
     let port = sensors_broker.port();
     let feed = input.clone();
+    let pause = Duration::from_millis(400) * kills as u32 / (input.len() / 10).max(1) as u32;
     let publisher = std::thread::spawn(move || {
         let mut p = Publisher::connect(port);
         for (i, (topic, payload)) in feed.iter().enumerate() {
             p.publish(topic, payload.clone());
-            if i % 50 == 49 {
-                std::thread::sleep(Duration::from_millis(10));
+            if i % 10 == 9 {
+                std::thread::sleep(pause);
             }
         }
         p.wait_all_acked(Duration::from_secs(120));
     });
     let mut rng = 0x9e37_79b9_7f4a_7c15u64;
-    for round in 0..kills {
+    let mut next = || {
         rng ^= rng << 13;
         rng ^= rng >> 7;
         rng ^= rng << 17;
+        rng
+    };
+    for round in 0..kills {
         // A random moment: between 50 and 700 ms into this run.
-        std::thread::sleep(Duration::from_millis(50 + rng % 650));
+        std::thread::sleep(Duration::from_millis(50 + next() % 650));
         let status = weir.kill9();
         assert!(!status.success(), "round {round}: weir was killed");
+        if round % 3 == 2 {
+            // Killed again while it recovers: within its first 0 to 40 ms, before it subscribed.
+            let mut recovering = WeirProcess::spawn(
+                &["run", config.to_str().unwrap()],
+                &[("WEIR_LOG", "weir=info")],
+            );
+            std::thread::sleep(Duration::from_millis(next() % 40));
+            recovering.kill9();
+        }
         weir = start_weir(&config);
     }
     publisher.join().expect("the publisher finishes");

@@ -408,7 +408,7 @@ fn push(out: &mut Produced, durable: bool, records: Vec<Record>, metrics: &Engin
         match r.output {
             Output::Main => {
                 metrics.records.fetch_add(1, Relaxed);
-                match r.body["revision"].as_u64() {
+                match r.body.get("revision").and_then(serde_json::Value::as_u64) {
                     Some(0) => metrics.windows_fired.fetch_add(1, Relaxed),
                     Some(_) => metrics.windows_refired.fetch_add(1, Relaxed),
                     None => 0,
@@ -419,7 +419,12 @@ fn push(out: &mut Produced, durable: bool, records: Vec<Record>, metrics: &Engin
             }
             Output::DeadLetter => {
                 metrics.dead_letters.fetch_add(1, Relaxed);
-                let reason = r.body["reason"].as_str().unwrap_or("unknown").to_owned();
+                let reason = r
+                    .body
+                    .get("reason")
+                    .and_then(serde_json::Value::as_str)
+                    .unwrap_or("unknown")
+                    .to_owned();
                 *metrics
                     .dead_letters_by_reason
                     .lock()

@@ -271,8 +271,11 @@ pub struct Commit<'a> {
     pub delete: &'a [u64],
     /// The checkpoint, when one is due: the engine's blob, which covers every input entry logged
     /// so far, this commit's included, and each pipeline's dedup changes since the last one.
-    pub checkpoint: Option<(&'a [u8], &'a [(String, SeenChanges)])>,
+    pub checkpoint: Option<CheckpointData<'a>>,
 }
+
+/// A checkpoint's blob and each pipeline's dedup changes, as [`Commit::checkpoint`] holds them.
+pub type CheckpointData<'a> = (&'a [u8], &'a [(String, SeenChanges)]);
 
 /// What a [`Store::commit`] did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
