@@ -238,8 +238,10 @@ pub fn run_with(
     options: Options,
 ) -> anyhow::Result<Summary> {
     let runtime = Runtime::new(RuntimeConfig::default())?;
+    let mut core = Core::start(config, &runtime, Arc::new(EngineMetrics::default()))?;
+    core.without_checkpoints();
     let mut replay = Replay {
-        core: Core::start(config, &runtime, Arc::new(EngineMetrics::default()))?,
+        core,
         pending: Vec::new(),
         pending_received: None,
         batch: options.batch.max(1),

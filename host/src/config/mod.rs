@@ -21,7 +21,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use environment::{check_files, start_plugins};
-pub use live::{Admin, Broker, Dedup, Guarantee, Source, Storage, Upstream};
+pub use live::{
+    Admin, Broker, DEFAULT_COMMIT_INTERVAL, Dedup, Guarantee, Source, Storage, Upstream,
+};
 pub(crate) use plugins::load_plugins;
 pub use plugins::{PluginUse, check_machine, check_plugins, plugin_uses};
 pub use units::{parse_duration, parse_size};

@@ -114,10 +114,16 @@ impl Core {
             .pipelines
             .iter()
             .map(|p| {
+                let durable = p.guarantee == Guarantee::EffectivelyOnce;
+                let mut seen = SeenSet::new(p.dedup.clone());
+                if !durable {
+                    // An at-most-once pipeline is never checkpointed.
+                    seen.untrack();
+                }
                 Ok(Lane {
                     pipeline: Pipeline::start(p, runtime)?,
-                    durable: p.guarantee == Guarantee::EffectivelyOnce,
-                    seen: SeenSet::new(p.dedup.clone()),
+                    durable,
+                    seen,
                 })
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
@@ -385,6 +391,13 @@ impl Core {
             tracing::warn!(pipeline = %name, "saved state of a pipeline no longer configured is ignored");
         }
         Ok(())
+    }
+
+    /// No checkpoint will be taken (`weir replay`): the dedup memory keeps no changes for one.
+    pub fn without_checkpoints(&mut self) {
+        for lane in &mut self.lanes {
+            lane.seen.untrack();
+        }
     }
 
     /// The pipeline named `name`.

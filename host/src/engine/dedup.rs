@@ -22,6 +22,9 @@ pub struct SeenSet {
     /// In the order seen.
     order: VecDeque<(i64, Fingerprint)>,
     changes: SeenChanges,
+    /// Whether changes are kept for checkpoints (not in a replay, which has none: they would
+    /// only grow).
+    tracked: bool,
     /// Entries forgotten because the set was full, since start.
     pub evictions: u64,
 }
@@ -36,8 +39,15 @@ impl SeenSet {
                 forget_before_ms: i64::MIN,
                 ..SeenChanges::default()
             },
+            tracked: true,
             evictions: 0,
         }
+    }
+
+    /// Stops keeping changes for checkpoints (a run with no store).
+    pub fn untrack(&mut self) {
+        self.tracked = false;
+        self.changes = SeenChanges::default();
     }
 
     pub fn enabled(&self) -> bool {
@@ -93,12 +103,16 @@ impl SeenSet {
             && let Some((t, f)) = self.order.pop_front()
         {
             self.seen.remove(&f);
-            self.changes.evicted.push((t, f));
+            if self.tracked {
+                self.changes.evicted.push((t, f));
+            }
             self.evictions += 1;
         }
         self.seen.insert(fingerprint, received_ms);
         self.order.push_back((received_ms, fingerprint));
-        self.changes.added.push((received_ms, fingerprint));
+        if self.tracked {
+            self.changes.added.push((received_ms, fingerprint));
+        }
         false
     }
 

@@ -60,6 +60,10 @@ const DISK_FULL_POLL: Duration = Duration::from_millis(200);
 const CHECKPOINT_AFTER_INPUT_BYTES: usize = 1 << 20;
 /// While the disk is full, a commit is tried at most this often.
 const FULL_DISK_COMMIT_EVERY: Duration = Duration::from_secs(1);
+/// A commit is due at once when what it would hold (input-log entries and records) reaches this,
+/// whatever `commit_interval` says, and a batch stops gathering input at it: one commit's data
+/// stays well inside the disk reserve (so it still fits once the disk fills) and in memory.
+const MAX_UNCOMMITTED_BYTES: usize = 256 * 1024;
 /// The live loop looks at the admin API's commands at least this often.
 const COMMANDS_EVERY: Duration = Duration::from_millis(100);
 /// Records of at-most-once pipelines waiting in memory for the forwarder, at most.
@@ -373,12 +377,19 @@ struct Uncommitted {
     entry_bytes: usize,
     messages: u64,
     records: Vec<WireRecord>,
+    /// The records' topics and payloads, in bytes.
+    record_bytes: usize,
     acks: Vec<AckToken>,
 }
 
 impl Uncommitted {
     fn is_empty(&self) -> bool {
         self.entries.is_empty() && self.records.is_empty()
+    }
+
+    /// Whether it is as large as one commit should be.
+    fn is_full(&self) -> bool {
+        self.entry_bytes + self.record_bytes >= MAX_UNCOMMITTED_BYTES
     }
 }
 
@@ -461,7 +472,13 @@ impl Engine<'_> {
                     .last_commit
                     .is_none_or(|t| t.elapsed() >= FULL_DISK_COMMIT_EVERY)
                 {
-                    self.commit(false);
+                    // Deletes first: they make room. Then what was taken in before the disk
+                    // filled (at most one bounded commit's worth), with a checkpoint, which
+                    // trims the input log it covers.
+                    self.commit_deletes(&store);
+                    if !self.uncommitted.is_empty() || self.dirty {
+                        self.commit(true);
+                    }
                 }
                 self.answer_commands_for(DISK_FULL_POLL);
                 continue;
@@ -836,6 +853,7 @@ impl Engine<'_> {
         for (r, durable) in produced.records {
             let wire = r.to_wire();
             if durable {
+                self.uncommitted.record_bytes += wire.topic.len() + wire.payload.len();
                 self.uncommitted.records.push(wire);
             } else if self.volatile.try_send(wire).is_err() {
                 self.metrics.volatile_dropped.fetch_add(1, Relaxed);
@@ -845,6 +863,29 @@ impl Engine<'_> {
             self.dirty = true;
         }
         self.steps.publish_quarantines(self.core);
+    }
+
+    /// While the disk is full: a commit of the deletes of what the upstream broker acknowledged,
+    /// and nothing else. It needs little room (the store released its reserve) and makes more,
+    /// until the store says there is room again; the input and records taken in before the disk
+    /// filled wait in memory, unacknowledged, for the commit after that.
+    fn commit_deletes(&mut self, store: &Store) {
+        self.last_commit = Some(instant());
+        let deletes = self.acked.take();
+        if deletes.is_empty() {
+            return;
+        }
+        let only_deletes = Commit {
+            delete: &deletes,
+            ..Commit::default()
+        };
+        match store.commit(&only_deletes) {
+            Ok(_) => self.acked.deleted(&deletes),
+            Err(_) => {
+                self.metrics.store_errors.fetch_add(1, Relaxed);
+                self.acked.put_back(deletes);
+            }
+        }
     }
 
     /// Whether a checkpoint is due: `checkpoint_interval` passed since the last one, or the input
@@ -860,6 +901,9 @@ impl Engine<'_> {
     /// upstream broker acknowledged records, or a checkpoint is due.
     fn commit_due_in(&self) -> Option<Duration> {
         self.store.as_ref()?;
+        if self.uncommitted.is_full() {
+            return Some(Duration::ZERO);
+        }
         let owed =
             !self.uncommitted.is_empty() || self.acked.any_waiting() || self.checkpoint_due();
         if !owed {
@@ -870,7 +914,8 @@ impl Engine<'_> {
         }))
     }
 
-    /// Commits if one is owed and `commit_interval` has passed since the last one.
+    /// Commits if one is owed and `commit_interval` has passed since the last one (or what it
+    /// would hold reached [`MAX_UNCOMMITTED_BYTES`]).
     fn maybe_commit(&mut self) {
         if self.commit_due_in() == Some(Duration::ZERO) {
             self.commit(false);
@@ -982,29 +1027,33 @@ impl Engine<'_> {
     }
 }
 
-/// Waits up to `wait` for a first message, then gathers more for up to the linger time.
+/// Waits up to `wait` for a first message, then gathers more for up to the linger time, up to
+/// `batch_max_messages` and [`MAX_UNCOMMITTED_BYTES`] of payload.
 fn receive(live: &mut Live, tokio: &tokio::runtime::Handle, wait: Duration) -> Vec<Incoming> {
     let mut batch = Vec::new();
     let first = tokio.block_on(async { tokio::time::timeout(wait, live.ingest.recv()).await });
-    match first {
-        Ok(Some(m)) => batch.push(m),
-        _ => return batch,
-    }
+    let Ok(Some(first)) = first else {
+        return batch;
+    };
+    let mut bytes = first.payload.len();
+    batch.push(first);
     let deadline = tokio::time::Instant::now() + live.linger;
-    while batch.len() < live.batch_max {
-        match live.ingest.try_recv() {
-            Ok(m) => batch.push(m),
+    while batch.len() < live.batch_max && bytes < MAX_UNCOMMITTED_BYTES {
+        let next = match live.ingest.try_recv() {
+            Ok(m) => m,
             Err(mpsc::error::TryRecvError::Empty) => {
                 let next = tokio.block_on(async {
                     tokio::time::timeout_at(deadline, live.ingest.recv()).await
                 });
                 match next {
-                    Ok(Some(m)) => batch.push(m),
+                    Ok(Some(m)) => m,
                     _ => break,
                 }
             }
             Err(mpsc::error::TryRecvError::Disconnected) => break,
-        }
+        };
+        bytes += next.payload.len();
+        batch.push(next);
     }
     batch
 }

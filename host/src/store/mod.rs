@@ -537,7 +537,8 @@ impl Store {
     /// oldest records over the cap), deletes the acknowledged `commit.delete`, and, with a
     /// checkpoint, replaces the checkpoint blob, records that it covers every input entry logged
     /// so far (this commit's included), deletes those, and applies the dedup changes. All of it
-    /// or none of it. While the disk is full, deletes that freed enough compact the file.
+    /// or none of it. While the disk is full, deletes (of records and of input entries a
+    /// checkpoint covers) that freed enough compact the file.
     pub fn commit(&self, commit: &Commit<'_>) -> Result<Committed, StoreError> {
         const OP: &str = "committing input, records and deletes";
         let bodies = commit
@@ -621,7 +622,10 @@ impl Store {
                         .map_err(|e| self.err(OP, e))?;
                     txn.open_table(INPUT)
                         .map_err(|e| self.err(OP, e))?
-                        .retain_in(..=through, |_, _| false)
+                        .retain_in(..=through, |_, entry| {
+                            freed += entry.len() as u64;
+                            false
+                        })
                         .map_err(|e| self.err(OP, e))?;
                 }
                 self.apply_seen(OP, txn, seen)?;
