@@ -22,9 +22,14 @@ pub struct TempDir(PathBuf);
 impl TempDir {
     /// Creates `<tmp>/<prefix>-<pid>-<n>` (replacing a stale one left by an earlier process).
     pub fn new(prefix: &str) -> TempDir {
+        TempDir::new_in(&std::env::temp_dir(), prefix)
+    }
+
+    /// Creates `<base>/<prefix>-<pid>-<n>` (replacing a stale one left by an earlier process).
+    pub fn new_in(base: &Path, prefix: &str) -> TempDir {
         static NEXT: AtomicUsize = AtomicUsize::new(0);
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let path = std::env::temp_dir().join(format!("{prefix}-{}-{n}", std::process::id()));
+        let path = base.join(format!("{prefix}-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&path);
         std::fs::create_dir_all(&path)
             .unwrap_or_else(|e| panic!("cannot create temp dir {}: {e}", path.display()));
@@ -84,8 +89,52 @@ pub fn send_signal(pid: u32, signal: libc::c_int) -> io::Result<()> {
     }
 }
 
+/// The target triple the tests build and run weir for, from `WEIR_TEST_TARGET` (set by
+/// `tools/arm64 test`): `None` builds for the host.
+fn test_target() -> Option<String> {
+    std::env::var("WEIR_TEST_TARGET")
+        .ok()
+        .filter(|t| !t.is_empty())
+}
+
+/// What runs a weir binary built for [`test_target`] on this machine, from `WEIR_TEST_RUNNER`
+/// (e.g. `qemu-aarch64 -L /usr/aarch64-linux-gnu`): a process under qemu-user cannot start
+/// another foreign binary by itself.
+fn test_runner() -> Vec<String> {
+    std::env::var("WEIR_TEST_RUNNER")
+        .map(|r| r.split_whitespace().map(str::to_owned).collect())
+        .unwrap_or_default()
+}
+
+/// A command that runs the `weir` binary of [`weir_bin`] (through `WEIR_TEST_RUNNER` when the
+/// tests run for another target).
+pub fn weir_command() -> Command {
+    command_for(&weir_bin())
+}
+
+/// A command running `program`, through the test runner if it is a weir built for the target.
+fn command_for(program: &Path) -> Command {
+    let runner = test_runner();
+    match runner.split_first() {
+        Some((first, rest)) if test_target().is_some() && is_target_weir(program) => {
+            let mut c = Command::new(first);
+            c.args(rest).arg(program);
+            c
+        }
+        _ => Command::new(program),
+    }
+}
+
+fn is_target_weir(program: &Path) -> bool {
+    test_target().is_some_and(|t| {
+        program.file_name().is_some_and(|n| n == "weir")
+            && program.components().any(|c| c.as_os_str() == t.as_str())
+    })
+}
+
 /// `<repo>/target/debug/weir`, built once per process with `cargo build --locked -p weir --bin
-/// weir` (the dev profile the tests use; cargo's own lock orders concurrent builds).
+/// weir` (the dev profile the tests use; cargo's own lock orders concurrent builds); with
+/// `WEIR_TEST_TARGET`, `<repo>/target/<triple>/debug/weir` built for that target.
 pub fn weir_bin() -> PathBuf {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
     BUILT.get_or_init(|| build_weir(false)).clone()
@@ -99,6 +148,10 @@ pub fn build_weir(release: bool) -> PathBuf {
         .args(["build", "--locked", "-p", "weir", "--bin", "weir"])
         .args(release.then_some("--release"))
         .current_dir(repo());
+    let target = test_target();
+    if let Some(t) = &target {
+        build.args(["--target", t]);
+    }
     // The caller's own cargo environment (a test or `cargo run`) would change build scripts'
     // inputs (ring's reads CARGO_MANIFEST_DIR and friends) and make cargo rebuild them each time.
     for (key, _) in std::env::vars_os() {
@@ -124,10 +177,13 @@ pub fn build_weir(release: bool) -> PathBuf {
         status.success(),
         "building the weir binary failed (its output is above)"
     );
-    let target = std::env::var_os("CARGO_TARGET_DIR")
+    let mut dir = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| repo().join("target"));
-    let bin = target.join(if release {
+    if let Some(t) = &target {
+        dir.push(t);
+    }
+    let bin = dir.join(if release {
         "release/weir"
     } else {
         "debug/weir"
@@ -160,7 +216,7 @@ impl WeirProcess {
         let dir = TempDir::new("weir-process");
         let out = File::create(dir.path().join("stdout")).expect("create stdout file");
         let err = File::create(dir.path().join("stderr")).expect("create stderr file");
-        let child = Command::new(program)
+        let child = command_for(program)
             .args(args)
             .envs(env.iter().copied())
             .stdin(Stdio::null())

@@ -300,3 +300,73 @@ fn compiled_plugins_are_cached_by_content_and_a_corrupt_cache_entry_is_replaced(
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A Raspberry Pi's 64-bit kernel gives a process 39 bits of address space (512 GiB), and every
+/// plugin memory reserves address space up front. 120 plugin steps, all instantiated at once,
+/// run through `weir replay` with the address space capped at 256 GiB (half of what such a
+/// kernel gives, for the rest of the process); with wasmtime's default of 4 GiB and guards per
+/// memory they would need about 490 GiB.
+#[test]
+fn many_plugin_steps_fit_in_the_address_space_of_a_39_bit_arm64_kernel() {
+    use std::fmt::Write as _;
+    let prlimit = weir_tests::apt::ensure("prlimit", "util-linux");
+    let dir = weir_tests::process::TempDir::new("weir-address-space");
+    let filter = plugin_path("range_filter");
+    let mut config = String::from(
+        "version = 1\n\n[[pipeline]]\nname = \"many\"\ntopics = [\"s/#\"]\n\n\
+         [pipeline.decode]\njson = { key = \"id\", time = \"ts\", time_format = \"ms\" }\n",
+    );
+    let steps = 120;
+    for i in 0..steps {
+        write!(
+            config,
+            "\n[[pipeline.transform]]\nplugin = {filter:?}\nconfig = {{ field = \"v\", min = {}, max = 1000.0 }}\n",
+            -(i as f64) - 1.0
+        )
+        .unwrap();
+    }
+    config.push_str("\n[pipeline.output]\ntopic = \"out/{key}\"\n");
+    let config_path = dir.path().join("many.toml");
+    std::fs::write(&config_path, config).unwrap();
+    let input = dir.path().join("input.jsonl");
+    std::fs::write(
+        &input,
+        (0..10)
+            .map(|i| {
+                format!(
+                    "{{\"topic\":\"s/a\",\"payload\":{{\"id\":\"a\",\"ts\":{},\"v\":{i}}}}}\n",
+                    1_700_000_000_000i64 + i
+                )
+            })
+            .collect::<String>(),
+    )
+    .unwrap();
+    // prlimit sets the limit and execs weir (through the test runner's emulator, if any, which
+    // then holds the guest's whole address space within the limit).
+    let weir = weir_tests::process::weir_command();
+    let out = std::process::Command::new(prlimit)
+        .arg(format!("--as={}", 256u64 << 30))
+        .arg("--")
+        .arg(weir.get_program())
+        .args(weir.get_args())
+        .args([
+            "replay",
+            config_path.to_str().unwrap(),
+            "--input",
+            input.to_str().unwrap(),
+        ])
+        .output()
+        .expect("prlimit runs weir");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "weir replay with {steps} plugin steps in 256 GiB of address space: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        stdout.lines().filter(|l| l.contains("\"main\"")).count(),
+        10,
+        "every reading passes the {steps} filters:\n{stdout}"
+    );
+}

@@ -46,7 +46,7 @@ fn the_unit_and_the_default_data_dir_agree() {
     assert!(text.contains("StateDirectory=weir\n"));
     assert!(text.contains("User=weir\n"));
     assert!(text.contains("KillSignal=SIGTERM\n"));
-    let out = Command::new(weir_bin())
+    let out = weir_tests::process::weir_command()
         .args(["check", "configs/farm.toml"])
         .current_dir(repo())
         .output()

@@ -3,13 +3,12 @@
 //! exactly the messages it says it did.
 
 use std::collections::{BTreeMap, HashSet};
-use std::process::Command;
 use std::time::Duration;
 
 use serde_json::Value as Json;
 use weir_tests::mosquitto::Mosquitto;
 use weir_tests::mqtt_client::Collector;
-use weir_tests::process::{TempDir, WeirProcess, weir_bin};
+use weir_tests::process::{TempDir, WeirProcess, weir_command};
 use weir_tests::proxy::Proxy;
 
 /// A number printed right before `label` in `text`.
@@ -29,7 +28,7 @@ fn a_written_farm_replays_to_windows_with_only_garbage_dead() {
     weir_tests::plugins();
     let dir = TempDir::new("weir-simulate");
     let file = dir.path().join("farm.jsonl");
-    let out = Command::new(weir_bin())
+    let out = weir_command()
         .args(["simulate", "--no-publish", "--count", "20000", "--write"])
         .arg(&file)
         .output()
@@ -46,7 +45,7 @@ fn a_written_farm_replays_to_windows_with_only_garbage_dead() {
 
     // The same seed writes the same file.
     let again = dir.path().join("again.jsonl");
-    let status = Command::new(weir_bin())
+    let status = weir_command()
         .args(["simulate", "--no-publish", "--count", "20000", "--write"])
         .arg(&again)
         .output()
@@ -55,7 +54,7 @@ fn a_written_farm_replays_to_windows_with_only_garbage_dead() {
     assert!(status.success());
     assert_eq!(std::fs::read_to_string(&again).unwrap(), written);
 
-    let out = Command::new(weir_bin())
+    let out = weir_command()
         .current_dir(weir_tests::repo())
         .args(["replay", "configs/farm.toml", "--input"])
         .arg(&file)

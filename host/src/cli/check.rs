@@ -285,8 +285,9 @@ fn live(config: &Config, out: &mut dyn Write) -> std::io::Result<()> {
     let st = &config.storage;
     writeln!(
         out,
-        "storage       {} (checkpoint every {}, outbox cap {} bytes, on full: {})",
+        "storage       {} (commit every {}, checkpoint every {}, outbox cap {} bytes, on full: {})",
         st.data_dir.display(),
+        format_duration(st.commit_interval),
         format_duration(st.checkpoint_interval),
         st.max_outbox_bytes,
         match st.on_full {

@@ -355,6 +355,10 @@ fn live_sections_resolve_with_their_defaults_and_settings() {
     assert_eq!(u.id_property, "x-id");
     assert_eq!(u.broker.endpoint.reconnect.max, Duration::from_secs(60));
     assert_eq!(c.storage.data_dir, Path::new("cfg/data"));
+    assert_eq!(
+        (c.storage.commit_interval, c.storage.checkpoint_interval),
+        (Duration::from_millis(250), Duration::from_secs(1))
+    );
     assert_eq!(c.storage.on_full, crate::store::OnFull::DropOldest);
     assert_eq!(c.storage.max_outbox_bytes, 1 << 30);
     let p = &c.pipelines[0];
@@ -391,6 +395,7 @@ reconnect = { initial = "1s", max = "1m" }
 
 [storage]
 data_dir = "data"
+commit_interval = "250ms"
 checkpoint_interval = "1s"
 max_outbox = "1GiB"
 on_full = "drop-oldest"
@@ -407,3 +412,20 @@ json = { key = "sensor", time = "ts", time_format = "ms" }
 [pipeline.output]
 topic = "relay/{key}"
 "#;
+
+#[test]
+fn a_commit_interval_is_more_than_zero_and_at_most_ten_seconds() {
+    for (value, says) in [("\"0s\"", "more than zero"), ("\"11s\"", "longer than 10s")] {
+        let text = format!("{MINIMAL}\n[storage]\ncommit_interval = {value}\n");
+        let errors = errors(&text);
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.contains("storage.commit_interval") && e.contains(says)),
+            "{value}: {errors:?}"
+        );
+    }
+    let text = format!("{MINIMAL}\n[storage]\ncommit_interval = \"10s\"\n");
+    let c = Config::from_str(&text, Path::new("cfg/test.toml")).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.storage.commit_interval, Duration::from_secs(10));
+}

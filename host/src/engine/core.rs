@@ -140,6 +140,11 @@ impl Core {
         self.lanes.iter().any(|l| l.durable)
     }
 
+    /// Whether every pipeline is effectively-once: then nothing leaves before a commit.
+    pub fn all_durable(&self) -> bool {
+        self.lanes.iter().all(|l| l.durable)
+    }
+
     /// Whether a message on `topic` must be logged before it is acknowledged: an
     /// effectively-once pipeline takes it, or none does (its dead letter is owed upstream).
     pub fn must_log(&self, topic: &str) -> bool {

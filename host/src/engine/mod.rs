@@ -56,8 +56,10 @@ const STORE_SUMMARY_EVERY: Duration = Duration::from_secs(30);
 /// admin commands in between.
 const DISK_FULL_POLL: Duration = Duration::from_millis(200);
 /// A checkpoint is due once this much input was logged since the last one, whatever the
-/// interval: it bounds the input log (and so recovery, and what a full disk must hold).
-const CHECKPOINT_AFTER_INPUT_BYTES: usize = 1 << 20;
+/// interval: it bounds the input log (and so recovery, and what a full disk must hold), and the
+/// dedup changes a checkpoint writes at once. Measured with `weir-gateway-bench` at 10 000 msg/s:
+/// 1 MiB made each checkpoint a 30 ms stall (alert p99 66 ms), 256 KiB keeps p99 under 45 ms.
+const CHECKPOINT_AFTER_INPUT_BYTES: usize = 256 << 10;
 /// While the disk is full, a commit is tried at most this often.
 const FULL_DISK_COMMIT_EVERY: Duration = Duration::from_secs(1);
 /// A commit is due at once when what it would hold (input-log entries and records) reaches this,
@@ -66,6 +68,9 @@ const FULL_DISK_COMMIT_EVERY: Duration = Duration::from_secs(1);
 const MAX_UNCOMMITTED_BYTES: usize = 256 * 1024;
 /// The live loop looks at the admin API's commands at least this often.
 const COMMANDS_EVERY: Duration = Duration::from_millis(100);
+/// While a batch gathers, the engine sleeps until the batch would be full at the rate seen so
+/// far (or its deadline), and at least this long, then takes what queued meanwhile.
+const GATHER_STEP: Duration = Duration::from_millis(1);
 /// Records of at-most-once pipelines waiting in memory for the forwarder, at most.
 const VOLATILE_QUEUE: usize = 10_000;
 /// Messages from the source waiting for the engine, at most.
@@ -523,7 +528,15 @@ impl Engine<'_> {
             if let Some(due) = self.commit_due_in() {
                 wait = wait.min(due);
             }
-            let batch = receive(&mut live, tokio, wait);
+            // When every pipeline is effectively-once nothing leaves before the next commit, so
+            // a batch may as well gather until then: the engine wakes once per commit rather
+            // than once per linger, at no cost in latency.
+            let gather_until = self
+                .core
+                .all_durable()
+                .then(|| self.next_commit_at())
+                .flatten();
+            let batch = receive(&mut live, tokio, wait, gather_until);
             if !batch.is_empty() {
                 last_input = instant();
                 self.take_in(&live, batch);
@@ -914,6 +927,13 @@ impl Engine<'_> {
         }))
     }
 
+    /// When the next commit falls due once something is owed: `commit_interval` after the
+    /// last one.
+    fn next_commit_at(&self) -> Option<Instant> {
+        self.store.as_ref()?;
+        Some(self.last_commit? + self.commit_interval)
+    }
+
     /// Commits if one is owed and `commit_interval` has passed since the last one (or what it
     /// would hold reached [`MAX_UNCOMMITTED_BYTES`]).
     fn maybe_commit(&mut self) {
@@ -1027,9 +1047,17 @@ impl Engine<'_> {
     }
 }
 
-/// Waits up to `wait` for a first message, then gathers more for up to the linger time, up to
-/// `batch_max_messages` and [`MAX_UNCOMMITTED_BYTES`] of payload.
-fn receive(live: &mut Live, tokio: &tokio::runtime::Handle, wait: Duration) -> Vec<Incoming> {
+/// Waits up to `wait` for a first message, then gathers more for up to the linger time (or
+/// until `gather_until`, if later, but at most [`COMMANDS_EVERY`]), up to `batch_max_messages`
+/// and [`MAX_UNCOMMITTED_BYTES`] of payload. While it gathers it sleeps until the batch would be
+/// full at the rate seen so far (at least [`GATHER_STEP`]) and takes what queued meanwhile,
+/// rather than waking for every message: at a low rate the engine wakes a few times per batch.
+fn receive(
+    live: &mut Live,
+    tokio: &tokio::runtime::Handle,
+    wait: Duration,
+    gather_until: Option<Instant>,
+) -> Vec<Incoming> {
     let mut batch = Vec::new();
     let first = tokio.block_on(async { tokio::time::timeout(wait, live.ingest.recv()).await });
     let Ok(Some(first)) = first else {
@@ -1037,25 +1065,38 @@ fn receive(live: &mut Live, tokio: &tokio::runtime::Handle, wait: Duration) -> V
     };
     let mut bytes = first.payload.len();
     batch.push(first);
-    let deadline = tokio::time::Instant::now() + live.linger;
-    while batch.len() < live.batch_max && bytes < MAX_UNCOMMITTED_BYTES {
-        let next = match live.ingest.try_recv() {
-            Ok(m) => m,
-            Err(mpsc::error::TryRecvError::Empty) => {
-                let next = tokio.block_on(async {
-                    tokio::time::timeout_at(deadline, live.ingest.recv()).await
-                });
-                match next {
-                    Ok(Some(m)) => m,
-                    _ => break,
-                }
-            }
-            Err(mpsc::error::TryRecvError::Disconnected) => break,
-        };
-        bytes += next.payload.len();
-        batch.push(next);
+    let now = instant();
+    let started = now;
+    let mut deadline = now + live.linger;
+    if let Some(until) = gather_until {
+        // Not past the next look at the admin API's commands.
+        deadline = deadline.max(until.min(now + COMMANDS_EVERY));
     }
-    batch
+    loop {
+        while batch.len() < live.batch_max && bytes < MAX_UNCOMMITTED_BYTES {
+            match live.ingest.try_recv() {
+                Ok(m) => {
+                    bytes += m.payload.len();
+                    batch.push(m);
+                }
+                Err(mpsc::error::TryRecvError::Empty) => break,
+                Err(mpsc::error::TryRecvError::Disconnected) => return batch,
+            }
+        }
+        if batch.len() >= live.batch_max || bytes >= MAX_UNCOMMITTED_BYTES {
+            return batch;
+        }
+        let now = instant();
+        if now >= deadline {
+            return batch;
+        }
+        // Until the batch would be full at the rate seen so far, or the deadline.
+        let taken = u32::try_from(batch.len()).unwrap_or(u32::MAX).max(1);
+        let limit = u32::try_from(live.batch_max).unwrap_or(u32::MAX);
+        let full_at = started + (now - started) * limit.min(1 << 16) / taken;
+        let step = full_at.saturating_duration_since(now).max(GATHER_STEP);
+        std::thread::sleep((deadline - now).min(step));
+    }
 }
 
 /// A condition that may last or come back again and again (a failing store, a full disk),

@@ -1,5 +1,7 @@
 //! Compiled components on disk, keyed by content, so a restart does not recompile.
 //!
+//! Within one runtime, a component is compiled or read once, however many steps name it.
+//!
 //! Layout: one file per component, `<cache dir>/<sha256 of the .wasm>-<engine hash>.cwasm`. The
 //! engine hash covers wasmtime's version and every setting that affects compiled code, so an
 //! upgraded weir never loads an artifact it cannot run; it compiles again and writes a new file.
@@ -13,8 +15,10 @@
 // Compile and load times are measured for the log and the metrics.
 #![allow(clippy::disallowed_methods)]
 
+use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use wasmtime::Engine;
@@ -31,11 +35,13 @@ pub enum CacheOutcome {
     Uncached,
 }
 
-/// The on-disk cache of compiled components.
+/// The on-disk cache of compiled components, and the components this runtime loaded already
+/// (by sha256), so that a file named by several steps is compiled or read once.
 #[derive(Clone, Debug)]
 pub(crate) struct ComponentCache {
     dir: Option<PathBuf>,
     engine_hash: String,
+    loaded: Arc<Mutex<HashMap<String, Component>>>,
 }
 
 impl ComponentCache {
@@ -46,6 +52,7 @@ impl ComponentCache {
         ComponentCache {
             dir,
             engine_hash: format!("{:016x}", hasher.finish()),
+            loaded: Arc::default(),
         }
     }
 
@@ -62,11 +69,30 @@ impl ComponentCache {
         sha256: &str,
     ) -> wasmtime::Result<(Component, CacheOutcome, Duration)> {
         let started = Instant::now();
+        if let Some(component) = self.loaded().get(sha256) {
+            return Ok((component.clone(), CacheOutcome::Hit, started.elapsed()));
+        }
+        let (component, outcome) = self.load_new(engine, wasm, sha256)?;
+        self.loaded().insert(sha256.to_owned(), component.clone());
+        Ok((component, outcome, started.elapsed()))
+    }
+
+    fn loaded(&self) -> std::sync::MutexGuard<'_, HashMap<String, Component>> {
+        self.loaded.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// From the cache directory, or compiled now (and stored there).
+    fn load_new(
+        &self,
+        engine: &Engine,
+        wasm: &[u8],
+        sha256: &str,
+    ) -> wasmtime::Result<(Component, CacheOutcome)> {
         if let Some(path) = self.path_for(sha256)
             && path.exists()
         {
             match deserialize(engine, &path) {
-                Ok(component) => return Ok((component, CacheOutcome::Hit, started.elapsed())),
+                Ok(component) => return Ok((component, CacheOutcome::Hit)),
                 Err(e) => tracing::warn!(
                     path = %path.display(),
                     error = %e,
@@ -83,7 +109,7 @@ impl ComponentCache {
                 CacheOutcome::Uncached
             }
         };
-        Ok((component, outcome, started.elapsed()))
+        Ok((component, outcome))
     }
 
     fn store(&self, component: &Component, sha256: &str) -> anyhow::Result<bool> {

@@ -1,9 +1,11 @@
 //! The epoch ticker: advances the engine's epoch every tick while plugin calls run, so a call
-//! past its deadline traps. After a second without calls it parks, so an idle gateway has no
-//! timer waking it up; under load it never parks, so a call costs no system call to wake it.
+//! past its deadline traps. It parks as soon as a tick passed with no call running and none
+//! started, so a gateway at a steady low rate (calls in a burst per batch, then nothing for
+//! milliseconds) pays a wake-up per batch rather than one per tick; under load, calls keep it
+//! ticking and cost no system call to wake it.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::SeqCst};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -15,13 +17,14 @@ pub(crate) struct Ticker {
 }
 
 struct Shared {
+    /// Calls in progress.
     running: AtomicUsize,
+    /// Calls started, ever: a call that started and ended within one tick still keeps the
+    /// ticker awake for the next one (the next call of the batch is likely to follow).
+    started: AtomicU64,
     parked: AtomicBool,
     stop: AtomicBool,
 }
-
-/// Ticks without a call after which the ticker parks.
-const IDLE_TICKS_BEFORE_PARKING: u32 = 1000;
 
 /// A call in progress; the ticker keeps ticking until every one is dropped.
 pub(crate) struct Running<'a>(&'a Ticker);
@@ -30,6 +33,7 @@ impl Ticker {
     pub(crate) fn start(engine: Engine, tick: Duration) -> Ticker {
         let shared = Arc::new(Shared {
             running: AtomicUsize::new(0),
+            started: AtomicU64::new(0),
             parked: AtomicBool::new(false),
             stop: AtomicBool::new(false),
         });
@@ -37,23 +41,21 @@ impl Ticker {
         let thread = std::thread::Builder::new()
             .name("weir-epoch".into())
             .spawn(move || {
-                let mut idle = 0;
-                while !s.stop.load(Ordering::Acquire) {
-                    if s.running.load(Ordering::Acquire) > 0 {
-                        idle = 0;
-                    } else if idle < IDLE_TICKS_BEFORE_PARKING {
-                        idle += 1;
-                    } else {
-                        s.parked.store(true, Ordering::Release);
-                        // A call that started since the check above finds `parked` set and
-                        // unparks; park() returns at once if that happened already.
-                        if s.running.load(Ordering::Acquire) == 0 {
+                let mut seen = s.started.load(SeqCst);
+                while !s.stop.load(SeqCst) {
+                    let idle = |seen| s.running.load(SeqCst) == 0 && s.started.load(SeqCst) == seen;
+                    if idle(seen) {
+                        s.parked.store(true, SeqCst);
+                        // A call that started since the check above either is seen here, or
+                        // finds `parked` set and unparks (park() then returns at once).
+                        if idle(seen) {
                             std::thread::park();
                         }
-                        s.parked.store(false, Ordering::Release);
-                        idle = 0;
+                        s.parked.store(false, SeqCst);
+                        seen = s.started.load(SeqCst);
                         continue;
                     }
+                    seen = s.started.load(SeqCst);
                     std::thread::sleep(tick);
                     engine.increment_epoch();
                 }
@@ -66,8 +68,9 @@ impl Ticker {
     }
 
     pub(crate) fn enter(&self) -> Running<'_> {
-        self.shared.running.fetch_add(1, Ordering::AcqRel);
-        if self.shared.parked.load(Ordering::Acquire)
+        self.shared.running.fetch_add(1, SeqCst);
+        self.shared.started.fetch_add(1, SeqCst);
+        if self.shared.parked.load(SeqCst)
             && let Some(t) = &self.thread
         {
             t.thread().unpark();
@@ -78,13 +81,13 @@ impl Ticker {
 
 impl Drop for Running<'_> {
     fn drop(&mut self) {
-        self.0.shared.running.fetch_sub(1, Ordering::AcqRel);
+        self.0.shared.running.fetch_sub(1, SeqCst);
     }
 }
 
 impl Drop for Ticker {
     fn drop(&mut self) {
-        self.shared.stop.store(true, Ordering::Release);
+        self.shared.stop.store(true, SeqCst);
         if let Some(t) = self.thread.take() {
             t.thread().unpark();
             let _ = t.join();

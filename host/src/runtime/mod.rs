@@ -87,12 +87,28 @@ impl std::fmt::Debug for Runtime {
     }
 }
 
+/// Address space reserved for each linear memory of a plugin. wasmtime's default on 64-bit
+/// hosts is 4 GiB plus 32 MiB guards on both sides, so that bounds checks can be left out; a
+/// 39-bit arm64 kernel (the Raspberry Pi's default: 512 GiB for a process) then holds fewer
+/// than 120 memories, and every plugin step, every version prepared for a swap and kept for a
+/// rollback has its own. With 64 MiB (the default `max_memory` of a step) and small guards a
+/// memory takes 68 MiB of address space: thousands fit. The price is an explicit bounds check
+/// per memory access; a memory that grows past the reservation is moved (copied) to a larger
+/// one. The same on every target, so an artifact compiled on one machine for another matches
+/// the engine that loads it.
+pub const MEMORY_RESERVATION: u64 = 64 << 20;
+/// The guard after (and before) each memory's reservation.
+const MEMORY_GUARD: u64 = 2 << 20;
+
 impl Runtime {
     pub fn new(config: RuntimeConfig) -> anyhow::Result<Self> {
         let mut wasm = Config::new();
         wasm.wasm_component_model(true)
             .epoch_interruption(config.time_budgets)
-            .cranelift_opt_level(wasmtime::OptLevel::Speed);
+            .cranelift_opt_level(wasmtime::OptLevel::Speed)
+            .memory_reservation(MEMORY_RESERVATION)
+            .memory_guard_size(MEMORY_GUARD)
+            .memory_reservation_for_growth(MEMORY_RESERVATION);
         let engine = Engine::new(&wasm)?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;

@@ -1,7 +1,7 @@
 //! The durable store: weir's one redb database file, `<data_dir>/weir.redb`, holding the input
 //! log, the checkpoint and the outbox, and next to it a reserve file, `<data_dir>/weir.reserve`.
 //!
-//! # On-disk layout (format version 2)
+//! # On-disk layout (format version 3)
 //!
 //! | table        | key                  | value                                                   |
 //! |--------------|----------------------|---------------------------------------------------------|
@@ -48,14 +48,17 @@
 //! Every write is one redb write transaction committed with `Durability::Immediate` and
 //! quick-repair on; [`Store::commits`] counts them.
 //!
-//! - [`Store::append_input`]: one entry into `input`, `input_next_seq` + 1.
-//! - [`Store::commit_checkpoint`]: the checkpoint blob replaced, `checkpoint_input_through` set,
-//!   the covered input entries deleted as one range, the new records appended to `outbox` with
-//!   consecutive sequences, and with [`OnFull::DropOldest`] the oldest outbox entries deleted
-//!   until the outbox is within `max_outbox_bytes` again; the dedup changes applied to `seen`.
-//!   All of it or none of it.
-//! - [`Store::delete_outbox`]: the acknowledged entries deleted, each contiguous run of sequences
-//!   as one range. A call that finds none of its sequences commits nothing.
+//! - [`Store::commit`]: the live engine's group commit, at most one per `commit_interval`: the
+//!   input entries taken in since the last one appended to `input`, the records made from them
+//!   appended to `outbox` with consecutive sequences (with [`OnFull::DropOldest`], then the
+//!   oldest outbox entries deleted until the outbox is within `max_outbox_bytes` again), the
+//!   entries the upstream broker acknowledged deleted (each contiguous run as one range), and,
+//!   with a checkpoint, the checkpoint blob replaced, `checkpoint_input_through` set to the last
+//!   input entry (this commit's included), the covered input entries deleted as one range and
+//!   the dedup changes applied to `seen`. All of it or none of it.
+//! - [`Store::append_input`], [`Store::commit_checkpoint`], [`Store::delete_outbox`]: the same
+//!   parts one at a time (the offline tools, `weir replay --store`, and the forwarder when no
+//!   engine commits for it).
 //! - [`Store::set_aside`]: outbox entries moved to `set_aside` with their reasons.
 //! - [`Store::salvage_outbox`]: the readable records copied into a scratch table in chunks (one
 //!   commit each, invisible to readers), then one commit that renames the old outbox to
@@ -73,8 +76,8 @@
 //!
 //! A call that returned `Ok` is on disk (redb fsyncs before the commit returns), and survives
 //! SIGKILL and power loss. A crash during a call leaves the file as it was before that
-//! transaction or after it, never in between: a checkpoint, its records and its input trim appear
-//! together or not at all. Quick-repair stores the allocator state with each commit, so reopening
+//! transaction or after it, never in between: a group commit's input, its records, its deletes
+//! and its checkpoint appear together or not at all. Quick-repair stores the allocator state with each commit, so reopening
 //! after a crash takes milliseconds instead of a walk of the whole file; the price is a second
 //! fsync per commit (redb's two-phase commit). The file never shrinks (except by the compaction
 //! below); freed pages are reused.

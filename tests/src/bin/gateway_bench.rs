@@ -212,7 +212,7 @@ fn run(weir: &Path, rate: u64, interval: &str, window: Duration) -> Value {
     let mut w = WeirProcess::spawn_program(
         weir,
         &["run", cfg.to_str().unwrap()],
-        &[("WEIR_LOG", "weir=warn")],
+        &[("WEIR_LOG", "weir=info")],
     );
     let admin = w.admin_address(Duration::from_secs(300));
     let alerts = Collector::subscribe(cloud.port(), "alerts/#");

@@ -19,14 +19,12 @@
 //!    `relay/#`, until all 100 000 distinct `weir-id`s arrived, and `weir tail --count 100000`
 //!    on `relay/#` until it printed them all. Medians, weir's peak RSS (VmHWM) and CPU time
 //!    (utime + stime).
-//! 2. **Latency** of a windowless pipeline, publish → upstream arrival (the payload carries the
-//!    publisher's wall clock `sent_us`): 1 000 msg/s for 10 s (with `checkpoint_interval` 200 ms,
-//!    the default, and 20 ms) and 10 000 msg/s for 5 s. p50, p99, max.
-//! 3. **fsyncs per second** at a steady rate, from the `commits=` and `checkpoints=` of weir's
-//!    status lines while the publisher ran (each commit is two fdatasyncs: quick-repair is on).
-//! 4. **Recovery after SIGKILL** with 1 000 000 records in the outbox (the upstream broker absent):
+//! 2. **Recovery after SIGKILL** with 1 000 000 records in the outbox (the upstream broker absent):
 //!    time from spawn to "recovered from the store" and to "subscribed", and the database size.
-//! 5. Peak RSS of weir per scenario.
+//! 3. Peak RSS of weir per scenario.
+//!
+//! Latency, fsyncs and bytes written at steady rates, per `commit_interval`, are
+//! `weir-gateway-bench`'s.
 //!
 //! The report ends with the same numbers as one JSON line (`{"weir_live_bench": ...}`).
 
@@ -35,7 +33,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use weir_tests::bench::{distinct, log_time_us, now_ms, now_us, round, shell, tail, weir_id};
+use weir_tests::bench::{distinct, now_us, round, shell, tail, weir_id};
 use weir_tests::mosquitto::Mosquitto;
 use weir_tests::mqtt_client::{Collector, Message, Publisher, publish_all};
 use weir_tests::process::{TempDir, WeirProcess, free_port};
@@ -79,38 +77,12 @@ fn main() {
         throughput(&weir, if quick { 1 } else { 3 }, &mut peaks),
     );
 
-    println!("\n## 2. latency, publish → upstream arrival, windowless pipeline");
-    println!("(checkpoint_interval and batch_linger = 20 ms bound it from below)");
-    let mut latencies = Vec::new();
-    for (rate, secs, checkpoint) in [
-        (1_000, 10, "200ms"),
-        (1_000, 10, "20ms"),
-        (10_000, 5, "200ms"),
-    ] {
-        latencies.push(latency(&weir, rate, secs, checkpoint, &mut peaks));
-    }
-
-    println!("\n## 3. store commits and fsyncs at a steady rate (from weir's status lines)");
-    for l in &latencies {
-        let f = &l["fsync"];
-        println!(
-            "{:>6} msg/s, checkpoint_interval {:>5}: over {:.1} s: {:.1} commits/s = {:.1} fdatasyncs/s, {:.1} checkpoints/s",
-            l["target_rate"],
-            l["checkpoint_interval"].as_str().unwrap_or(""),
-            f["window_s"].as_f64().unwrap_or(0.0),
-            f["commits_per_s"].as_f64().unwrap_or(0.0),
-            f["fdatasyncs_per_s"].as_f64().unwrap_or(0.0),
-            f["checkpoints_per_s"].as_f64().unwrap_or(0.0),
-        );
-    }
-    report.insert("latency".into(), Value::Array(latencies));
-
     report.insert(
         "recovery".into(),
         recovery(&weir, if quick { 100_000 } else { 1_000_000 }, &mut peaks),
     );
 
-    println!("\n## 5. weir's peak RSS (VmHWM) per scenario");
+    println!("\n## 3. weir's peak RSS (VmHWM) per scenario");
     for (name, mib) in &peaks {
         println!("{name:<55} {mib:>7.1} MiB");
     }
@@ -155,7 +127,7 @@ fn throughput(weir: &Path, runs: usize, peaks: &mut Vec<(String, f64)>) -> Value
         let sensors = Mosquitto::start();
         let cloud = Mosquitto::start();
         let dir = TempDir::new("weir-bench");
-        let cfg = config(dir.path(), sensors.port(), cloud.port(), "200ms", true);
+        let cfg = config(dir.path(), sensors.port(), cloud.port(), true);
         let mut w = start(weir, &cfg);
         let up = Collector::subscribe(cloud.port(), "relay/#");
         let agg = Collector::subscribe(cloud.port(), "agg/#");
@@ -319,172 +291,14 @@ fn readings(n: usize) -> Vec<(String, Vec<u8>)> {
 }
 
 // ---------------------------------------------------------------------------------------------
-// 2. and 3. Latency and fsyncs at a steady rate
-
-fn latency(
-    weir: &Path,
-    rate: u64,
-    secs: u64,
-    checkpoint: &str,
-    peaks: &mut Vec<(String, f64)>,
-) -> Value {
-    let sensors = Mosquitto::start();
-    let cloud = Mosquitto::start();
-    let dir = TempDir::new("weir-bench-latency");
-    let cfg = config(dir.path(), sensors.port(), cloud.port(), checkpoint, false);
-    let mut w = start(weir, &cfg);
-    let up = Collector::subscribe(cloud.port(), "relay/#");
-    let mut publisher = Publisher::connect(sensors.port());
-    let n = rate * secs;
-    // Pace by a deadline per message (i / rate after the start): no drift; when behind, publish
-    // at once.
-    let start_us = now_us();
-    let t0 = Instant::now();
-    let mut behind_max = Duration::ZERO;
-    for i in 0..n {
-        let due = t0 + Duration::from_nanos(i * 1_000_000_000 / rate);
-        let now = Instant::now();
-        match due.checked_duration_since(now) {
-            Some(wait) => std::thread::sleep(wait),
-            None => behind_max = behind_max.max(now - due),
-        }
-        let sensor = i % 100;
-        let payload = format!(
-            "{{\"sensor_id\":\"s{sensor}\",\"ts\":{},\"seq\":{i},\"sent_us\":{}}}",
-            now_ms(),
-            now_us()
-        );
-        publisher.publish(&format!("bench/s{sensor}"), payload);
-    }
-    let publish_s = t0.elapsed().as_secs_f64();
-    let end_us = now_us();
-    let achieved = n as f64 / publish_s;
-    let outcome = collect(&up, n as usize, STALL);
-    // Let the status line after the end be written, then read the steady part.
-    std::thread::sleep(Duration::from_millis(1_200));
-    let stderr = w.stderr();
-    let fsync = steady_rates(&stderr, start_us, end_us);
-    let (rss, cpu) = usage(w.pid());
-    let stalled = outcome.is_err();
-    let got = match outcome {
-        Ok((got, _)) => {
-            w.terminate();
-            got
-        }
-        Err(got) => {
-            let tail = tail(&stderr, 6);
-            w.kill9();
-            println!(
-                "STALLED at {rate} msg/s: {} of {n} distinct records arrived, nothing new for {STALL:?}; weir's last lines:\n{tail}",
-                distinct(&got)
-            );
-            got
-        }
-    };
-    let mut seen = HashSet::new();
-    let mut lat: Vec<f64> = got
-        .iter()
-        .filter(|m| seen.insert(weir_id(m).unwrap_or_default().to_owned()))
-        .filter_map(|m| {
-            let v: Value = serde_json::from_slice(&m.payload).ok()?;
-            let sent = v["fields"]["sent_us"]
-                .as_u64()
-                .or_else(|| v["fields"]["sent_us"].as_f64().map(|x| x as u64))
-                .or_else(|| v["sent_us"].as_u64())?;
-            Some(m.received_us.saturating_sub(sent) as f64 / 1000.0)
-        })
-        .collect();
-    lat.sort_by(f64::total_cmp);
-    let q = |p: f64| {
-        lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))
-            .copied()
-            .unwrap_or(f64::NAN)
-    };
-    let kept_up = achieved >= rate as f64 * 0.98;
-    println!(
-        "{rate:>6} msg/s for {secs} s, checkpoint_interval {checkpoint:>5}: p50 {:>6.1} ms, p99 {:>6.1} ms, max {:>6.1} ms \
-         ({} of {n} with a latency; {} messages incl. duplicates); achieved {achieved:.0} msg/s{}; \
-         weir RSS {rss:.1} MiB, CPU {cpu:.2} s",
-        q(0.5),
-        q(0.99),
-        q(1.0),
-        lat.len(),
-        got.len(),
-        if kept_up {
-            String::new()
-        } else {
-            format!(
-                " (the publisher could NOT keep up: up to {:.0} ms behind schedule)",
-                behind_max.as_secs_f64() * 1e3
-            )
-        },
-    );
-    if lat.is_empty() {
-        println!(
-            "  no sent_us found in the records; one looks like: {:?}",
-            got.first().map(Message::text)
-        );
-    }
-    peaks.push((
-        format!("2. latency {rate} msg/s, checkpoint_interval {checkpoint}"),
-        rss,
-    ));
-    json!({
-        "target_rate": rate,
-        "seconds": secs,
-        "checkpoint_interval": checkpoint,
-        "achieved_rate": round(achieved, 0),
-        "publisher_kept_up": kept_up,
-        "p50_ms": round(q(0.5), 2),
-        "p99_ms": round(q(0.99), 2),
-        "max_ms": round(q(1.0), 2),
-        "records": lat.len(),
-        "messages_with_duplicates": got.len(),
-        "weir_peak_rss_mib": round(rss, 1),
-        "weir_cpu_s": round(cpu, 2),
-        "fsync": fsync,
-        "stalled": stalled,
-    })
-}
-
-/// Commits and checkpoints per second between the first and the last status line written while
-/// the publisher ran (from `start_us` + 1 s, to skip the ramp-up, until `end_us`), by weir's own
-/// log timestamps.
-fn steady_rates(stderr: &str, start_us: u64, end_us: u64) -> Value {
-    let lines: Vec<(u64, BTreeMap<String, u64>)> = stderr
-        .lines()
-        .filter(|l| l.contains(": status "))
-        .filter_map(|l| Some((log_time_us(l)?, fields(l))))
-        .filter(|(t, _)| *t >= start_us + 1_000_000 && *t <= end_us + 100_000)
-        .collect();
-    let (Some(first), Some(last)) = (lines.first(), lines.last()) else {
-        return json!({ "window_s": 0.0, "note": "no status lines while publishing" });
-    };
-    let window = (last.0 - first.0) as f64 / 1e6;
-    let delta = |name: &str| last.1.get(name).unwrap_or(&0) - first.1.get(name).unwrap_or(&0);
-    let per_s = |x: u64| if window > 0.0 { x as f64 / window } else { 0.0 };
-    let (commits, checkpoints, messages) =
-        (delta("commits"), delta("checkpoints"), delta("messages_in"));
-    json!({
-        "window_s": round(window, 2),
-        "status_lines": lines.len(),
-        "messages_in_per_s": round(per_s(messages), 1),
-        "commits": commits,
-        "commits_per_s": round(per_s(commits), 1),
-        "fdatasyncs_per_s": round(2.0 * per_s(commits), 1),
-        "checkpoints_per_s": round(per_s(checkpoints), 1),
-    })
-}
-
-// ---------------------------------------------------------------------------------------------
-// 4. Recovery
+// 2. Recovery
 
 fn recovery(weir: &Path, n: usize, peaks: &mut Vec<(String, f64)>) -> Value {
-    println!("\n## 4. recovery after SIGKILL with {n} records queued (upstream broker absent)");
+    println!("\n## 2. recovery after SIGKILL with {n} records queued (upstream broker absent)");
     let sensors = Mosquitto::start();
     let dir = TempDir::new("weir-bench-recovery");
     // A port nothing listens on: everything stays in the outbox.
-    let cfg = config(dir.path(), sensors.port(), free_port(), "200ms", false);
+    let cfg = config(dir.path(), sensors.port(), free_port(), false);
     let mut w = start(weir, &cfg);
     let input: Vec<(String, Vec<u8>)> = (0..n)
         .map(|i| {
@@ -595,12 +409,12 @@ fn build_release() -> PathBuf {
 
 /// A config for the test brokers: a windowless relay of every reading (`relay/{key}`) and, with
 /// `window`, a keyed one-minute tumbling window of the traffic values (`agg/{key}`).
-fn config(dir: &Path, sensors: u16, upstream: u16, checkpoint: &str, window: bool) -> PathBuf {
+fn config(dir: &Path, sensors: u16, upstream: u16, window: bool) -> PathBuf {
     let mut text = format!(
         "version = 1\n\n\
          [source]\nbroker = \"127.0.0.1:{sensors}\"\nclient_id = \"weir-bench\"\n\n\
          [upstream]\nbroker = \"127.0.0.1:{upstream}\"\n\n\
-         [storage]\ndata_dir = {:?}\ncheckpoint_interval = \"{checkpoint}\"\nmax_outbox = \"4GiB\"\n\n\
+         [storage]\ndata_dir = {:?}\nmax_outbox = \"4GiB\"\n\n\
          [admin]\nlisten = \"off\"\n\n\
          [[pipeline]]\nname = \"relay\"\ntopics = [\"traffic/#\", \"bench/#\"]\n\
          [pipeline.decode]\njson = {{ key = \"sensor_id\", time = \"ts\", time_format = \"ms\" }}\n\

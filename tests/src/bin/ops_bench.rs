@@ -14,12 +14,12 @@
 //!    windowless pipeline whose one plugin step (`counter_v1`, keyed state) is swapped 100 times,
 //!    between `counter_v2` and `counter_v1`, through the admin API (`POST /plugins/swap`), one
 //!    swap every 400 ms. *As weir sees it*: the swap report's `pause_us`, the time the engine
-//!    thread held the data path (the checkpoint before the switch, and the switch; broken down
+//!    thread held the data path (the commit with a checkpoint before the switch, and the switch; broken down
 //!    when the report has `checkpoint_us`). *From
 //!    outside*: the longest gap between upstream arrivals around each swap (from the request to
 //!    100 ms after its answer), next to the same measure in windows of the same length between
-//!    swaps (the baseline; `checkpoint_interval` is 20 ms, so records leave in bursts that far
-//!    apart). Median and p99 (nearest rank) of each. Every message is checked to come out once,
+//!    swaps (the baseline; records leave with each commit, `commit_interval` apart: 25 ms by
+//!    default). Median and p99 (nearest rank) of each. Every message is checked to come out once,
 //!    and the keyed count to continue across the swaps.
 //! 2. **RSS with 5 plugins and 10 000 keys**: a pipeline with range filter ×2, unit converter,
 //!    frost detector (all Wasm) and a one-minute tumbling window with count, mean and the p95
@@ -690,7 +690,7 @@ fn live_sections(dir: &Path, sensors: u16, upstream: u16, client: &str, admin: &
         "version = 1\n\n\
          [source]\nbroker = \"127.0.0.1:{sensors}\"\nclient_id = \"{client}\"\n\n\
          [upstream]\nbroker = \"127.0.0.1:{upstream}\"\nclient_id = \"{client}-up\"\n\n\
-         [storage]\ndata_dir = {:?}\ncheckpoint_interval = \"20ms\"\n\n\
+         [storage]\ndata_dir = {:?}\n\n\
          [admin]\nlisten = \"{admin}\"\n\n",
         dir.join("data")
     )

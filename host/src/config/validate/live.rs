@@ -9,6 +9,10 @@ use super::{SEE, Validator};
 use crate::mqtt::{Backoff, Protocol, Tls};
 use crate::store::OnFull;
 
+/// The longest `commit_interval`: messages wait that long for their acknowledgement, and the
+/// source broker sends only so many unacknowledged ones.
+const MAX_COMMIT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Which side a `RawMqtt` is.
 #[derive(Clone, Copy, PartialEq)]
 enum Side {
@@ -147,10 +151,22 @@ impl Validator<'_> {
             }
             storage.data_dir = self.dir.join(dir);
         }
-        if let Some(v) = &raw.commit_interval {
-            storage.commit_interval = self
-                .positive_duration("storage.commit_interval", v)
-                .unwrap_or_default();
+        if let Some(v) = &raw.commit_interval
+            && let Some(d) = self.positive_duration("storage.commit_interval", v)
+        {
+            if d > MAX_COMMIT_INTERVAL {
+                self.error(
+                    "storage.commit_interval",
+                    format!(
+                        "{} is longer than {}: messages wait for their acknowledgement until                          the commit that holds them, and the source broker stops sending once                          too many wait; for fewer writes, {} is plenty",
+                        super::shown(v),
+                        crate::config::units::format_duration(MAX_COMMIT_INTERVAL),
+                        crate::config::units::format_duration(std::time::Duration::from_secs(1))
+                    ),
+                );
+            } else {
+                storage.commit_interval = d;
+            }
         }
         if let Some(v) = &raw.checkpoint_interval {
             storage.checkpoint_interval = self
