@@ -453,17 +453,8 @@ impl Store {
         seen: &[(String, SeenChanges)],
     ) -> Result<CheckpointCommit, StoreError> {
         const OP: &str = "committing a checkpoint";
-        let bodies = records
-            .iter()
-            .map(postcard::to_stdvec)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| StoreError::Database {
-                path: self.path.clone(),
-                op: OP,
-                detail: format!("cannot encode an outbox record: {e}"),
-            })?;
+        let bodies = self.encode_records(OP, records)?;
         let result = self.write(OP, |txn, counters| {
-            let mut result = CheckpointCommit::default();
             txn.open_table(CHECKPOINT)
                 .map_err(|e| self.err(OP, e))?
                 .insert(CHECKPOINT_STATE, checkpoint)
@@ -492,46 +483,10 @@ impl Store {
             self.apply_seen(OP, txn, seen)?;
 
             let mut outbox = txn.open_table(OUTBOX).map_err(|e| self.err(OP, e))?;
-            for body in &bodies {
-                let seq = counters.outbox_next_seq;
-                let value = outbox::seal(seq, body);
-                outbox
-                    .insert(seq, value.as_slice())
-                    .map_err(|e| self.err(OP, e))?;
-                result.first_seq.get_or_insert(seq);
-                result.last_seq = Some(seq);
-                counters.outbox_next_seq = seq + 1;
-                counters.outbox_len += 1;
-                counters.outbox_bytes += value.len() as u64;
-            }
-
-            let max = self.options.max_outbox_bytes;
-            if self.options.on_full == OnFull::DropOldest && counters.outbox_bytes > max {
-                let mut oldest = outbox
-                    .extract_from_if::<u64, _>(.., |_, _| true)
-                    .map_err(|e| self.err(OP, e))?;
-                while counters.outbox_bytes > max {
-                    let Some(entry) = oldest.next() else { break };
-                    let (_, value) = entry.map_err(|e| self.err(OP, e))?;
-                    let size = value.value().len() as u64;
-                    counters.outbox_len -= 1;
-                    counters.outbox_bytes -= size;
-                    result.dropped += 1;
-                    result.dropped_bytes += size;
-                }
-            }
+            let result = self.append_outbox(OP, &mut outbox, &bodies, counters)?;
             Ok((result, true))
         })?;
-        if result.dropped > 0 {
-            tracing::error!(
-                path = %self.path.display(),
-                dropped = result.dropped,
-                dropped_bytes = result.dropped_bytes,
-                max_outbox_bytes = self.options.max_outbox_bytes,
-                "outbox full: dropped the oldest records by the configured drop-oldest policy; \
-                 they will never be forwarded"
-            );
-        }
+        self.log_dropped(result.dropped, result.dropped_bytes);
         Ok(result)
     }
 
@@ -544,16 +499,7 @@ impl Store {
     /// checkpoint covers) that freed enough compact the file.
     pub fn commit(&self, commit: &Commit<'_>) -> Result<Committed, StoreError> {
         const OP: &str = "committing input, records and deletes";
-        let bodies = commit
-            .records
-            .iter()
-            .map(postcard::to_stdvec)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| StoreError::Database {
-                path: self.path.clone(),
-                op: OP,
-                detail: format!("cannot encode an outbox record: {e}"),
-            })?;
+        let bodies = self.encode_records(OP, commit.records)?;
         let mut deletes = commit.delete.to_vec();
         deletes.sort_unstable();
         deletes.dedup();
@@ -585,33 +531,11 @@ impl Store {
                     })
                     .map_err(|e| self.err(OP, e))?;
             }
-            for body in &bodies {
-                let seq = counters.outbox_next_seq;
-                let value = outbox::seal(seq, body);
-                outbox
-                    .insert(seq, value.as_slice())
-                    .map_err(|e| self.err(OP, e))?;
-                result.first_seq.get_or_insert(seq);
-                result.last_seq = Some(seq);
-                counters.outbox_next_seq = seq + 1;
-                counters.outbox_len += 1;
-                counters.outbox_bytes += value.len() as u64;
-            }
-            let max = self.options.max_outbox_bytes;
-            if self.options.on_full == OnFull::DropOldest && counters.outbox_bytes > max {
-                let mut oldest = outbox
-                    .extract_from_if::<u64, _>(.., |_, _| true)
-                    .map_err(|e| self.err(OP, e))?;
-                while counters.outbox_bytes > max {
-                    let Some(entry) = oldest.next() else { break };
-                    let (_, value) = entry.map_err(|e| self.err(OP, e))?;
-                    let size = value.value().len() as u64;
-                    counters.outbox_len -= 1;
-                    counters.outbox_bytes -= size;
-                    result.dropped += 1;
-                    result.dropped_bytes += size;
-                }
-            }
+            let appended = self.append_outbox(OP, &mut outbox, &bodies, counters)?;
+            result.first_seq = appended.first_seq;
+            result.last_seq = appended.last_seq;
+            result.dropped = appended.dropped;
+            result.dropped_bytes = appended.dropped_bytes;
             drop(outbox);
             if let Some((blob, seen)) = commit.checkpoint {
                 txn.open_table(CHECKPOINT)
@@ -639,16 +563,7 @@ impl Store {
                 || commit.checkpoint.is_some();
             Ok((result, changed))
         })?;
-        if result.dropped > 0 {
-            tracing::error!(
-                path = %self.path.display(),
-                dropped = result.dropped,
-                dropped_bytes = result.dropped_bytes,
-                max_outbox_bytes = self.options.max_outbox_bytes,
-                "outbox full: dropped the oldest records by the configured drop-oldest policy; \
-                 they will never be forwarded"
-            );
-        }
+        self.log_dropped(result.dropped, result.dropped_bytes);
         if freed > 0
             && self
                 .disk
@@ -657,6 +572,79 @@ impl Store {
             self.compact();
         }
         Ok(result)
+    }
+
+    /// Outbox records as their bodies are stored (postcard).
+    fn encode_records(
+        &self,
+        op: &'static str,
+        records: &[OutboxRecord],
+    ) -> Result<Vec<Vec<u8>>, StoreError> {
+        records
+            .iter()
+            .map(postcard::to_stdvec)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| StoreError::Database {
+                path: self.path.clone(),
+                op,
+                detail: format!("cannot encode an outbox record: {e}"),
+            })
+    }
+
+    /// Appends `bodies` (sealed with their sequences) to the outbox with consecutive new
+    /// sequences, then, with [`OnFull::DropOldest`], deletes the oldest entries until the outbox
+    /// is within `max_outbox_bytes`, keeping `counters` in step. Returns the sequences appended
+    /// and what was dropped.
+    fn append_outbox(
+        &self,
+        op: &'static str,
+        outbox: &mut redb::Table<'_, u64, &'static [u8]>,
+        bodies: &[Vec<u8>],
+        counters: &mut Counters,
+    ) -> Result<CheckpointCommit, StoreError> {
+        let mut result = CheckpointCommit::default();
+        for body in bodies {
+            let seq = counters.outbox_next_seq;
+            let value = outbox::seal(seq, body);
+            outbox
+                .insert(seq, value.as_slice())
+                .map_err(|e| self.err(op, e))?;
+            result.first_seq.get_or_insert(seq);
+            result.last_seq = Some(seq);
+            counters.outbox_next_seq = seq + 1;
+            counters.outbox_len += 1;
+            counters.outbox_bytes += value.len() as u64;
+        }
+        let max = self.options.max_outbox_bytes;
+        if self.options.on_full == OnFull::DropOldest && counters.outbox_bytes > max {
+            let mut oldest = outbox
+                .extract_from_if::<u64, _>(.., |_, _| true)
+                .map_err(|e| self.err(op, e))?;
+            while counters.outbox_bytes > max {
+                let Some(entry) = oldest.next() else { break };
+                let (_, value) = entry.map_err(|e| self.err(op, e))?;
+                let size = value.value().len() as u64;
+                counters.outbox_len -= 1;
+                counters.outbox_bytes -= size;
+                result.dropped += 1;
+                result.dropped_bytes += size;
+            }
+        }
+        Ok(result)
+    }
+
+    /// Says at ERROR that the drop-oldest policy deleted records, if it did.
+    fn log_dropped(&self, dropped: u64, dropped_bytes: u64) {
+        if dropped > 0 {
+            tracing::error!(
+                path = %self.path.display(),
+                dropped,
+                dropped_bytes,
+                max_outbox_bytes = self.options.max_outbox_bytes,
+                "outbox full: dropped the oldest records by the configured drop-oldest policy; \
+                 they will never be forwarded"
+            );
+        }
     }
 
     /// Applies the dedup changes of a checkpoint to the `seen` table.
