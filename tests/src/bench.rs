@@ -1,5 +1,5 @@
 //! What the benchmarks (`src/bin/`) share: ids of records upstream, weir's log lines, the clock,
-//! the machine, numbers for the report.
+//! the machine, what the OS says of a process, numbers for the report.
 
 use std::collections::HashSet;
 use std::process::Command;
@@ -79,6 +79,51 @@ pub fn shell(cmd: &str) -> String {
 pub fn round(x: f64, digits: i32) -> f64 {
     let p = 10f64.powi(digits);
     (x * p).round() / p
+}
+
+/// CPU time a process has used, user and system (`/proc/<pid>/stat` utime + stime), in seconds;
+/// 0 if it cannot be read.
+pub fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name: state is field 3, utime 14, stime 15.
+    let rest: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    let ticks = |i: usize| {
+        rest.get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    #[allow(unsafe_code)]
+    // SAFETY: sysconf takes an integer and touches no memory of ours.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    (ticks(11) + ticks(12)) / hz
+}
+
+/// A `kB` field of `/proc/<pid>/status` (`"VmRSS:"`, `"VmHWM:"`), in MiB; 0 if it cannot be
+/// read.
+pub fn status_mib(pid: u32, field: &str) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        .unwrap_or(0.0)
+        / 1024.0
+}
+
+/// `write_bytes` of `/proc/<process>/io` (`process`: a pid, or `"self"`): what the process
+/// caused to be written to storage, in bytes; 0 if it cannot be read.
+pub fn write_bytes(process: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{process}/io"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("write_bytes:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
 }
 
 #[cfg(test)]

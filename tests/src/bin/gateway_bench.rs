@@ -26,7 +26,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use weir_tests::bench::{now_ms, now_us, round, shell};
+use weir_tests::bench::{cpu_seconds, now_ms, now_us, round, shell, status_mib, write_bytes};
 use weir_tests::mosquitto::Mosquitto;
 use weir_tests::mqtt_client::{Collector, Publisher};
 use weir_tests::process::{TempDir, WeirProcess};
@@ -151,12 +151,7 @@ struct Sample {
 }
 
 fn sample(pid: u32, admin: &str) -> Sample {
-    let io = std::fs::read_to_string(format!("/proc/{pid}/io")).unwrap_or_default();
-    let write_bytes = io
-        .lines()
-        .find_map(|l| l.strip_prefix("write_bytes:"))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0.0);
+    let write_bytes = write_bytes(&pid.to_string()) as f64;
     let metrics = weir::admin::client::get(admin, "/metrics")
         .map(|r| r.body)
         .unwrap_or_default();
@@ -174,34 +169,6 @@ fn sample(pid: u32, admin: &str) -> Sample {
         commits: metric("weir_store_commits_total"),
         messages_in: metric("weir_messages_in_total"),
     }
-}
-
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let rest: Vec<&str> = stat
-        .rsplit(')')
-        .next()
-        .unwrap_or_default()
-        .split_whitespace()
-        .collect();
-    let ticks = |i: usize| {
-        rest.get(i)
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    #[allow(unsafe_code)]
-    // SAFETY: sysconf takes an integer and touches no memory of ours.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    (ticks(11) + ticks(12)) / hz
-}
-
-fn status_kib(pid: u32, field: &str) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with(field))
-        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        .unwrap_or(0.0)
 }
 
 fn run(weir: &Path, rate: u64, interval: &str, window: Duration) -> Value {
@@ -251,10 +218,7 @@ fn run(weir: &Path, rate: u64, interval: &str, window: Duration) -> Value {
     let elapsed = started.elapsed().as_secs_f64();
     let end = sample(w.pid(), &admin);
     let window_end_us = now_us();
-    let (rss, hwm) = (
-        status_kib(w.pid(), "VmRSS:") / 1024.0,
-        status_kib(w.pid(), "VmHWM:") / 1024.0,
-    );
+    let (rss, hwm) = (status_mib(w.pid(), "VmRSS:"), status_mib(w.pid(), "VmHWM:"));
     // The alerts of messages sent in the window, once they are in.
     std::thread::sleep(Duration::from_secs(2));
     let mut lat: Vec<f64> = alerts

@@ -33,7 +33,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use weir_tests::bench::{distinct, now_us, round, shell, tail, weir_id};
+use weir_tests::bench::{cpu_seconds, distinct, now_us, round, shell, status_mib, tail, weir_id};
 use weir_tests::mosquitto::Mosquitto;
 use weir_tests::mqtt_client::{Collector, Message, Publisher, publish_all};
 use weir_tests::process::{TempDir, WeirProcess, free_port};
@@ -451,29 +451,7 @@ fn start(weir: &Path, config: &Path) -> WeirProcess {
 
 /// Peak RSS (VmHWM, MiB) and CPU time (utime + stime, s) of a running process.
 fn usage(pid: u32) -> (f64, f64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let hwm_kb: f64 = status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        .unwrap_or(0.0);
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command name: state is field 3, utime 14, stime 15.
-    let rest: Vec<&str> = stat
-        .rsplit(')')
-        .next()
-        .unwrap_or_default()
-        .split_whitespace()
-        .collect();
-    let ticks = |i: usize| {
-        rest.get(i)
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    #[allow(unsafe_code)]
-    // SAFETY: sysconf takes an integer and touches no memory of ours.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    (hwm_kb / 1024.0, (ticks(11) + ticks(12)) / hz)
+    (status_mib(pid, "VmHWM:"), cpu_seconds(pid))
 }
 
 /// Polls `c` until `n` distinct `weir-id`s arrived: Ok with the messages and the arrival time

@@ -728,17 +728,9 @@ struct Memory {
 }
 
 fn memory(pid: u32) -> Memory {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let kib = |field: &str| -> f64 {
-        status
-            .lines()
-            .find(|l| l.starts_with(field))
-            .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-            .unwrap_or(0.0)
-    };
     Memory {
-        rss: kib("VmRSS:") / 1024.0,
-        hwm: kib("VmHWM:") / 1024.0,
+        rss: weir_tests::bench::status_mib(pid, "VmRSS:"),
+        hwm: weir_tests::bench::status_mib(pid, "VmHWM:"),
     }
 }
 

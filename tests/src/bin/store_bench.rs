@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use redb::{Database, Durability, ReadableDatabase, TableDefinition};
 use serde_json::json;
-use weir_tests::bench::{round, shell};
+use weir_tests::bench::{round, shell, write_bytes};
 
 const TABLE: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
 
@@ -229,9 +229,9 @@ fn per_commit_redb(path: &Path, quick: bool, append: usize) -> f64 {
         }
     };
     run(50);
-    let before = write_bytes();
+    let before = write_bytes("self");
     run(200);
-    let written = write_bytes() - before;
+    let written = write_bytes("self") - before;
     drop(db);
     let _ = std::fs::remove_file(path);
     written as f64 / 200.0
@@ -252,18 +252,9 @@ fn per_commit_file(path: &Path, append: usize) -> f64 {
         }
     };
     run(50);
-    let before = write_bytes();
+    let before = write_bytes("self");
     run(200);
-    let written = write_bytes() - before;
+    let written = write_bytes("self") - before;
     let _ = std::fs::remove_file(path);
     written as f64 / 200.0
-}
-
-/// `write_bytes` of `/proc/self/io`: what this process caused to be written to storage.
-fn write_bytes() -> u64 {
-    let io = std::fs::read_to_string("/proc/self/io").unwrap_or_default();
-    io.lines()
-        .find_map(|l| l.strip_prefix("write_bytes: "))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0)
 }
