@@ -237,7 +237,13 @@ pub fn run_with(
     out: &mut dyn Write,
     options: Options,
 ) -> anyhow::Result<Summary> {
-    let runtime = Runtime::new(RuntimeConfig::default())?;
+    // Plugins compiled ahead of time come from the gateway's cache (a weir without the
+    // compiler has nothing else); replay writes nothing there.
+    let runtime = Runtime::new(RuntimeConfig {
+        cache_dir: Some(config.storage.plugin_cache()),
+        cache_writes: false,
+        ..RuntimeConfig::default()
+    })?;
     let mut core = Core::start(config, &runtime, Arc::new(EngineMetrics::default()))?;
     core.without_checkpoints();
     let mut replay = Replay {

@@ -142,12 +142,43 @@ pub fn weir_bin() -> PathBuf {
 
 /// Builds the `weir` binary (`--release` or the dev profile) with cargo and returns its path.
 pub fn build_weir(release: bool) -> PathBuf {
+    cargo_build_weir(release, &[], None)
+}
+
+/// `weir` built without the compiler (`--no-default-features`: no Cranelift; it runs only
+/// plugins compiled ahead of time), in the dev profile, in a target directory of its own
+/// (`target/no-compiler`) so that it never replaces the full binary other tests run. Warnings
+/// are errors in this build (CI's lints cover the default features only).
+pub fn weir_bin_without_compiler() -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let dir = target_dir().join("no-compiler");
+            cargo_build_weir(false, &["--no-default-features"], Some(&dir))
+        })
+        .clone()
+}
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join("target"))
+}
+
+fn cargo_build_weir(release: bool, args: &[&str], target_dir: Option<&Path>) -> PathBuf {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut build = Command::new(&cargo);
     build
         .args(["build", "--locked", "-p", "weir", "--bin", "weir"])
         .args(release.then_some("--release"))
+        .args(args)
         .current_dir(repo());
+    if let Some(dir) = target_dir {
+        build
+            .arg("--target-dir")
+            .arg(dir)
+            .env("RUSTFLAGS", "-D warnings");
+    }
     let target = test_target();
     if let Some(t) = &target {
         build.args(["--target", t]);
@@ -177,9 +208,9 @@ pub fn build_weir(release: bool) -> PathBuf {
         status.success(),
         "building the weir binary failed (its output is above)"
     );
-    let mut dir = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo().join("target"));
+    let mut dir = target_dir
+        .map(Path::to_path_buf)
+        .unwrap_or_else(self::target_dir);
     if let Some(t) = &target {
         dir.push(t);
     }

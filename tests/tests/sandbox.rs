@@ -301,6 +301,48 @@ fn compiled_plugins_are_cached_by_content_and_a_corrupt_cache_entry_is_replaced(
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// What `weir plugin compile --target <this machine's triple>` writes (code for the
+/// architecture's baseline, compiled by an engine that is not the gateway's) is picked up by the
+/// gateway's cache without compiling, and computes what a plugin compiled on load computes. Under
+/// qemu-user this is an aarch64 artifact loaded by weir for aarch64.
+#[test]
+fn a_plugin_compiled_ahead_for_this_architecture_loads_from_the_cache_and_runs() {
+    let dir = std::env::temp_dir().join(format!("weir-ahead-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = plugin_path("range_filter");
+    let wasm = std::fs::read(&path).unwrap();
+    let triple = weir::runtime::host_triple();
+    let (name, bytes) = weir::runtime::precompile(&wasm, Some(&triple)).unwrap();
+    assert!(
+        name.starts_with(&weir::runtime::sha256_hex(&wasm)),
+        "{name}"
+    );
+    std::fs::write(dir.join(&name), bytes).unwrap();
+    let runtime = Runtime::new(RuntimeConfig {
+        cache_dir: Some(dir.clone()),
+        ..RuntimeConfig::default()
+    })
+    .unwrap();
+    let plugin = runtime.load(&path, None).unwrap();
+    assert_eq!(plugin.cache, CacheOutcome::Hit, "{name} was picked up");
+    let config = json_config("{ field = \"temp\", min = 2.0, max = 5.0 }");
+    let spec = weir::runtime::OperatorSpec {
+        runtime: runtime.clone(),
+        step: "range".into(),
+        world: plugin.world,
+        limits: Limits::default(),
+        permissions: Permissions::default(),
+    };
+    let mut ahead = Operator::start(spec, plugin, &config).unwrap();
+    let mut on_load = operator("range_filter", "{ field = \"temp\", min = 2.0, max = 5.0 }");
+    let (a, b) = (ahead.transform(readings(8)), on_load.transform(readings(8)));
+    assert_eq!(a.events.ts_ms, vec![2, 3, 4, 5]);
+    assert_eq!(a.events.ts_ms, b.events.ts_ms);
+    assert_eq!(a.dead_letters.len(), b.dead_letters.len());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 /// A Raspberry Pi's 64-bit kernel gives a process 39 bits of address space (512 GiB), and every
 /// plugin memory reserves address space up front. 120 plugin steps, all instantiated at once,
 /// run through `weir replay` with the address space capped at 256 GiB (half of what such a

@@ -45,7 +45,16 @@ fn check(path: &Path, out: &mut dyn Write, err: &mut dyn Write) -> anyhow::Resul
         }
     };
     let validated = config::validate(&text, path);
-    let runtime = Runtime::new(RuntimeConfig::default())?;
+    // Plugins compiled ahead of time are read from the gateway's cache (a weir without the
+    // compiler has nothing else); check writes nothing there.
+    let runtime = Runtime::new(RuntimeConfig {
+        cache_dir: validated
+            .config
+            .as_ref()
+            .map(|config| config.storage.plugin_cache()),
+        cache_writes: false,
+        ..RuntimeConfig::default()
+    })?;
     let (plugins, mut plugin_errors) = if validated.plugins.is_empty() {
         Default::default()
     } else {
@@ -93,9 +102,13 @@ fn summary(
     if !plugins.is_empty() {
         writeln!(out, "plugins")?;
         for (path, plugin) in plugins {
+            let compiled = match plugin.cache {
+                crate::runtime::CacheOutcome::Hit => "compiled ahead (plugin cache)",
+                _ => "compiled by weir on load",
+            };
             writeln!(
                 out,
-                "  {}  {}  sha256 {}",
+                "  {}  {}  sha256 {}  {compiled}",
                 path.display(),
                 plugin.world,
                 plugin.sha256

@@ -78,6 +78,12 @@ enum PluginCommand {
     /// <JSON>}` or `{"topic": ..., "payload_base64": "..."}`. Each output line carries its
     /// output, `main` or `dead-letter`. An aggregator aggregates all input per key.
     Run(plugin::RunArgs),
+    /// Compile plugins ahead of time, for this machine or another (a Raspberry Pi:
+    /// `--target aarch64-unknown-linux-gnu`), so the gateway never compiles: copy what it writes
+    /// into the gateway's `<data_dir>/plugin-cache`. The files are named for the gateway's
+    /// cache (component sha256, architecture, weir version and engine settings); the gateway
+    /// checks each one fits its engine when it loads it, and refuses it with the reason if not.
+    Compile(plugin::CompileArgs),
     /// List the plugin steps of a running weir: file, world, sha256, calls, errors, time, limit
     /// hits, quarantine.
     List(status::AdminArgs),
@@ -119,6 +125,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             plugin::check(&file, sha256.as_deref())
         }
         Command::Plugin(PluginCommand::Run(args)) => plugin::run(args),
+        Command::Plugin(PluginCommand::Compile(args)) => plugin::compile(args),
         Command::Bench(args) => bench::run(args),
         Command::Check(args) => check::run(args),
         Command::Replay(args) => replay::run(args),

@@ -33,6 +33,66 @@ pub(super) fn check(file: &Path, sha256: Option<&str>) -> anyhow::Result<ExitCod
 }
 
 #[derive(Debug, clap::Args)]
+pub(super) struct CompileArgs {
+    /// The components (.wasm).
+    #[arg(required = true)]
+    files: Vec<PathBuf>,
+    /// The gateway's target triple: aarch64-unknown-linux-gnu for 64-bit Raspberry Pi OS (the
+    /// code then uses only the baseline of the architecture). Default: this machine, with every
+    /// CPU feature it has.
+    #[arg(long)]
+    target: Option<String>,
+    /// Where to write the compiled files.
+    #[arg(long, default_value = ".")]
+    out: PathBuf,
+}
+
+#[cfg(feature = "compiler")]
+pub(super) fn compile(args: CompileArgs) -> anyhow::Result<ExitCode> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&args.out)
+        .with_context(|| format!("cannot create {}", args.out.display()))?;
+    for file in &args.files {
+        // How long a compile takes is shown to the person running it: a live edge.
+        #[allow(clippy::disallowed_methods)]
+        let started = std::time::Instant::now();
+        let wasm = crate::runtime::component_bytes(file)?;
+        let (name, bytes) = crate::runtime::precompile(&wasm, args.target.as_deref())
+            .with_context(|| format!("cannot compile {}", file.display()))?;
+        let path = args.out.join(&name);
+        crate::runtime::write_artifact(&args.out, &path, &bytes)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        println!(
+            "{} -> {} ({} KiB, {:.1?})",
+            file.display(),
+            path.display(),
+            bytes.len() / 1024,
+            started.elapsed()
+        );
+    }
+    let target = args.target.unwrap_or_else(crate::runtime::host_triple);
+    eprintln!(
+        "weir plugin compile: for weir {} on {target}; copy the files into the gateway's \
+         <data_dir>/plugin-cache, owned by the user weir runs as and writable by nobody else \
+         (e.g. install -o weir -g weir -m 600 FILE /var/lib/weir/plugin-cache/)",
+        env!("CARGO_PKG_VERSION")
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(not(feature = "compiler"))]
+pub(super) fn compile(_args: CompileArgs) -> anyhow::Result<ExitCode> {
+    bail!(
+        "this weir is built without the compiler (cargo feature `compiler`); run `weir plugin \
+         compile` with a full weir {} on another machine",
+        env!("CARGO_PKG_VERSION")
+    )
+}
+
+#[derive(Debug, clap::Args)]
 pub(super) struct RunArgs {
     /// The component (.wasm).
     file: PathBuf,

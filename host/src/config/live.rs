@@ -82,6 +82,13 @@ pub struct Storage {
     pub on_full: OnFull,
 }
 
+impl Storage {
+    /// Where compiled plugins are kept (and where `weir plugin compile`'s files go).
+    pub fn plugin_cache(&self) -> PathBuf {
+        self.data_dir.join("plugin-cache")
+    }
+}
+
 /// What a pipeline promises about its input.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum Guarantee {

@@ -140,7 +140,7 @@ pub fn run_with(
         .thread_name("weir-io")
         .build()?;
     let runtime = Runtime::new(RuntimeConfig {
-        cache_dir: Some(config.storage.data_dir.join("plugin-cache")),
+        cache_dir: Some(config.storage.plugin_cache()),
         ..RuntimeConfig::default()
     })?;
     let mut core = Core::start(&config, &runtime, metrics.engine.clone())?;

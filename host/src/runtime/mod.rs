@@ -50,6 +50,8 @@ pub(crate) use instance::StoreData;
 pub struct RuntimeConfig {
     /// Where compiled plugins are cached; `None` compiles on every load.
     pub cache_dir: Option<PathBuf>,
+    /// Whether components compiled now are written to `cache_dir` (`weir check` only reads).
+    pub cache_writes: bool,
     /// How often the epoch advances while a plugin runs: the resolution of time budgets.
     pub epoch_tick: Duration,
     /// Enforce time budgets (epoch interruption). Only benchmarks turn this off, to measure
@@ -61,6 +63,7 @@ impl Default for RuntimeConfig {
     fn default() -> Self {
         RuntimeConfig {
             cache_dir: None,
+            cache_writes: true,
             epoch_tick: Duration::from_millis(1),
             time_budgets: true,
         }
@@ -100,23 +103,72 @@ pub const MEMORY_RESERVATION: u64 = 64 << 20;
 /// The guard after (and before) each memory's reservation.
 const MEMORY_GUARD: u64 = 2 << 20;
 
+/// The engine settings of every runtime, and of `weir plugin compile` (which must match them).
+fn engine_config(time_budgets: bool) -> Config {
+    let mut wasm = Config::new();
+    wasm.wasm_component_model(true)
+        .epoch_interruption(time_budgets)
+        .memory_reservation(MEMORY_RESERVATION)
+        .memory_guard_size(MEMORY_GUARD)
+        .memory_reservation_for_growth(MEMORY_RESERVATION);
+    #[cfg(feature = "compiler")]
+    wasm.cranelift_opt_level(wasmtime::OptLevel::Speed);
+    wasm
+}
+
+/// A component compiled for `target` (a triple; this machine when `None`), as a gateway of
+/// this weir version with time budgets (the live engine) loads it: the artifact's bytes and the
+/// file name its cache looks for. Without `target`, the code may use every CPU feature of this
+/// machine; with one, only the target's baseline (an `aarch64` artifact runs on every
+/// Raspberry Pi from the 3 on).
+#[cfg(feature = "compiler")]
+pub fn precompile(wasm: &[u8], target: Option<&str>) -> anyhow::Result<(String, Vec<u8>)> {
+    let mut config = engine_config(true);
+    let unsupported = || {
+        format!(
+            "cannot compile for target {}: this weir compiles for x86_64 and aarch64 \
+             (e.g. aarch64-unknown-linux-gnu)",
+            target.unwrap_or_default()
+        )
+    };
+    let arch = match target {
+        Some(triple) => {
+            config
+                .target(triple)
+                .map_err(|e| anyhow::anyhow!("{}: {e:#}", unsupported()))?;
+            triple.split('-').next().unwrap_or(triple).to_owned()
+        }
+        None => std::env::consts::ARCH.to_owned(),
+    };
+    let engine = Engine::new(&config).map_err(|e| anyhow::anyhow!("{}: {e:#}", unsupported()))?;
+    let bytes = engine.precompile_component(wasm)?;
+    let settings = cache::Settings { time_budgets: true };
+    Ok((
+        cache::artifact_name(&sha256_hex(wasm), &arch, settings),
+        bytes,
+    ))
+}
+
+pub use cache::host_triple;
+#[cfg(feature = "compiler")]
+pub(crate) use {cache::write_artifact, plugin::component_bytes};
+
 impl Runtime {
     pub fn new(config: RuntimeConfig) -> anyhow::Result<Self> {
-        let mut wasm = Config::new();
-        wasm.wasm_component_model(true)
-            .epoch_interruption(config.time_budgets)
-            .cranelift_opt_level(wasmtime::OptLevel::Speed)
-            .memory_reservation(MEMORY_RESERVATION)
-            .memory_guard_size(MEMORY_GUARD)
-            .memory_reservation_for_growth(MEMORY_RESERVATION);
-        let engine = Engine::new(&wasm)?;
+        let engine = Engine::new(&engine_config(config.time_budgets))?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
         bindings::transformer::Transformer::add_to_linker::<_, HasSelf<StoreData>>(
             &mut linker,
             |data| data,
         )?;
-        let cache = cache::ComponentCache::new(&engine, config.cache_dir);
+        let cache = cache::ComponentCache::new(
+            config.cache_dir,
+            config.cache_writes,
+            cache::Settings {
+                time_budgets: config.time_budgets,
+            },
+        );
         let ticker = config
             .time_budgets
             .then(|| epoch::Ticker::start(engine.clone(), config.epoch_tick));

@@ -14,7 +14,7 @@ use super::StoreData;
 use super::bindings::{
     aggregator::AggregatorPre, decoder::DecoderPre, transformer::TransformerPre,
 };
-use super::cache::CacheOutcome;
+use super::cache::{CacheError, CacheOutcome};
 
 /// The contract package this weir implements.
 pub const PACKAGE: &str = "weir:operator";
@@ -77,6 +77,20 @@ pub enum LoadError {
     },
     #[error("plugin {path} does not compile: {reason}")]
     Compile { path: PathBuf, reason: String },
+    #[error(
+        "plugin {path} needs compiling, and this weir is built without the compiler: it runs \
+         plugins compiled ahead from {}, and {found}; on a machine with a full weir {}, run \
+         `weir plugin compile {path} --target {}` and copy the file it writes there (owned by \
+         the user weir runs as, writable by nobody else)",
+        .expected.display(),
+        env!("CARGO_PKG_VERSION"),
+        super::host_triple()
+    )]
+    NotCompiled {
+        path: PathBuf,
+        expected: PathBuf,
+        found: String,
+    },
     #[error(
         "plugin {path} exports no weir operator (it exports: {exports}); an operator exports \
          {PACKAGE}/decode, /transform or /aggregate, version {}",
@@ -185,9 +199,19 @@ impl super::Runtime {
             self.inner
                 .cache
                 .load(engine, bytes, &sha256)
-                .map_err(|e| LoadError::Compile {
-                    path: path.clone(),
-                    reason: format!("{e:#}"),
+                .map_err(|e| match e {
+                    CacheError::Compile(e) => LoadError::Compile {
+                        path: path.clone(),
+                        reason: format!("{e:#}"),
+                    },
+                    CacheError::NeedsCompiling { expected, refused } => LoadError::NotCompiled {
+                        path: path.clone(),
+                        expected,
+                        found: match refused {
+                            Some(reason) => format!("the file there is refused: {reason}"),
+                            None => "there is none".to_owned(),
+                        },
+                    },
                 })?;
         let (world, version) = operator_export(&path, engine, &component)?;
         let instance_pre = self
@@ -222,6 +246,15 @@ impl super::Runtime {
             pre,
         }))
     }
+}
+
+/// The bytes of the component at `path`, refused when plainly not a component.
+#[cfg(feature = "compiler")]
+pub(crate) fn component_bytes(path: &Path) -> Result<Vec<u8>, LoadError> {
+    let bytes = crate::fsutil::read_capped(path, "plugin", crate::fsutil::caps::PLUGIN)
+        .map_err(LoadError::Read)?;
+    check_header(path, &bytes)?;
+    Ok(bytes)
 }
 
 /// Refuses what is plainly not a component, with a useful word on what it is instead.

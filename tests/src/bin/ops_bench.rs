@@ -3,7 +3,11 @@
 //!
 //! ```sh
 //! cargo run -p weir-tests --bin weir-ops-bench [-- --quick]
+//! WEIR_BENCH_BINARY=target/gateway/weir cargo run -p weir-tests --bin weir-ops-bench -- --rss-only
 //! ```
+//!
+//! `--rss-only` runs scenario 2 alone, on the weir binary `WEIR_BENCH_BINARY` names (e.g. one
+//! built without the compiler, or in the `gateway` profile) when set.
 //!
 //! It builds weir in release (`cargo build --release --locked -p weir --bin weir`), builds the
 //! plugins (`plugins/build`), and runs `<repo>/target/release/weir run CONFIG` with
@@ -23,10 +27,12 @@
 //!    and the keyed count to continue across the swaps.
 //! 2. **RSS with 5 plugins and 10 000 keys**: a pipeline with range filter ×2, unit converter,
 //!    frost detector (all Wasm) and a one-minute tumbling window with count, mean and the p95
-//!    aggregator plugin, keyed by sensor. Current RSS (VmRSS) and peak (VmHWM) idle after start;
+//!    aggregator plugin, keyed by sensor, its plugins compiled ahead into the plugin cache (as on
+//!    a gateway after its first start). Current RSS (VmRSS) and peak (VmHWM) idle after start;
 //!    then 10 000 sensors publish (3 readings each, 1 with `--quick`, within one minute so every
 //!    key's window stays open): the highest VmRSS sampled every 100 ms while they are processed,
-//!    VmHWM after, and VmRSS once all is processed (10 000 keys held).
+//!    VmHWM after, and VmRSS once all is processed (10 000 keys held). Idle and after, where the
+//!    resident memory is, by kind of mapping (`tools/rss`).
 //! 3. **Start-up time** to the first processed message, with the compiled-plugin cache
 //!    (`<data_dir>/plugin-cache`) cold (empty: the four components are compiled) and warm: the
 //!    5-plugin pipeline with a count window of one event (so each reading gives a record at once),
@@ -78,8 +84,18 @@ fn main() {
     report.insert("kernel".into(), json!(kernel));
     report.insert("quick".into(), json!(quick));
 
+    if std::env::args().any(|a| a == "--rss-only") {
+        // The weir to measure: WEIR_BENCH_BINARY (e.g. one built without the compiler, or with
+        // the gateway profile), else the release build; plugins are compiled ahead by the latter.
+        let measured = std::env::var_os("WEIR_BENCH_BINARY")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| weir.clone());
+        println!("measured: {}", measured.display());
+        rss(&weir, &measured, if quick { 1 } else { 3 });
+        return;
+    }
     let swap = swap_pause(&weir);
-    let rss = rss(&weir, if quick { 1 } else { 3 });
+    let rss = rss(&weir, &weir, if quick { 1 } else { 3 });
     let startup = startup(&weir, if quick { 3 } else { 5 });
 
     println!("\n## summary");
@@ -442,7 +458,7 @@ fn five_plugins(window: &str) -> String {
     )
 }
 
-fn rss(weir: &Path, rounds: usize) -> Value {
+fn rss(weir: &Path, measured: &Path, rounds: usize) -> Value {
     let n = KEYS * rounds;
     println!(
         "\n## 2. RSS: 5 plugins (range filter ×2, unit converter, frost detector, p95 aggregator), {KEYS} keys, {n} readings"
@@ -462,9 +478,26 @@ fn rss(weir: &Path, rounds: usize) -> Value {
         ),
         &five_plugins("kind = \"tumbling\"\nsize = \"1m\"\nout_of_orderness = \"1m\""),
     );
-    let mut w = start(weir, &cfg);
+    // A gateway's usual state: its plugins compiled already (ahead, or on an earlier start).
+    let compiled = std::process::Command::new(weir)
+        .args(["plugin", "compile", "--out"])
+        .arg(dir.path().join("data").join("plugin-cache"))
+        .args(
+            [
+                "range_filter",
+                "unit_converter",
+                "frost_detector",
+                "p95_aggregator",
+            ]
+            .map(weir_tests::plugin_path),
+        )
+        .output()
+        .expect("weir plugin compile runs");
+    assert!(compiled.status.success(), "{compiled:?}");
+    let mut w = start(measured, &cfg);
     std::thread::sleep(Duration::from_secs(2));
     let idle = memory(w.pid());
+    let idle_breakdown = breakdown(w.pid());
 
     // Every sensor's readings fall in one minute: 10 000 windows stay open.
     let readings: Vec<(String, Vec<u8>)> = (0..rounds)
@@ -522,6 +555,7 @@ fn rss(weir: &Path, rounds: usize) -> Value {
         .expect("the sampler")
         .max(memory(w.pid()).rss);
     let after = memory(w.pid());
+    let after_breakdown = breakdown(w.pid());
     let keys = weir::admin::client::get(&admin, "/status")
         .ok()
         .and_then(|r| r.json().ok())
@@ -535,7 +569,7 @@ fn rss(weir: &Path, rounds: usize) -> Value {
     w.terminate();
 
     println!(
-        "idle after start: VmRSS {:.1} MiB, VmHWM {:.1} MiB",
+        "idle after start: VmRSS {:.1} MiB, VmHWM {:.1} MiB\n{idle_breakdown}",
         idle.rss, idle.hwm
     );
     println!(
@@ -543,7 +577,7 @@ fn rss(weir: &Path, rounds: usize) -> Value {
         n as f64 / processed
     );
     println!(
-        "under load: max VmRSS {load_max_rss:.1} MiB; VmHWM {:.1} MiB; after: VmRSS {:.1} MiB with {keys} keys and {open} open windows",
+        "under load: max VmRSS {load_max_rss:.1} MiB; VmHWM {:.1} MiB; after: VmRSS {:.1} MiB with {keys} keys and {open} open windows\n{after_breakdown}",
         after.hwm, after.rss
     );
     json!({
@@ -719,6 +753,17 @@ fn metric(admin: &str, name: &str) -> Option<f64> {
     body.lines()
         .find(|l| l.split(' ').next() == Some(name))
         .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+/// Where a process's resident memory is, by kind of mapping (`tools/rss`).
+fn breakdown(pid: u32) -> String {
+    let out = std::process::Command::new("python3")
+        .arg(weir_tests::repo().join("tools/rss"))
+        .arg("-v")
+        .arg(pid.to_string())
+        .output()
+        .expect("python3 runs tools/rss");
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// Current (VmRSS) and peak (VmHWM) resident memory of a process, MiB.
