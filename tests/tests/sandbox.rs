@@ -86,7 +86,13 @@ fn a_panic_dead_letters_its_batch_with_the_message_and_the_next_batch_runs_on_a_
 
 #[test]
 fn an_oversized_output_is_refused() {
-    let mut op = operator("hostile_flood", "{ copies = 100000 }");
+    // A budget far beyond what the copies take, even under qemu on a busy machine: this is
+    // about the output limit, not time.
+    let limits = Limits {
+        time_budget: Duration::from_secs(30),
+        ..Limits::default()
+    };
+    let mut op = operator_with("hostile_flood", "{ copies = 100000 }", limits);
     let detail = assert_all_dead(&op.transform(readings(1)), 1, Reason::OutputLimit);
     assert!(detail.contains("max_output_events (65536)"), "{detail}");
     assert_eq!(op.metrics().snapshot().output_limit_hits, 1);
