@@ -103,6 +103,20 @@ pub const MEMORY_RESERVATION: u64 = 64 << 20;
 /// The guard after (and before) each memory's reservation.
 const MEMORY_GUARD: u64 = 2 << 20;
 
+/// `WEIR_TIME_BUDGET_SCALE` (a whole number, default 1) multiplies every plugin's time budget:
+/// for weir under an emulator (qemu-user), where code runs many times slower than on the
+/// hardware the budgets were set for.
+fn time_budget_scale() -> u32 {
+    static SCALE: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *SCALE.get_or_init(|| {
+        std::env::var("WEIR_TIME_BUDGET_SCALE")
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+            .filter(|&n: &u32| n >= 1)
+            .unwrap_or(1)
+    })
+}
+
 /// The engine settings of every runtime, and of `weir plugin compile` (which must match them).
 fn engine_config(time_budgets: bool) -> Config {
     let mut wasm = Config::new();
@@ -187,8 +201,10 @@ impl Runtime {
         &self.inner.engine
     }
 
-    /// Epoch ticks for a time budget: the call is stopped within the budget.
+    /// Epoch ticks for a time budget: the call is stopped within the budget (times
+    /// `WEIR_TIME_BUDGET_SCALE`, when set).
     pub(crate) fn deadline_ticks(&self, budget: Duration) -> u64 {
+        let budget = budget.saturating_mul(time_budget_scale());
         let ticks = budget.as_nanos() / self.inner.epoch_tick.as_nanos().max(1);
         u64::try_from(ticks).unwrap_or(u64::MAX / 2).max(1)
     }
