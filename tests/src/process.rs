@@ -97,12 +97,6 @@ fn test_target() -> Option<String> {
         .filter(|t| !t.is_empty())
 }
 
-/// Whether weir runs emulated (qemu-user): every instruction is translated, and plugin calls
-/// take many times what they take on real hardware.
-pub fn emulated() -> bool {
-    test_target().is_some() && !test_runner().is_empty()
-}
-
 /// What runs a weir binary built for [`test_target`] on this machine, from `WEIR_TEST_RUNNER`
 /// (e.g. `qemu-aarch64 -L /usr/aarch64-linux-gnu`): a process under qemu-user cannot start
 /// another foreign binary by itself.

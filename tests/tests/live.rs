@@ -32,13 +32,6 @@ fn farm_config(dir: &Path, sensors: u16, upstream: u16, extra: &str) -> std::pat
             "\"sensors.csv\"",
             &format!("{:?}", configs.join("sensors.csv")),
         );
-    // The farm's time budgets are for real hardware; under qemu-user a call takes many times
-    // longer (its first one translates the plugin's code), and would be stopped.
-    let text = if weir_tests::process::emulated() {
-        text.replace("time_budget = \"100ms\"", "time_budget = \"10s\"")
-    } else {
-        text
-    };
     let text = format!(
         "{}\n{}",
         live_sections(dir, sensors, upstream, extra),

@@ -243,24 +243,21 @@ fn an_artifact_for_another_machine_or_where_others_can_write_is_refused_with_the
     std::fs::copy(&native[0], cache.join(native_name(0))).unwrap();
     let out = run(&lean, &["check", config_arg]);
     assert!(out.status.success(), "{}", describe(&out));
+    let refused_as_writable_by_others = || {
+        let out = run(&lean, &["check", config_arg]);
+        assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+        assert!(
+            text(&out.stderr).contains("can be written by others"),
+            "{}",
+            describe(&out)
+        );
+    };
     set_mode(&cache, 0o777);
-    let out = run(&lean, &["check", config_arg]);
-    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
-    assert!(
-        text(&out.stderr).contains("can be written by others"),
-        "{}",
-        describe(&out)
-    );
+    refused_as_writable_by_others();
     set_mode(&cache, 0o700);
     // Nor is a file others can write.
     set_mode(&cache.join(native_name(1)), 0o666);
-    let out = run(&lean, &["check", config_arg]);
-    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
-    assert!(
-        text(&out.stderr).contains("can be written by others"),
-        "{}",
-        describe(&out)
-    );
+    refused_as_writable_by_others();
 }
 
 fn set_mode(path: &Path, mode: u32) {

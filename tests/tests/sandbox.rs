@@ -14,15 +14,6 @@ fn readings(n: i64) -> Batch {
     batch((0..n).map(|i| ("s1", i, vec![("temp", Value::Float(i as f64))])))
 }
 
-/// `WEIR_TIME_BUDGET_SCALE`, as weir reads it (1 when unset).
-fn budget_scale() -> u32 {
-    std::env::var("WEIR_TIME_BUDGET_SCALE")
-        .ok()
-        .and_then(|v| v.trim().parse().ok())
-        .filter(|&n: &u32| n >= 1)
-        .unwrap_or(1)
-}
-
 fn assert_all_dead(out: &weir::runtime::Outcome, n: usize, reason: Reason) -> String {
     assert!(out.events.is_empty(), "no output from a failed call");
     assert_eq!(out.dead_letters.len(), 1);
@@ -46,7 +37,7 @@ fn an_infinite_loop_is_stopped_within_its_budget_and_the_plugin_recovers() {
     assert!(detail.contains("time budget of 100ms"), "{detail}");
     assert!(
         // Under an emulator the budgets are scaled (WEIR_TIME_BUDGET_SCALE), and so is this.
-        took < Duration::from_secs(5) * budget_scale(),
+        took < Duration::from_secs(5) * weir::runtime::time_budget_scale(),
         "stopped, not left running ({took:?})"
     );
     // A second batch gets a fresh instance, which is stopped the same way.

@@ -106,7 +106,7 @@ const MEMORY_GUARD: u64 = 2 << 20;
 /// `WEIR_TIME_BUDGET_SCALE` (a whole number, default 1) multiplies every plugin's time budget:
 /// for weir under an emulator (qemu-user), where code runs many times slower than on the
 /// hardware the budgets were set for.
-fn time_budget_scale() -> u32 {
+pub fn time_budget_scale() -> u32 {
     static SCALE: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
     *SCALE.get_or_init(|| {
         std::env::var("WEIR_TIME_BUDGET_SCALE")
