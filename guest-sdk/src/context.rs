@@ -151,3 +151,57 @@ impl KeyState<'_> {
         self.store.set(&self.key, name, value);
     }
 }
+
+/// The keyed state of one key as a [`crate::Migrate`] sees it: the values an earlier version
+/// stored, to be replaced by this version's. Values are JSON, as [`KeyState`] stores them.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct StoredState {
+    key: Str,
+    entries: BTreeMap<String, Vec<u8>>,
+}
+
+impl StoredState {
+    /// The state of `key`, made of (name, value) pairs.
+    pub fn new(key: impl Into<Str>, entries: impl IntoIterator<Item = (String, Vec<u8>)>) -> Self {
+        StoredState {
+            key: key.into(),
+            entries: entries.into_iter().collect(),
+        }
+    }
+
+    /// The key this state belongs to.
+    pub fn key(&self) -> &Str {
+        &self.key
+    }
+
+    /// The value stored under `name`, if it deserializes as `T`.
+    pub fn get<T: DeserializeOwned>(&self, name: &str) -> Option<T> {
+        serde_json::from_slice(self.entries.get(name)?).ok()
+    }
+
+    /// Stores `value` under `name`.
+    pub fn set<T: Serialize>(&mut self, name: &str, value: &T) {
+        let bytes = serde_json::to_vec(value).expect("state values serialize to JSON");
+        self.entries.insert(name.to_owned(), bytes);
+    }
+
+    /// Removes what is stored under `name`.
+    pub fn remove(&mut self, name: &str) {
+        self.entries.remove(name);
+    }
+
+    /// The raw bytes stored under `name`.
+    pub fn get_bytes(&self, name: &str) -> Option<&[u8]> {
+        self.entries.get(name).map(Vec::as_slice)
+    }
+
+    /// Stores raw bytes under `name`.
+    pub fn set_bytes(&mut self, name: &str, value: &[u8]) {
+        self.entries.insert(name.to_owned(), value.to_vec());
+    }
+
+    /// The (name, value) pairs, in name order.
+    pub fn into_entries(self) -> Vec<(String, Vec<u8>)> {
+        self.entries.into_iter().collect()
+    }
+}

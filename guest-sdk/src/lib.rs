@@ -144,7 +144,7 @@
 //! per field), which costs a few nanoseconds per event; this crate turns it into [`Event`]s and
 //! back, looking up each key's text once for the life of the component.
 //! Operators written in other languages work with the columns directly: the contract is
-//! `wit/weir-operator.wit` in the weir repository (package `weir:operator@0.1.0`).
+//! `wit/weir-operator.wit` in the weir repository (package `weir:operator@0.2.0`).
 
 mod batch;
 pub mod columns;
@@ -156,7 +156,7 @@ pub mod rt;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod testing;
 
-pub use context::{Context, KeyState, Level};
+pub use context::{Context, KeyState, Level, StoredState};
 pub use event::{Event, Message, Str, Value};
 pub use rt::each_event;
 pub use serde;
@@ -165,8 +165,8 @@ pub use weir_guest_macros::{accumulator, operator};
 /// What an operator needs, in one import.
 pub mod prelude {
     pub use crate::{
-        Aggregate, Context, Decode, Event, Level, Message, Str, Transform, Value, accumulator,
-        operator,
+        Aggregate, Context, Decode, Event, Level, Message, Migrate, StoredState, Str, Transform,
+        Value, accumulator, operator,
     };
     pub use serde::{Deserialize, Serialize};
 }
@@ -237,6 +237,47 @@ pub trait Aggregate: serde::de::DeserializeOwned + 'static {
     fn finish(&self, acc: &Self::Acc) -> Vec<(String, Value)>;
 }
 
+/// A version that reads what earlier versions of the operator stored (the contract's `migrate`,
+/// since weir:operator@0.2.0), so that a hot swap to it converts the running version's keyed
+/// state (or an aggregator's accumulators) instead of handing it over byte for byte.
+///
+/// Export it with the operator: `export_transform!(MyOp, migrate)` (or `export_decode!`,
+/// `export_aggregate!`). weir calls it when this version is swapped in over one whose
+/// [`Migrate::LAYOUT`] differs, after `init`, before the switch; an error refuses the swap and
+/// the running version keeps its state.
+pub trait Migrate {
+    /// A name for the layout of what this version stores, e.g. `"count+mean"`. A version
+    /// without `Migrate` stores the layout `""`.
+    const LAYOUT: &'static str;
+
+    /// Converts the keyed state of one key, written in `old_layout`, into this version's: read
+    /// the old values from `state` and leave the new ones in it. An error refuses the swap.
+    fn migrate_state(&self, old_layout: &str, state: &mut StoredState) -> Result<(), String> {
+        let _ = state;
+        Err(format!("cannot read keyed state of layout {old_layout:?}"))
+    }
+
+    /// Converts one accumulator, written in `old_layout`, into this version's (aggregators:
+    /// [`read_accumulator`] decodes an old version's accumulator type). An error refuses the swap.
+    fn migrate_accumulator(&self, old_layout: &str, old: &[u8]) -> Result<Vec<u8>, String> {
+        let _ = old;
+        Err(format!("cannot read accumulators of layout {old_layout:?}"))
+    }
+}
+
+/// Decodes an accumulator as weir-guest stores it (for [`Migrate::migrate_accumulator`], with the
+/// old version's accumulator type).
+pub fn read_accumulator<A: serde::de::DeserializeOwned + Default>(
+    bytes: &[u8],
+) -> Result<A, String> {
+    rt::read_acc(bytes)
+}
+
+/// Encodes an accumulator as weir-guest stores it (for [`Migrate::migrate_accumulator`]).
+pub fn write_accumulator<A: serde::Serialize>(acc: &A) -> Vec<u8> {
+    rt::write_acc(acc)
+}
+
 /// The generated bindings of the three worlds. Operators never need them; they are public only
 /// for the export macros.
 #[doc(hidden)]
@@ -259,10 +300,24 @@ pub mod bindings {
             export_macro_name: "__export_decoder",
             default_bindings_module: "weir_guest::bindings::decoder",
             with: {
-                "weir:operator/types@0.1.0": crate::bindings::transformer::weir::operator::types,
-                "weir:operator/keys@0.1.0": crate::bindings::transformer::weir::operator::keys,
-                "weir:operator/state@0.1.0": crate::bindings::transformer::weir::operator::state,
-                "weir:operator/log@0.1.0": crate::bindings::transformer::weir::operator::log,
+                "weir:operator/types@0.2.0": crate::bindings::transformer::weir::operator::types,
+                "weir:operator/keys@0.2.0": crate::bindings::transformer::weir::operator::keys,
+                "weir:operator/state@0.2.0": crate::bindings::transformer::weir::operator::state,
+                "weir:operator/log@0.2.0": crate::bindings::transformer::weir::operator::log,
+            },
+        });
+    }
+    /// `migrate` alone: an operator's export macro adds it to its world when asked to.
+    pub mod migrator {
+        wit_bindgen::generate!({
+            inline: "package weir:guest-sdk; world migrator { export weir:operator/migrate@0.2.0; }",
+            path: "../wit",
+            world: "weir:guest-sdk/migrator",
+            pub_export_macro: true,
+            export_macro_name: "__export_migrator",
+            default_bindings_module: "weir_guest::bindings::migrator",
+            with: {
+                "weir:operator/types@0.2.0": crate::bindings::transformer::weir::operator::types,
             },
         });
     }
@@ -274,9 +329,9 @@ pub mod bindings {
             export_macro_name: "__export_aggregator",
             default_bindings_module: "weir_guest::bindings::aggregator",
             with: {
-                "weir:operator/types@0.1.0": crate::bindings::transformer::weir::operator::types,
-                "weir:operator/keys@0.1.0": crate::bindings::transformer::weir::operator::keys,
-                "weir:operator/log@0.1.0": crate::bindings::transformer::weir::operator::log,
+                "weir:operator/types@0.2.0": crate::bindings::transformer::weir::operator::types,
+                "weir:operator/keys@0.2.0": crate::bindings::transformer::weir::operator::keys,
+                "weir:operator/log@0.2.0": crate::bindings::transformer::weir::operator::log,
             },
         });
     }
@@ -324,10 +379,17 @@ mod host {
     }
 }
 
-/// Exports a [`Transform`] as the component's `transform` interface.
+/// Exports a [`Transform`] as the component's `transform` interface; `export_transform!(Op,
+/// migrate)` exports its [`Migrate`] too.
 #[macro_export]
 macro_rules! export_transform {
+    ($op:ty, migrate) => {
+        $crate::export_transform!(@with $op, transformer, __export_transformer, migrate);
+    };
     ($op:ty) => {
+        $crate::export_transform!(@with $op, transformer, __export_transformer);
+    };
+    (@with $op:ty, $world:ident, $export:ident $(, $migrate:ident)?) => {
         #[allow(unsafe_code)]
         const _: () = {
             ::std::thread_local! {
@@ -335,7 +397,7 @@ macro_rules! export_transform {
                     const { ::std::cell::RefCell::new(::core::option::Option::None) };
             }
             struct Export;
-            impl $crate::rt::TransformGuest for Export {
+            impl $crate::bindings::$world::exports::weir::operator::transform::Guest for Export {
                 fn init(config: ::std::string::String) -> ::core::result::Result<(), $crate::rt::Error> {
                     $crate::rt::init::<$op>(&OPERATOR, &config, <$op as $crate::Transform>::init)
                 }
@@ -343,16 +405,24 @@ macro_rules! export_transform {
                     $crate::rt::with_operator(&OPERATOR, |op| $crate::rt::transform(op, events))
                 }
             }
+            $($crate::__export_migrate!($migrate, $op, OPERATOR);)?
             #[cfg(target_arch = "wasm32")]
-            $crate::bindings::transformer::__export_transformer!(Export with_types_in $crate::bindings::transformer);
+            $crate::bindings::$world::$export!(Export with_types_in $crate::bindings::$world);
         };
     };
 }
 
-/// Exports a [`Decode`] as the component's `decode` interface.
+/// Exports a [`Decode`] as the component's `decode` interface; `export_decode!(Op, migrate)`
+/// exports its [`Migrate`] too.
 #[macro_export]
 macro_rules! export_decode {
+    ($op:ty, migrate) => {
+        $crate::export_decode!(@with $op, decoder, __export_decoder, migrate);
+    };
     ($op:ty) => {
+        $crate::export_decode!(@with $op, decoder, __export_decoder);
+    };
+    (@with $op:ty, $world:ident, $export:ident $(, $migrate:ident)?) => {
         #[allow(unsafe_code)]
         const _: () = {
             ::std::thread_local! {
@@ -360,7 +430,7 @@ macro_rules! export_decode {
                     const { ::std::cell::RefCell::new(::core::option::Option::None) };
             }
             struct Export;
-            impl $crate::rt::DecodeGuest for Export {
+            impl $crate::bindings::$world::exports::weir::operator::decode::Guest for Export {
                 fn init(config: ::std::string::String) -> ::core::result::Result<(), $crate::rt::Error> {
                     $crate::rt::init::<$op>(&OPERATOR, &config, <$op as $crate::Decode>::init)
                 }
@@ -368,16 +438,24 @@ macro_rules! export_decode {
                     $crate::rt::with_operator(&OPERATOR, |op| $crate::rt::decode(op, messages))
                 }
             }
+            $($crate::__export_migrate!($migrate, $op, OPERATOR);)?
             #[cfg(target_arch = "wasm32")]
-            $crate::bindings::decoder::__export_decoder!(Export with_types_in $crate::bindings::decoder);
+            $crate::bindings::$world::$export!(Export with_types_in $crate::bindings::$world);
         };
     };
 }
 
-/// Exports an [`Aggregate`] as the component's `aggregate` interface.
+/// Exports an [`Aggregate`] as the component's `aggregate` interface; `export_aggregate!(Op,
+/// migrate)` exports its [`Migrate`] too.
 #[macro_export]
 macro_rules! export_aggregate {
+    ($op:ty, migrate) => {
+        $crate::export_aggregate!(@with $op, aggregator, __export_aggregator, migrate);
+    };
     ($op:ty) => {
+        $crate::export_aggregate!(@with $op, aggregator, __export_aggregator);
+    };
+    (@with $op:ty, $world:ident, $export:ident $(, $migrate:ident)?) => {
         #[allow(unsafe_code)]
         const _: () = {
             ::std::thread_local! {
@@ -385,7 +463,7 @@ macro_rules! export_aggregate {
                     const { ::std::cell::RefCell::new(::core::option::Option::None) };
             }
             struct Export;
-            impl $crate::rt::AggregateGuest for Export {
+            impl $crate::bindings::$world::exports::weir::operator::aggregate::Guest for Export {
                 fn init(config: ::std::string::String) -> ::core::result::Result<(), $crate::rt::Error> {
                     $crate::rt::init::<$op>(&OPERATOR, &config, <$op as $crate::Aggregate>::init)
                 }
@@ -408,8 +486,51 @@ macro_rules! export_aggregate {
                     $crate::rt::with_operator(&OPERATOR, |op| $crate::rt::finish(op, accumulators))
                 }
             }
+            $($crate::__export_migrate!($migrate, $op, OPERATOR);)?
             #[cfg(target_arch = "wasm32")]
-            $crate::bindings::aggregator::__export_aggregator!(Export with_types_in $crate::bindings::aggregator);
+            $crate::bindings::$world::$export!(Export with_types_in $crate::bindings::$world);
         };
+    };
+}
+
+/// The `migrate` export of the export macros' `migrate` form.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __export_migrate {
+    (migrate, $op:ty, $slot:ident) => {
+        struct Migrator;
+        impl $crate::bindings::migrator::exports::weir::operator::migrate::Guest for Migrator {
+            fn layout() -> ::std::string::String {
+                ::std::string::String::from(<$op as $crate::Migrate>::LAYOUT)
+            }
+            fn migrate_state(
+                old_layout: ::std::string::String,
+                states: ::std::vec::Vec<$crate::bindings::migrator::exports::weir::operator::migrate::KeyState>,
+            ) -> ::core::result::Result<
+                ::std::vec::Vec<$crate::bindings::migrator::exports::weir::operator::migrate::KeyState>,
+                $crate::rt::Error,
+            > {
+                $crate::rt::with_operator(&$slot, |op| {
+                    let states = states.into_iter().map(|s| (s.key, s.entries)).collect();
+                    let out = $crate::rt::migrate_state(op, &old_layout, states)?;
+                    Ok(out
+                        .into_iter()
+                        .map(|(key, entries)| {
+                            $crate::bindings::migrator::exports::weir::operator::migrate::KeyState { key, entries }
+                        })
+                        .collect())
+                })
+            }
+            fn migrate_accumulators(
+                old_layout: ::std::string::String,
+                accumulators: ::std::vec::Vec<::std::vec::Vec<u8>>,
+            ) -> ::core::result::Result<::std::vec::Vec<::std::vec::Vec<u8>>, $crate::rt::Error> {
+                $crate::rt::with_operator(&$slot, |op| {
+                    $crate::rt::migrate_accumulators(op, &old_layout, accumulators)
+                })
+            }
+        }
+        #[cfg(target_arch = "wasm32")]
+        $crate::bindings::migrator::__export_migrator!(Migrator with_types_in $crate::bindings::migrator);
     };
 }

@@ -5,9 +5,10 @@ use std::cell::RefCell;
 use std::thread::LocalKey;
 
 use crate::batch::{Emitted, Rows, to_events};
+use crate::context::StoredState;
 use crate::context::{Context, StateStore};
 use crate::event::{Message, Value};
-use crate::{Aggregate, Decode, Transform};
+use crate::{Aggregate, Decode, Migrate, Transform};
 
 pub use crate::bindings::aggregator::exports::weir::operator::aggregate::Guest as AggregateGuest;
 pub use crate::bindings::decoder::exports::weir::operator::decode::Guest as DecodeGuest;
@@ -116,15 +117,59 @@ pub(crate) fn decode_with<T: Decode>(
 }
 
 fn load_acc<T: Aggregate>(bytes: &[u8]) -> Result<T::Acc, Error> {
-    if bytes.is_empty() {
-        return Ok(T::Acc::default());
-    }
-    postcard::from_bytes(bytes)
-        .map_err(|e| Error::BadInput(format!("accumulator does not decode: {e}")))
+    read_acc(bytes).map_err(Error::BadInput)
 }
 
 fn save_acc<T: Aggregate>(acc: &T::Acc) -> Vec<u8> {
+    write_acc(acc)
+}
+
+pub(crate) fn read_acc<A: serde::de::DeserializeOwned + Default>(
+    bytes: &[u8],
+) -> Result<A, String> {
+    if bytes.is_empty() {
+        return Ok(A::default());
+    }
+    postcard::from_bytes(bytes).map_err(|e| format!("accumulator does not decode: {e}"))
+}
+
+pub(crate) fn write_acc<A: serde::Serialize>(acc: &A) -> Vec<u8> {
     postcard::to_allocvec(acc).expect("accumulators serialize")
+}
+
+/// One key's stored state as `migrate` passes it: the key's id and its (name, value) pairs.
+pub type StoredEntries = (u32, Vec<(String, Vec<u8>)>);
+
+/// Converts keyed state written in `old_layout`, key by key, with the operator's [`Migrate`].
+pub fn migrate_state<T: Migrate>(
+    op: &mut T,
+    old_layout: &str,
+    states: Vec<StoredEntries>,
+) -> Result<Vec<StoredEntries>, Error> {
+    states
+        .into_iter()
+        .map(|(id, entries)| {
+            let mut state = StoredState::new(crate::keys::name(id), entries);
+            op.migrate_state(old_layout, &mut state)
+                .map_err(|e| Error::BadInput(format!("key {}: {e}", state.key())))?;
+            Ok((id, state.into_entries()))
+        })
+        .collect()
+}
+
+/// Converts accumulators written in `old_layout`, one for one.
+pub fn migrate_accumulators<T: Migrate>(
+    op: &mut T,
+    old_layout: &str,
+    accumulators: Vec<Vec<u8>>,
+) -> Result<Vec<Vec<u8>>, Error> {
+    accumulators
+        .iter()
+        .map(|acc| {
+            op.migrate_accumulator(old_layout, acc)
+                .map_err(Error::BadInput)
+        })
+        .collect()
 }
 
 pub fn create<T: Aggregate>() -> Vec<u8> {

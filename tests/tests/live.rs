@@ -1212,3 +1212,100 @@ fn a_key_too_long_for_a_topic_or_holding_nul_never_jams_the_uplink() {
     });
     assert!(weir.terminate().success());
 }
+
+/// A hot swap to a version that stores its state in another layout: key-stats-v2 converts what
+/// key-stats-v1 stored (a bare count) as it comes in, under load, so that every key's count
+/// carries on across the swap with nothing lost or counted twice.
+#[test]
+fn a_live_swap_to_a_version_with_another_state_layout_migrates_the_state() {
+    weir_tests::plugins();
+    let sensors_broker = Mosquitto::start();
+    let cloud = Mosquitto::start();
+    let dir = TempDir::new("weir-live-migrate");
+    let text = format!(
+        "{}\n[[pipeline]]\nname = \"relay\"\ntopics = [\"sensors/#\"]\n\n[pipeline.decode]\n\
+         json = {{ key = \"sensor\", time = \"ts\", time_format = \"ms\" }}\n\n\
+         [[pipeline.transform]]\nplugin = {:?}\n\n[pipeline.output]\ntopic = \"relay/{{key}}\"\n",
+        live_sections(dir.path(), sensors_broker.port(), cloud.port(), ""),
+        weir_tests::plugin_path("key_stats_v1")
+    );
+    let config = dir.path().join("migrate.toml");
+    std::fs::write(&config, text).unwrap();
+    let upstream = Collector::subscribe(cloud.port(), "relay/#");
+    let mut weir = start_weir(&config);
+    let admin = weir.admin_address(START);
+
+    let input: Vec<(String, Vec<u8>)> = (0..4_000)
+        .map(|i| {
+            let sensor = format!("s{}", i % 40);
+            let body = json!({"sensor": sensor, "ts": BASE_MS + i as i64, "seq": i / 40, "value": (i % 7) as f64});
+            (format!("sensors/{sensor}"), body.to_string().into_bytes())
+        })
+        .collect();
+    let port = sensors_broker.port();
+    let feed = input.clone();
+    let publisher = std::thread::spawn(move || {
+        let mut p = Publisher::connect(port);
+        for (i, (t, m)) in feed.iter().enumerate() {
+            p.publish(t, m.clone());
+            if i % 100 == 99 {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        p.wait_all_acked(Duration::from_secs(120));
+    });
+    upstream.wait_until(|m| m.len() >= 1_000, Duration::from_secs(60));
+    let v2 = weir_tests::plugin_path("key_stats_v2");
+    let mut swap = WeirProcess::spawn(
+        &[
+            "plugin",
+            "swap",
+            "relay",
+            "transform[0]",
+            v2.to_str().unwrap(),
+            "--admin",
+            &admin,
+        ],
+        &[],
+    );
+    let status = swap.wait(Duration::from_secs(120));
+    let said = format!("{}{}", swap.stdout(), swap.stderr());
+    assert!(status.success(), "the swap succeeds: {said}");
+    assert!(
+        said.contains("layout \"\" → \"count+mean\""),
+        "says the state was converted: {said}"
+    );
+    publisher.join().unwrap();
+
+    let got = upstream.wait_until(|m| distinct_ids(m) >= input.len(), Duration::from_secs(120));
+    assert_all_in_order(&got, input.len());
+    // Per key: `count` runs 1, 2, 3, ... across the swap; `mean` appears with the swap (v2) and
+    // stays.
+    let mut counts: HashMap<String, i64> = HashMap::new();
+    let mut averaged: HashMap<String, bool> = HashMap::new();
+    let mut ids = BTreeSet::new();
+    for m in &got {
+        let r: Json = serde_json::from_slice(&m.payload).unwrap();
+        if !ids.insert(r["id"].as_str().unwrap().to_owned()) {
+            continue;
+        }
+        let key = r["key"].as_str().unwrap().to_owned();
+        let count = field(&r, "count").expect("counted");
+        let last = counts.insert(key.clone(), count).unwrap_or(0);
+        assert_eq!(
+            count,
+            last + 1,
+            "key {key}: the count carries on across the swap"
+        );
+        let has_mean = !r["fields"]["mean"].is_null() || !r["mean"].is_null();
+        let before = averaged.insert(key.clone(), has_mean).unwrap_or(false);
+        assert!(
+            has_mean || !before,
+            "key {key}: v2 took over once and for all"
+        );
+    }
+    assert_eq!(counts.len(), 40);
+    assert!(counts.values().all(|&c| c == 100), "{counts:?}");
+    assert!(averaged.values().all(|&a| a), "every key ends on v2");
+    assert!(weir.terminate().success());
+}

@@ -202,8 +202,8 @@ fn plugins_of_another_contract_version_kind_or_format_are_refused_with_what_to_d
     assert_eq!(
         load_error(&future),
         format!(
-            "plugin {} is built for weir:operator@0.2.0, but this weir supports weir:operator@0.1.0; \
-             rebuild it against a supported weir-guest (or WIT package) version",
+            "plugin {} is built for weir:operator@0.3.0, but this weir supports weir:operator@0.1.0 \
+             and @0.2.0; rebuild it against a supported weir-guest (or WIT package) version",
             future.display()
         )
     );

@@ -136,7 +136,7 @@ fn rollback_restores_the_previous_version_with_the_state() {
         .spec()
         .prepare(load("counter_v2"), &json_config("{}"))
         .unwrap();
-    op.swap(v2);
+    op.swap(v2).unwrap();
     let out = op.transform(nth_batch(1));
     assert_eq!(value(&out.events, "version", 0), Some(Value::Int(2)));
     op.rollback().unwrap();
@@ -200,4 +200,92 @@ async fn a_slow_plugin_does_not_stall_io_on_the_executor() {
     }
     let out = handle.transform(nth_batch(1)).await.unwrap();
     assert_eq!(out.dead_lettered(), 3);
+}
+
+/// `count` of event `i` of `out`.
+fn count(out: &weir::runtime::Outcome, i: usize) -> Option<Value> {
+    value(&out.events, "count", i)
+}
+
+#[test]
+fn a_plugin_built_for_contract_0_1_runs_and_a_version_that_migrates_takes_its_state_over() {
+    // contract_0_1 is built against weir:operator@0.1.0 and stores a bare count (layout "").
+    let mut op = operator("contract_0_1", "{}");
+    assert_eq!(op.plugin().version, "0.1.0");
+    assert!(!op.plugin().migrates());
+    op.transform(nth_batch(0));
+    let out = op.transform(nth_batch(1));
+    assert_eq!(count(&out, 0), Some(Value::Int(2)));
+    assert_eq!(op.layout(), "");
+
+    // key_stats_v2 stores {count, sum, n} (layout "count+mean") and reads the bare count.
+    let spec = op.spec().clone();
+    let mut v2 = spec
+        .prepare(load("key_stats_v2"), &json_config("{ field = \"temp\" }"))
+        .unwrap();
+    assert_eq!(v2.layout(), "count+mean");
+    // Off the data path: a copy, converted; meanwhile batches flow and change two keys' counts,
+    // and a key appears that the copy does not have.
+    let copy = op.state_for_migration();
+    assert_eq!(v2.migrate_copy(&spec, op.layout(), &copy).unwrap(), 3);
+    op.transform(batch([
+        ("north", 2, vec![]),
+        ("south", 2, vec![]),
+        ("west", 2, vec![]),
+    ]));
+    let report = op.swap(v2).unwrap();
+    assert_eq!(
+        (
+            report.from_layout.as_str(),
+            report.to_layout.as_str(),
+            report.migrated
+        ),
+        ("", "count+mean", 4)
+    );
+    let out = op.transform(batch(
+        ["north", "south", "east", "west"].map(|k| (k, 3, vec![("temp", Value::Float(4.0))])),
+    ));
+    let counts: Vec<_> = (0..4).map(|i| count(&out, i)).collect();
+    assert_eq!(counts, [4, 4, 3, 2].map(|n| Some(Value::Int(n))));
+    assert_eq!(value(&out.events, "mean", 0), Some(Value::Float(4.0)));
+
+    // Back to the version that cannot read "count+mean": refused, and nothing changes.
+    let refused = op.rollback().unwrap_err().to_string();
+    assert!(
+        refused.contains("it stores layout \"\" and the running version layout \"count+mean\""),
+        "{refused}"
+    );
+    let out = op.transform(nth_batch(4));
+    assert_eq!(count(&out, 0), Some(Value::Int(5)));
+    assert_eq!(op.plugin().version, "0.2.0");
+}
+
+#[test]
+fn a_migration_that_fails_refuses_the_swap_and_keeps_the_old_version_and_its_state() {
+    let mut op = operator("key_stats_v1", "{}");
+    op.transform(nth_batch(0));
+    // A count that is not an integer: key_stats_v2 refuses to convert it.
+    let mut entries: Vec<(String, String, Vec<u8>)> = op
+        .state()
+        .iter()
+        .map(|(k, n, v)| (k.to_owned(), n.to_owned(), v.to_vec()))
+        .collect();
+    entries.push(("odd".into(), "count".into(), b"\"many\"".to_vec()));
+    op.restore_state(weir::runtime::KeyedState::from_entries(entries));
+    let before = op.state().clone();
+    let v2 = op
+        .spec()
+        .prepare(load("key_stats_v2"), &json_config("{}"))
+        .unwrap();
+    let refused = op.swap(v2).unwrap_err().to_string();
+    assert!(
+        refused.contains("its migrate-state refused the state of layout \"\"")
+            && refused.contains("the count of odd is not an integer")
+            && refused.contains("the running version keeps running with its state"),
+        "{refused}"
+    );
+    assert_eq!(op.state(), &before);
+    let out = op.transform(nth_batch(1));
+    assert_eq!(count(&out, 0), Some(Value::Int(2)));
+    assert_eq!(op.layout(), "");
 }

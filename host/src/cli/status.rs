@@ -308,6 +308,14 @@ fn changed(response: client::Response) -> anyhow::Result<ExitCode> {
             v["prepare_ms"].as_f64().unwrap_or(0.0),
             v["pause_us"].as_f64().unwrap_or(0.0)
         );
+        let (from, to) = (&v["from_layout"], &v["to_layout"]);
+        if from != to {
+            say!(
+                "  state converted from layout {from} → {to}: {} keys in {:.1} ms",
+                v["migrated"].as_u64().unwrap_or(0),
+                v["migrate_ms"].as_f64().unwrap_or(0.0)
+            );
+        }
         Ok(ExitCode::SUCCESS)
     } else {
         let why = v["error"].as_str().unwrap_or(response.body.trim());

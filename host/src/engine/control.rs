@@ -26,7 +26,9 @@ use serde_json::{Value, json};
 use super::Metrics;
 use super::core::Core;
 use crate::admin::ChangeError;
-use crate::runtime::{OperatorMetrics, OperatorSpec, Plugin, Prepared, Runtime, SwapReport};
+use crate::runtime::{
+    KeyedState, OperatorMetrics, OperatorSpec, Plugin, Prepared, Runtime, SwapReport,
+};
 use crate::store::Store;
 
 /// How long `/status` waits for the engine thread before answering without the pipelines.
@@ -40,11 +42,23 @@ const COMMAND_QUEUE: usize = 16;
 /// A request to the engine thread.
 pub(super) enum Command {
     Status(Reply<Value>),
-    /// The spec and config of a step, to prepare a new version with.
+    /// The spec, config and state layout of a step, to prepare a new version with.
     Spec {
         pipeline: String,
         step: String,
-        reply: Reply<Result<(OperatorSpec, String), String>>,
+        reply: Reply<Result<(OperatorSpec, String, String), String>>,
+    },
+    /// A copy of a step's keyed state, to migrate off the data path; the step notes the keys
+    /// that change from now until the swap (or [`Command::ForgetCopy`]).
+    StateCopy {
+        pipeline: String,
+        step: String,
+        reply: Reply<Result<KeyedState, String>>,
+    },
+    /// The swap a [`Command::StateCopy`] was taken for will not happen.
+    ForgetCopy {
+        pipeline: String,
+        step: String,
     },
     Swap {
         pipeline: String,
@@ -131,6 +145,36 @@ fn engine_refusal(reason: String) -> ChangeError {
 }
 
 impl EngineControl {
+    /// Converts a copy of the step's keyed state (written in `layout`) for the prepared version,
+    /// on this thread; the switch converts only what changed meanwhile.
+    fn migrate_off_path(
+        &self,
+        pipeline: &str,
+        step: &str,
+        spec: &OperatorSpec,
+        layout: &str,
+        prepared: &mut Prepared,
+    ) -> Result<(), ChangeError> {
+        let copy = self
+            .ask(CHANGE_TAKEN_WITHIN, |reply| Command::StateCopy {
+                pipeline: pipeline.to_owned(),
+                step: step.to_owned(),
+                reply,
+            })?
+            .map_err(engine_refusal)?;
+        let result = prepared.migrate_copy(spec, layout, &copy);
+        drop(copy);
+        if let Err(e) = result {
+            // Best effort: the step stops noting changed keys (the next copy starts afresh).
+            let _ = self.commands.try_send(Command::ForgetCopy {
+                pipeline: pipeline.to_owned(),
+                step: step.to_owned(),
+            });
+            return Err(ChangeError::Refused(e.to_string()));
+        }
+        Ok(())
+    }
+
     pub(super) fn new(
         commands: SyncSender<Command>,
         metrics: Metrics,
@@ -416,7 +460,7 @@ impl crate::admin::Control for EngineControl {
         sha256: Option<&str>,
     ) -> Result<Value, ChangeError> {
         let step = full_step(pipeline, step);
-        let (spec, config) = self
+        let (spec, config, layout) = self
             .ask(CHANGE_TAKEN_WITHIN, |reply| Command::Spec {
                 pipeline: pipeline.to_owned(),
                 step: step.clone(),
@@ -443,7 +487,10 @@ impl crate::admin::Control for EngineControl {
             .map_err(|e| refused(&e))?;
         drop(bytes);
         let version = Version::of(&plugin);
-        let prepared = spec.prepare(plugin, &config).map_err(|e| refused(&e))?;
+        let mut prepared = spec.prepare(plugin, &config).map_err(|e| refused(&e))?;
+        if prepared.layout() != layout {
+            self.migrate_off_path(pipeline, &step, &spec, &layout, &mut prepared)?;
+        }
         let report = self
             .ask(CHANGE_TAKEN_WITHIN, |reply| Command::Swap {
                 pipeline: pipeline.to_owned(),
@@ -807,5 +854,9 @@ fn report_json(step: &str, r: &SwapReport) -> Value {
         "to_sha256": r.to_sha256,
         "prepare_ms": r.prepare_time.as_secs_f64() * 1e3,
         "pause_us": r.pause.as_secs_f64() * 1e6,
+        "from_layout": r.from_layout,
+        "to_layout": r.to_layout,
+        "migrated": r.migrated,
+        "migrate_ms": r.migrate_time.as_secs_f64() * 1e3,
     })
 }

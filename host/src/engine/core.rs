@@ -211,7 +211,7 @@ impl Core {
                     .spec()
                     .prepare(loaded, op.config())
                     .map_err(|e| e.to_string())?;
-                op.swap(prepared);
+                op.swap(prepared).map_err(|e| e.to_string())?;
             }
             LogEntry::Rollback { pipeline, step } => {
                 self.step(pipeline, step)?

@@ -569,10 +569,32 @@ impl Engine<'_> {
                 step,
                 reply,
             } => {
-                let found = self
-                    .operator(&pipeline, &step)
-                    .map(|op| (op.spec().clone(), op.config().to_owned()));
+                let found = self.operator(&pipeline, &step).map(|op| {
+                    (
+                        op.spec().clone(),
+                        op.config().to_owned(),
+                        op.layout().to_owned(),
+                    )
+                });
                 reply.send(found);
+            }
+            Command::StateCopy {
+                pipeline,
+                step,
+                reply,
+            } => {
+                if !reply.claim() {
+                    return;
+                }
+                let copy = self
+                    .operator(&pipeline, &step)
+                    .map(|op| op.state_for_migration());
+                reply.send(copy);
+            }
+            Command::ForgetCopy { pipeline, step } => {
+                if let Ok(op) = self.operator(&pipeline, &step) {
+                    op.forget_state_copy();
+                }
             }
             Command::Swap {
                 pipeline,
@@ -596,7 +618,9 @@ impl Engine<'_> {
                     ));
                     return;
                 }
-                let mut result = self.operator(&pipeline, &step).map(|op| op.swap(*prepared));
+                let mut result = self
+                    .operator(&pipeline, &step)
+                    .and_then(|op| op.swap(*prepared).map_err(|e| e.to_string()));
                 if let (Ok(_), Some(r)) = (&result, &mut self.recorder) {
                     r.swap(&pipeline, &step, &path);
                 }

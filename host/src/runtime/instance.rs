@@ -9,14 +9,13 @@ use wasmtime_wasi::sockets::SocketAddrUse;
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use super::Runtime;
-use super::bindings::aggregator::Aggregator;
-use super::bindings::decoder::Decoder;
-use super::bindings::transformer::Transformer;
-use super::bindings::transformer::weir::operator::types;
+use super::bindings::v0_1::transformer::weir::operator::types;
+use super::bindings::v0_2::transformer::weir::operator as v0_2;
 use super::bindings::{GuestError, KeysHost, LogHost, LogLevel, StateHost};
+pub(crate) use super::exports::Bound;
 use super::limits::{Limits, MemoryLimiter, Permissions};
 use super::operator::Failure;
-use super::plugin::{Plugin, Pre};
+use super::plugin::Plugin;
 use super::state::KeyedState;
 use super::stdio::GuestOutput;
 use crate::keys;
@@ -92,11 +91,44 @@ impl LogHost for StoreData {
     }
 }
 
-/// A plugin's exports, bound for its world.
-pub(crate) enum Bound {
-    Decoder(Decoder),
-    Transformer(Transformer),
-    Aggregator(Aggregator),
+// 0.2.0 imports the same interfaces under its own version: the same host code serves them.
+
+impl v0_2::keys::Host for StoreData {
+    fn name(&mut self, id: u32) -> String {
+        KeysHost::name(self, id)
+    }
+
+    fn id(&mut self, name: String) -> u32 {
+        KeysHost::id(self, name)
+    }
+}
+
+impl v0_2::state::Host for StoreData {
+    fn get(&mut self, key: u32, name: String) -> Option<Vec<u8>> {
+        StateHost::get(self, key, name)
+    }
+
+    fn set(&mut self, key: u32, name: String, value: Vec<u8>) {
+        StateHost::set(self, key, name, value)
+    }
+
+    fn remove(&mut self, key: u32, name: String) {
+        StateHost::remove(self, key, name)
+    }
+}
+
+impl v0_2::log::Host for StoreData {
+    fn log(&mut self, level: v0_2::log::Level, message: String) {
+        use v0_2::log::Level;
+        let level = match level {
+            Level::Trace => LogLevel::Trace,
+            Level::Debug => LogLevel::Debug,
+            Level::Info => LogLevel::Info,
+            Level::Warn => LogLevel::Warn,
+            Level::Error => LogLevel::Error,
+        };
+        LogHost::log(self, level, message)
+    }
 }
 
 pub(crate) struct Instance {
@@ -173,11 +205,7 @@ impl Instance {
         store.set_epoch_deadline(runtime.deadline_ticks(limits.time_budget));
         let bound = {
             let _running = runtime.running();
-            match &plugin.pre {
-                Pre::Decoder(p) => p.instantiate(&mut store).map(Bound::Decoder),
-                Pre::Transformer(p) => p.instantiate(&mut store).map(Bound::Transformer),
-                Pre::Aggregator(p) => p.instantiate(&mut store).map(Bound::Aggregator),
-            }
+            plugin.pre.instantiate(&mut store)
         };
         let mut instance = match bound {
             Ok(bound) => Instance {
@@ -191,10 +219,8 @@ impl Instance {
             }
         };
         let config = config.to_owned();
-        let result = instance.call(runtime, limits.time_budget, |store, bound| match bound {
-            Bound::Decoder(b) => b.weir_operator_decode().call_init(store, &config),
-            Bound::Transformer(b) => b.weir_operator_transform().call_init(store, &config),
-            Bound::Aggregator(b) => b.weir_operator_aggregate().call_init(store, &config),
+        let result = instance.call(runtime, limits.time_budget, |store, bound| {
+            bound.init(store, &config)
         });
         match result {
             Ok(Ok(())) => Ok(instance),

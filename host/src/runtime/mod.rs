@@ -16,6 +16,7 @@
 pub mod bindings;
 mod cache;
 mod epoch;
+mod exports;
 mod instance;
 mod limits;
 pub mod metrics;
@@ -172,7 +173,11 @@ impl Runtime {
         let engine = Engine::new(&engine_config(config.time_budgets))?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
-        bindings::transformer::Transformer::add_to_linker::<_, HasSelf<StoreData>>(
+        bindings::v0_1::transformer::Transformer::add_to_linker::<_, HasSelf<StoreData>>(
+            &mut linker,
+            |data| data,
+        )?;
+        bindings::v0_2::transformer::MigratingTransformer::add_to_linker::<_, HasSelf<StoreData>>(
             &mut linker,
             |data| data,
         )?;

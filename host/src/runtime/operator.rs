@@ -19,6 +19,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::Runtime;
+use super::bindings::v0_2::KeyState;
 use super::bindings::{Batch, Field, GuestError, Message, Output};
 use super::instance::{Bound, InitFailure, Instance, guest_error_text};
 use super::limits::{Limits, Permissions};
@@ -192,6 +193,16 @@ pub enum StartError {
         path: String,
         reason: String,
     },
+    /// The new version cannot take over what the running one stored; nothing changed.
+    #[error(
+        "plugin {path} cannot take over step {step}: {reason}; the running version keeps running \
+         with its state"
+    )]
+    Migrate {
+        step: String,
+        path: String,
+        reason: String,
+    },
 }
 
 /// What an operator is, apart from the plugin it runs: its step name, world, limits and
@@ -211,6 +222,153 @@ pub struct Prepared {
     version: Version,
     instance: Instance,
     prepare_time: Duration,
+    /// The running version's keyed state, converted off the data path (see
+    /// [`Prepared::migrate_copy`]).
+    migrated: Option<Migrated>,
+}
+
+/// Keyed state converted from `from` (a layout) into the new version's.
+struct Migrated {
+    from: String,
+    state: KeyedState,
+    time: Duration,
+}
+
+impl Prepared {
+    /// The layout of what the new version stores.
+    pub fn layout(&self) -> &str {
+        &self.version.layout
+    }
+
+    /// Converts a copy of the running version's keyed state, written in `from`, into this
+    /// version's layout, off the data path; the switch then converts only the keys that changed
+    /// since the copy was taken (see [`KeyedState::copy_and_track_changes`]).
+    pub fn migrate_copy(
+        &mut self,
+        spec: &OperatorSpec,
+        from: &str,
+        copy: &KeyedState,
+    ) -> Result<usize, StartError> {
+        let started = Instant::now();
+        let keys: Vec<&str> = copy.key_names().collect();
+        let converted = self.migrate_keys(spec, from, copy, &keys)?;
+        let mut state = KeyedState::default();
+        for (key, entries) in converted {
+            state.replace_key(&key, entries);
+        }
+        self.migrated = Some(Migrated {
+            from: from.to_owned(),
+            state,
+            time: started.elapsed(),
+        });
+        Ok(keys.len())
+    }
+
+    /// The state of `keys` in `source` (written in `from`), in this version's layout: every
+    /// key listed, with its new entries (none: it has no state afterwards).
+    fn migrate_keys(
+        &mut self,
+        spec: &OperatorSpec,
+        from: &str,
+        source: &KeyedState,
+        keys: &[&str],
+    ) -> Result<Vec<(String, Entries)>, StartError> {
+        let plugin = self.version.plugin.clone();
+        let refuse = |reason: String| spec.migrate_error(&plugin, reason);
+        if !plugin.migrates() {
+            return Err(refuse(format!(
+                "it stores layout {:?} and the running version layout {from:?}, and it exports no \
+                 migrate to convert one into the other (build it with the migrating world of \
+                 weir:operator@0.2.0, or swap to a version with the same layout)",
+                self.version.layout
+            )));
+        }
+        let mut out = Vec::with_capacity(keys.len());
+        for chunk in keys.chunks(MIGRATE_CHUNK) {
+            let states: Vec<KeyState> = chunk
+                .iter()
+                .map(|name| KeyState {
+                    key: crate::keys::intern(name),
+                    entries: source.entries(name),
+                })
+                .filter(|s| !s.entries.is_empty())
+                .collect();
+            let result = self
+                .instance
+                .call(&spec.runtime, spec.limits.time_budget, |store, bound| {
+                    bound
+                        .migrate_state(store, from, &states)
+                        .expect("checked that the plugin exports migrate")
+                })
+                .map_err(|e| refuse(format!("its migrate-state failed: {e}")))?
+                .map_err(|e| {
+                    refuse(format!(
+                        "its migrate-state refused the state of layout {from:?}: {}",
+                        guest_error_text(&e)
+                    ))
+                })?;
+            let mut by_key: std::collections::HashMap<u32, Entries> =
+                std::collections::HashMap::new();
+            for s in result {
+                if !states.iter().any(|given| given.key == s.key) {
+                    return Err(refuse(format!(
+                        "its migrate-state returned state for key id {}, which it was not given",
+                        s.key
+                    )));
+                }
+                by_key.entry(s.key).or_default().extend(s.entries);
+            }
+            for name in chunk {
+                let id = crate::keys::intern(name);
+                out.push(((*name).to_owned(), by_key.remove(&id).unwrap_or_default()));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Accumulators written in `from`, in this version's layout, one for one.
+    pub fn migrate_accumulators(
+        &mut self,
+        spec: &OperatorSpec,
+        from: &str,
+        accumulators: &[Vec<u8>],
+    ) -> Result<Vec<Vec<u8>>, StartError> {
+        let plugin = self.version.plugin.clone();
+        let refuse = |reason: String| spec.migrate_error(&plugin, reason);
+        if !plugin.migrates() {
+            return Err(refuse(format!(
+                "it stores layout {:?} and the running version layout {from:?}, and it exports no \
+                 migrate to convert one into the other",
+                self.version.layout
+            )));
+        }
+        let mut out = Vec::with_capacity(accumulators.len());
+        for chunk in accumulators.chunks(MIGRATE_CHUNK) {
+            let converted = self
+                .instance
+                .call(&spec.runtime, spec.limits.time_budget, |store, bound| {
+                    bound
+                        .migrate_accumulators(store, from, chunk)
+                        .expect("checked that the plugin exports migrate")
+                })
+                .map_err(|e| refuse(format!("its migrate-accumulators failed: {e}")))?
+                .map_err(|e| {
+                    refuse(format!(
+                        "its migrate-accumulators refused layout {from:?}: {}",
+                        guest_error_text(&e)
+                    ))
+                })?;
+            if converted.len() != chunk.len() {
+                return Err(refuse(format!(
+                    "its migrate-accumulators returned {} accumulators for {}",
+                    converted.len(),
+                    chunk.len()
+                )));
+            }
+            out.extend(converted);
+        }
+        Ok(out)
+    }
 }
 
 impl fmt::Debug for Prepared {
@@ -231,6 +389,14 @@ pub struct SwapReport {
     pub prepare_time: Duration,
     /// Time the data path was held for the switch itself.
     pub pause: Duration,
+    /// The layouts of what the two versions store (see the contract's `migrate`).
+    pub from_layout: String,
+    pub to_layout: String,
+    /// Keys whose state (or accumulators whose content) was converted to the new layout; 0 when
+    /// the layouts are the same and everything carried over as it was.
+    pub migrated: usize,
+    /// Time spent converting, off the data path and during the switch.
+    pub migrate_time: Duration,
 }
 
 #[derive(Clone)]
@@ -238,7 +404,15 @@ struct Version {
     plugin: Arc<Plugin>,
     /// The step's config, as JSON.
     config: String,
+    /// The layout of what it stores, as its `migrate` export says ("" without one).
+    layout: String,
 }
+
+/// One key's state: (name, value) pairs.
+type Entries = Vec<(String, Vec<u8>)>;
+
+/// Keys migrated per call into a plugin's `migrate-state`.
+const MIGRATE_CHUNK: usize = 256;
 
 impl OperatorSpec {
     /// Loads nothing: instantiates `plugin` with `config` (JSON) and runs its `init`, off the
@@ -253,7 +427,7 @@ impl OperatorSpec {
             }
             .into());
         }
-        let instance = Instance::start(
+        let mut instance = Instance::start(
             &self.runtime,
             &plugin,
             self.step.clone(),
@@ -262,14 +436,33 @@ impl OperatorSpec {
             config,
         )
         .map_err(|e| self.start_error(&plugin, e))?;
+        let layout = instance
+            .call(&self.runtime, self.limits.time_budget, |store, bound| {
+                bound.layout(store)
+            })
+            .map_err(|e| StartError::Init {
+                step: self.step.to_string(),
+                path: plugin.path.display().to_string(),
+                reason: format!("its migrate.layout failed: {e}"),
+            })?;
         Ok(Prepared {
             version: Version {
                 plugin,
                 config: config.to_owned(),
+                layout,
             },
             instance,
             prepare_time: started.elapsed(),
+            migrated: None,
         })
+    }
+
+    fn migrate_error(&self, plugin: &Plugin, reason: String) -> StartError {
+        StartError::Migrate {
+            step: self.step.to_string(),
+            path: plugin.path.display().to_string(),
+            reason,
+        }
     }
 
     fn start_error(&self, plugin: &Plugin, e: InitFailure) -> StartError {
@@ -389,10 +582,57 @@ impl Operator {
         self.health.quarantined_until
     }
 
-    /// Switches to a prepared version, between two calls. The keyed state carries over; the
-    /// version swapped out is kept for [`Operator::rollback`].
-    pub fn swap(&mut self, prepared: Prepared) -> SwapReport {
+    /// The layout of what the running version stores (see the contract's `migrate`).
+    pub fn layout(&self) -> &str {
+        &self.current.layout
+    }
+
+    /// A copy of the keyed state, to migrate off the data path for a swap; from now until the
+    /// swap, the keys that change are noted, to be migrated again at the switch.
+    pub fn state_for_migration(&mut self) -> KeyedState {
+        self.state.copy_and_track_changes()
+    }
+
+    /// The swap a [`Operator::state_for_migration`] was for will not happen.
+    pub fn forget_state_copy(&mut self) {
+        self.state.stop_tracking();
+    }
+
+    /// Switches to a prepared version, between two calls. The keyed state carries over as it is
+    /// when both versions store the same layout, and converted by the new version's `migrate`
+    /// when not: what [`Prepared::migrate_copy`] converted off the data path, then the keys that
+    /// changed since, here. If the new version cannot convert it, nothing changes. The version
+    /// swapped out is kept for [`Operator::rollback`].
+    pub fn swap(&mut self, mut prepared: Prepared) -> Result<SwapReport, StartError> {
         let started = Instant::now();
+        let changed = self.state.changed_since_copy();
+        let from_layout = self.current.layout.clone();
+        let mut migrated = 0;
+        let mut migrate_time = Duration::ZERO;
+        if prepared.version.layout != from_layout && self.spec.world != World::Aggregator {
+            let converted = match (prepared.migrated.take(), changed) {
+                (Some(m), Some(changed)) if m.from == from_layout => {
+                    let keys: Vec<&str> = changed.iter().map(String::as_str).collect();
+                    let delta =
+                        prepared.migrate_keys(&self.spec, &from_layout, &self.state, &keys)?;
+                    let mut state = m.state;
+                    for (key, entries) in delta {
+                        state.replace_key(&key, entries);
+                    }
+                    migrate_time += m.time;
+                    state
+                }
+                _ => {
+                    let copy = self.state.copy_and_track_changes();
+                    self.state.stop_tracking();
+                    prepared.migrate_copy(&self.spec, &from_layout, &copy)?;
+                    prepared.migrated.take().expect("set by migrate_copy").state
+                }
+            };
+            migrated = converted.keys();
+            self.state = converted;
+            migrate_time += started.elapsed();
+        }
         let from_sha256 = self.current.plugin.sha256.clone();
         let old = std::mem::replace(&mut self.current, prepared.version);
         self.previous = Some(old);
@@ -405,15 +645,22 @@ impl Operator {
             step = %self.spec.step,
             from = %short(&from_sha256),
             to = %short(&self.current.plugin.sha256),
+            from_layout = %from_layout,
+            to_layout = %self.current.layout,
+            migrated,
             ?pause,
             "plugin swapped"
         );
-        SwapReport {
+        Ok(SwapReport {
             from_sha256,
             to_sha256: self.current.plugin.sha256.clone(),
             prepare_time: prepared.prepare_time,
             pause,
-        }
+            to_layout: self.current.layout.clone(),
+            from_layout,
+            migrated,
+            migrate_time,
+        })
     }
 
     /// Swaps back to the version that was running before the last swap.
@@ -426,7 +673,7 @@ impl Operator {
             });
         };
         let prepared = self.spec.prepare(previous.plugin, &previous.config)?;
-        Ok(self.swap(prepared))
+        self.swap(prepared)
     }
 
     /// Runs a batch of events through a transformer.
@@ -434,10 +681,7 @@ impl Operator {
         let mut outcome = Outcome::new();
         for part in events.split(self.spec.limits.max_batch_events) {
             let n = part.len();
-            let result = self.invoke(n, |store, bound| match bound {
-                Bound::Transformer(b) => b.weir_operator_transform().call_transform(store, &part),
-                _ => unreachable!("a transformer operator runs a transformer"),
-            });
+            let result = self.invoke(n, |store, bound| bound.transform(store, &part));
             self.settle(result, DeadInput::Events(part), &mut outcome);
         }
         outcome
@@ -451,10 +695,7 @@ impl Operator {
         while !rest.is_empty() {
             let tail = rest.split_off(max.min(rest.len()));
             let part = std::mem::replace(&mut rest, tail);
-            let result = self.invoke(part.len(), |store, bound| match bound {
-                Bound::Decoder(b) => b.weir_operator_decode().call_decode(store, &part),
-                _ => unreachable!("a decoder operator runs a decoder"),
-            });
+            let result = self.invoke(part.len(), |store, bound| bound.decode(store, &part));
             self.settle(result, DeadInput::Messages(part), &mut outcome);
         }
         outcome
@@ -462,10 +703,7 @@ impl Operator {
 
     /// A new, empty accumulator from an aggregator.
     pub fn create_accumulator(&mut self) -> Result<Vec<u8>, Failure> {
-        let acc = self.invoke(0, |store, bound| match bound {
-            Bound::Aggregator(b) => b.weir_operator_aggregate().call_create(store).map(Ok),
-            _ => unreachable!("an aggregator operator runs an aggregator"),
-        })?;
+        let acc = self.invoke(0, |store, bound| bound.create(store).map(Ok))?;
         self.succeed();
         Ok(acc)
     }
@@ -477,12 +715,8 @@ impl Operator {
         events: &Batch,
         group: &[u32],
     ) -> Result<Vec<Vec<u8>>, Failure> {
-        let out = self.invoke(events.len(), |store, bound| match bound {
-            Bound::Aggregator(b) => {
-                b.weir_operator_aggregate()
-                    .call_add(store, accumulators, events, group)
-            }
-            _ => unreachable!("an aggregator operator runs an aggregator"),
+        let out = self.invoke(events.len(), |store, bound| {
+            bound.add(store, accumulators, events, group)
         })?;
         if out.len() != accumulators.len() {
             return Err(self.fail(Failure::BadOutput(format!(
@@ -497,10 +731,7 @@ impl Operator {
 
     /// Merges two accumulators.
     pub fn merge_accumulators(&mut self, a: &[u8], b: &[u8]) -> Result<Vec<u8>, Failure> {
-        let merged = self.invoke(0, |store, bound| match bound {
-            Bound::Aggregator(x) => x.weir_operator_aggregate().call_merge(store, a, b),
-            _ => unreachable!("an aggregator operator runs an aggregator"),
-        })?;
+        let merged = self.invoke(0, |store, bound| bound.merge(store, a, b))?;
         self.succeed();
         Ok(merged)
     }
@@ -510,10 +741,7 @@ impl Operator {
         &mut self,
         accumulators: &[Vec<u8>],
     ) -> Result<Vec<Vec<Field>>, Failure> {
-        let out = self.invoke(0, |store, bound| match bound {
-            Bound::Aggregator(b) => b.weir_operator_aggregate().call_finish(store, accumulators),
-            _ => unreachable!("an aggregator operator runs an aggregator"),
-        })?;
+        let out = self.invoke(0, |store, bound| bound.finish(store, accumulators))?;
         if out.len() != accumulators.len() {
             return Err(self.fail(Failure::BadOutput(format!(
                 "{} results for {} accumulators",

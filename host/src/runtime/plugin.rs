@@ -10,16 +10,15 @@ use sha2::{Digest, Sha256};
 use wasmtime::component::Component;
 use wasmtime::component::types::ComponentItem;
 
-use super::StoreData;
-use super::bindings::{
-    aggregator::AggregatorPre, decoder::DecoderPre, transformer::TransformerPre,
-};
 use super::cache::{CacheError, CacheOutcome};
+pub(crate) use super::exports::Pre;
 
 /// The contract package this weir implements.
 pub const PACKAGE: &str = "weir:operator";
 /// The contract versions this weir can run.
-pub const SUPPORTED_VERSIONS: &[&str] = &["0.1.0"];
+pub const SUPPORTED_VERSIONS: &[&str] = &["0.1.0", "0.2.0"];
+/// The interface a plugin exports to read what an earlier version stored (0.2.0 and later).
+const MIGRATE: &str = "migrate";
 
 /// The kind of operator a plugin is: which world of the contract it implements.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -100,7 +99,7 @@ pub enum LoadError {
     #[error(
         "plugin {path} is built for {PACKAGE}@{found}, but this weir supports {PACKAGE}@{}; \
          rebuild it against a supported weir-guest (or WIT package) version",
-        SUPPORTED_VERSIONS.join(", @")
+        SUPPORTED_VERSIONS.join(" and @")
     )]
     UnsupportedVersion { path: PathBuf, found: String },
     #[error(
@@ -142,6 +141,13 @@ pub struct Plugin {
     pub(crate) pre: Pre,
 }
 
+impl Plugin {
+    /// Whether the plugin exports `migrate`: it can read what earlier versions stored.
+    pub fn migrates(&self) -> bool {
+        self.pre.migrates()
+    }
+}
+
 impl fmt::Debug for Plugin {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Plugin")
@@ -151,14 +157,6 @@ impl fmt::Debug for Plugin {
             .field("version", &self.version)
             .finish_non_exhaustive()
     }
-}
-
-/// A plugin pre-instantiated for its world, with its exports type-checked.
-#[derive(Clone)]
-pub(crate) enum Pre {
-    Decoder(DecoderPre<StoreData>),
-    Transformer(TransformerPre<StoreData>),
-    Aggregator(AggregatorPre<StoreData>),
 }
 
 /// sha256 of `bytes`, in hex.
@@ -213,7 +211,7 @@ impl super::Runtime {
                         },
                     },
                 })?;
-        let (world, version) = operator_export(&path, engine, &component)?;
+        let (world, version, migrates) = operator_export(&path, engine, &component)?;
         let instance_pre = self
             .inner
             .linker
@@ -225,15 +223,7 @@ impl super::Runtime {
             version: version.clone(),
             reason: format!("{e:#}"),
         };
-        let pre = match world {
-            World::Decoder => Pre::Decoder(DecoderPre::new(instance_pre).map_err(type_check)?),
-            World::Transformer => {
-                Pre::Transformer(TransformerPre::new(instance_pre).map_err(type_check)?)
-            }
-            World::Aggregator => {
-                Pre::Aggregator(AggregatorPre::new(instance_pre).map_err(type_check)?)
-            }
-        };
+        let pre = Pre::new(instance_pre, world, &version, migrates).map_err(type_check)?;
         tracing::debug!(path = %path.display(), %world, ?cache, ?load_time, "plugin loaded");
         Ok(Arc::new(Plugin {
             path,
@@ -274,14 +264,17 @@ fn check_header(path: &Path, bytes: &[u8]) -> Result<(), LoadError> {
     })
 }
 
-/// Finds the operator interface the component exports, and its version.
+/// Finds the operator interface the component exports, its version, and whether it exports
+/// `migrate` too.
 fn operator_export(
     path: &Path,
     engine: &wasmtime::Engine,
     component: &Component,
-) -> Result<(World, String), LoadError> {
+) -> Result<(World, String, bool), LoadError> {
     let ty = component.component_type();
     let mut names = Vec::new();
+    let mut found = None;
+    let mut migrates = false;
     for (name, item) in ty.exports(engine) {
         names.push(name.to_owned());
         let Some(rest) = name.strip_prefix(PACKAGE).and_then(|r| r.strip_prefix('/')) else {
@@ -291,6 +284,10 @@ fn operator_export(
             continue;
         }
         let (interface, version) = rest.split_once('@').unwrap_or((rest, ""));
+        if interface == MIGRATE && version != "0.1.0" {
+            migrates = true;
+            continue;
+        }
         let Some(world) = World::from_export(interface) else {
             continue;
         };
@@ -304,7 +301,10 @@ fn operator_export(
                 },
             });
         }
-        return Ok((world, version.to_owned()));
+        found = Some((world, version.to_owned()));
+    }
+    if let Some((world, version)) = found {
+        return Ok((world, version, migrates));
     }
     Err(LoadError::NoOperator {
         path: path.to_owned(),

@@ -4,7 +4,7 @@
 //! after a trap and to the new version after a hot swap. Writes made during a call are pending
 //! until the call succeeds; a call that fails leaves the state as it was before it.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 /// State per key, then per name.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -12,6 +12,9 @@ pub struct KeyedState {
     committed: BTreeMap<String, BTreeMap<String, Vec<u8>>>,
     /// Writes of the call in progress: `None` is a removal.
     pending: HashMap<String, HashMap<String, Option<Vec<u8>>>>,
+    /// Keys whose committed state changed since [`KeyedState::track_changes`], while a copy
+    /// is migrated for a swap.
+    changed: Option<HashSet<String>>,
 }
 
 impl KeyedState {
@@ -40,6 +43,9 @@ impl KeyedState {
     /// Makes the writes of the last call permanent.
     pub fn commit(&mut self) {
         for (key, names) in self.pending.drain() {
+            if let Some(changed) = &mut self.changed {
+                changed.insert(key.clone());
+            }
             for (name, write) in names {
                 match write {
                     Some(value) => {
@@ -82,6 +88,50 @@ impl KeyedState {
             state.committed.entry(key).or_default().insert(name, value);
         }
         state
+    }
+
+    /// A copy of the committed state, and from now on a note of every key whose state changes,
+    /// until [`KeyedState::changed_since_copy`]: a swap migrates the copy off the data path,
+    /// then only the keys that changed meanwhile.
+    pub fn copy_and_track_changes(&mut self) -> KeyedState {
+        self.changed = Some(HashSet::new());
+        KeyedState {
+            committed: self.committed.clone(),
+            ..KeyedState::default()
+        }
+    }
+
+    /// The keys whose state changed since the last copy (all of them if no copy was taken);
+    /// stops noting changes.
+    pub fn changed_since_copy(&mut self) -> Option<HashSet<String>> {
+        self.changed.take()
+    }
+
+    /// Stops noting changes (a swap was given up).
+    pub fn stop_tracking(&mut self) {
+        self.changed = None;
+    }
+
+    /// The committed state of `key`: (name, value) pairs.
+    pub fn entries(&self, key: &str) -> Vec<(String, Vec<u8>)> {
+        self.committed.get(key).map_or_else(Vec::new, |names| {
+            names.iter().map(|(n, v)| (n.clone(), v.clone())).collect()
+        })
+    }
+
+    /// The keys with committed state, in order.
+    pub fn key_names(&self) -> impl Iterator<Item = &str> {
+        self.committed.keys().map(String::as_str)
+    }
+
+    /// Replaces the committed state of `key` (none: removes it).
+    pub fn replace_key(&mut self, key: &str, entries: Vec<(String, Vec<u8>)>) {
+        if entries.is_empty() {
+            self.committed.remove(key);
+        } else {
+            self.committed
+                .insert(key.to_owned(), entries.into_iter().collect());
+        }
     }
 
     /// Number of keys with committed state.

@@ -20,7 +20,10 @@ use super::state::KeyedState;
 enum Command {
     Transform(Batch, oneshot::Sender<Outcome>),
     Decode(Vec<Message>, oneshot::Sender<Outcome>),
-    Swap(Box<super::Prepared>, oneshot::Sender<SwapReport>),
+    Swap(
+        Box<super::Prepared>,
+        oneshot::Sender<Result<SwapReport, StartError>>,
+    ),
     Rollback(oneshot::Sender<Result<SwapReport, StartError>>),
     State(oneshot::Sender<KeyedState>),
 }
@@ -111,14 +114,17 @@ impl OperatorHandle {
     }
 
     /// Swaps in `plugin` with `config` (JSON): prepared on a blocking thread, switched between
-    /// two batches. A version that fails to start is refused and the running one stays.
+    /// two batches. A version that fails to start, or cannot convert the running version's
+    /// state, is refused and the running one stays.
     pub async fn swap(&self, plugin: Arc<Plugin>, config: &str) -> anyhow::Result<SwapReport> {
         let spec = self.spec.clone();
         let config = config.to_owned();
         let prepared = tokio::task::spawn_blocking(move || spec.prepare(plugin, &config))
             .await
             .context("preparing the new version")??;
-        self.request(|r| Command::Swap(Box::new(prepared), r)).await
+        Ok(self
+            .request(|r| Command::Swap(Box::new(prepared), r))
+            .await??)
     }
 
     /// Swaps back to the version that ran before the last swap.

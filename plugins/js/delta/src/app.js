@@ -3,8 +3,8 @@
 // provides the imports as modules named after the interfaces, and exports the `transform`
 // interface from the object of that name.
 
-import * as state from 'weir:operator/state@0.1.0';
-import { log } from 'weir:operator/log@0.1.0';
+import * as state from 'weir:operator/state@0.2.0';
+import { log } from 'weir:operator/log@0.2.0';
 import { OperatorError, parseConfig, transformBatch } from './delta.js';
 
 // One instance serves one pipeline step: its config lives here between calls.

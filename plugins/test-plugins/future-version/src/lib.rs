@@ -1,5 +1,5 @@
 //! A test operator for weir's version check: a transformer that exports
-//! `weir:operator/transform@0.2.0`, a contract version weir does not know. Were it run, it would
+//! `weir:operator/transform@0.3.0`, a contract version weir does not know. Were it run, it would
 //! pass batches through unchanged.
 
 #![allow(unsafe_code)] // the bindings wit-bindgen generates
