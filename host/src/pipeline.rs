@@ -17,7 +17,10 @@ use crate::decode::JsonMapping;
 use crate::enrich::Enricher;
 use crate::keys;
 use crate::runtime::bindings::Message;
-use crate::runtime::{DeadInput, DeadLetter, Operator, OperatorSpec, Runtime, World, config_json};
+use crate::runtime::{
+    DeadInput, DeadLetter, Operator, OperatorSpec, Prepared, Runtime, SwapReport, World,
+    config_json,
+};
 pub use crate::window::GatewayClock;
 use crate::window::{self, Windower};
 
@@ -233,16 +236,81 @@ impl Pipeline {
         self.window.as_ref()
     }
 
-    /// The plugin step named `step` (`<pipeline>/decode`, `<pipeline>/transform[i]`).
+    /// The plugin step named `step` (`<pipeline>/decode`, `<pipeline>/transform[i]`,
+    /// `<pipeline>/aggregate`).
     pub fn step_mut(&mut self, step: &str) -> Option<&mut Operator> {
         let decoder = match &mut self.decoder {
             Decoder::Plugin(op) => Some(&mut **op),
             Decoder::Json(_) => None,
         };
+        let aggregate = self
+            .window
+            .as_mut()
+            .and_then(Windower::custom_aggregate_mut)
+            .and_then(|c| c.as_any_mut()?.downcast_mut::<PluginAggregate>())
+            .map(|p| &mut p.0);
         decoder
             .into_iter()
             .chain(&mut self.transforms)
+            .chain(aggregate)
             .find(|op| &*op.spec().step == step)
+    }
+
+    /// Every plugin step: those of [`Pipeline::operators`], then the aggregator, if any.
+    pub fn plugin_steps(&self) -> impl Iterator<Item = &Operator> {
+        let aggregate = self
+            .window
+            .as_ref()
+            .and_then(Windower::custom_aggregate)
+            .and_then(|c| c.as_any()?.downcast_ref::<PluginAggregate>())
+            .map(|p| &p.0);
+        self.operators().chain(aggregate)
+    }
+
+    /// Swaps the plugin step `step` to a prepared version (see [`Operator::swap`]). For the
+    /// aggregator, the accumulators of the windows held go over to the new version with it: as
+    /// they are when both versions store the same layout, converted by the new version's
+    /// `migrate-accumulators` when not; if it cannot convert them, nothing changes.
+    pub fn swap_step(&mut self, step: &str, mut prepared: Prepared) -> Result<SwapReport, String> {
+        let op = self
+            .step_mut(step)
+            .ok_or_else(|| format!("unknown step {step:?}"))?;
+        if op.spec().world != World::Aggregator {
+            return op.swap(prepared).map_err(|e| e.to_string());
+        }
+        let spec = op.spec().clone();
+        let from = op.layout().to_owned();
+        // Measured for the swap's report only: nothing the pipeline emits reads it.
+        #[allow(clippy::disallowed_methods)]
+        let started = std::time::Instant::now();
+        let mut converted = 0;
+        if prepared.layout() != from {
+            let window = self
+                .window
+                .as_mut()
+                .expect("an aggregator step has a window");
+            converted = window.convert_accumulators(|accs| {
+                prepared
+                    .migrate_accumulators(&spec, &from, accs)
+                    .map_err(|e| e.to_string())
+            })?;
+        }
+        let convert_time = started.elapsed();
+        let op = self.step_mut(step).expect("found above");
+        let mut report = op.swap(prepared).map_err(|e| e.to_string())?;
+        report.migrated = converted;
+        report.migrate_time = convert_time;
+        Ok(report)
+    }
+
+    /// Swaps the plugin step `step` back to the version that ran before its last swap, by the
+    /// same rules as [`Pipeline::swap_step`].
+    pub fn rollback_step(&mut self, step: &str) -> Result<SwapReport, String> {
+        let op = self
+            .step_mut(step)
+            .ok_or_else(|| format!("unknown step {step:?}"))?;
+        let previous = op.prepare_rollback().map_err(|e| e.to_string())?;
+        self.swap_step(step, previous)
     }
 
     /// The plugin steps with keyed state: the decoder plugin, then each transform.
@@ -764,6 +832,14 @@ fn window_kind(kind: config::WindowKind) -> window::WindowKind {
 struct PluginAggregate(Operator);
 
 impl window::CustomAggregate for PluginAggregate {
+    fn as_any(&self) -> Option<&dyn std::any::Any> {
+        Some(self)
+    }
+
+    fn as_any_mut(&mut self) -> Option<&mut dyn std::any::Any> {
+        Some(self)
+    }
+
     fn create(&mut self) -> Result<Vec<u8>, String> {
         self.0.create_accumulator().map_err(|e| e.to_string())
     }

@@ -1309,3 +1309,109 @@ fn a_live_swap_to_a_version_with_another_state_layout_migrates_the_state() {
     assert!(averaged.values().all(|&a| a), "every key ends on v2");
     assert!(weir.terminate().success());
 }
+
+/// A hot swap of an aggregator under load: the windows open at the swap go over to the new
+/// version with their accumulators converted (p95-relayout reads the p95 aggregator's sketches),
+/// so every window's percentile counts each of its readings exactly once, whichever version
+/// finished it; swapping back to a version that cannot read the new accumulators is refused.
+#[test]
+fn a_live_aggregator_swap_converts_the_open_windows_and_counts_every_event_once() {
+    weir_tests::plugins();
+    let sensors_broker = Mosquitto::start();
+    let cloud = Mosquitto::start();
+    let dir = TempDir::new("weir-live-agg-swap");
+    let text = format!(
+        "{}\n[[pipeline]]\nname = \"agg\"\ntopics = [\"sensors/#\"]\n\n[pipeline.decode]\n\
+         json = {{ key = \"sensor\", time = \"ts\", time_format = \"ms\" }}\n\n\
+         [pipeline.window]\nkind = \"tumbling\"\nsize = \"1s\"\nout_of_orderness = \"1s\"\nidle_timeout = \"2s\"\n\n\
+         [[pipeline.aggregate]]\nfn = \"count\"\n\n\
+         [[pipeline.aggregate]]\nplugin = {:?}\nconfig = {{ field = \"temp\" }}\n\n\
+         [pipeline.output]\ntopic = \"agg/{{key}}\"\n",
+        live_sections(dir.path(), sensors_broker.port(), cloud.port(), ""),
+        weir_tests::plugin_path("p95_aggregator")
+    );
+    let config = dir.path().join("agg.toml");
+    std::fs::write(&config, text).unwrap();
+    let upstream = Collector::subscribe(cloud.port(), "agg/#");
+    let mut weir = start_weir(&config);
+    let admin = weir.admin_address(START);
+
+    // 20 sensors, a reading each every 100 ms of event time, at about that pace.
+    const N: i64 = 3_000;
+    let port = sensors_broker.port();
+    let publisher = std::thread::spawn(move || {
+        let mut p = Publisher::connect(port);
+        let start = weir::engine::now_ms();
+        for i in 0..N {
+            let sensor = format!("s{}", i % 20);
+            let body =
+                json!({"sensor": sensor, "ts": start + (i / 20) * 100, "temp": (i % 13) as f64});
+            p.publish(&format!("sensors/{sensor}"), body.to_string().into_bytes());
+            if i % 20 == 19 {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        p.wait_all_acked(Duration::from_secs(120));
+    });
+    let weir_cli = |args: &[&str]| {
+        let mut all = vec!["plugin"];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&["--admin", &admin]);
+        let mut p = WeirProcess::spawn(&all, &[]);
+        let status = p.wait(Duration::from_secs(120));
+        (status.success(), format!("{}{}", p.stdout(), p.stderr()))
+    };
+    upstream.wait_until(|m| m.len() >= 100, Duration::from_secs(60));
+    let v2 = weir_tests::plugin_path("p95_relayout");
+    let (ok, said) = weir_cli(&["swap", "agg", "aggregate", v2.to_str().unwrap()]);
+    assert!(ok, "the swap succeeds: {said}");
+    assert!(said.contains("layout \"\" → \"sketch+since\""), "{said}");
+    // Back to the p95 aggregator, which cannot read "sketch+since": refused, v2 keeps running.
+    let (ok, said) = weir_cli(&["rollback", "agg", "aggregate"]);
+    assert!(!ok, "the rollback is refused: {said}");
+    assert!(
+        said.contains("it stores layout \"\" and the running version layout \"sketch+since\""),
+        "{said}"
+    );
+    publisher.join().unwrap();
+
+    // Every window fires (the sensors go idle at the end): the last revision of each window.
+    let windows = |m: &[Message]| {
+        let mut last: BTreeMap<(String, i64), Json> = BTreeMap::new();
+        for msg in m {
+            let r: Json = serde_json::from_slice(&msg.payload).unwrap();
+            let at = (
+                r["key"].as_str().unwrap().to_owned(),
+                r["start_ms"].as_i64().unwrap(),
+            );
+            last.insert(at, r);
+        }
+        last
+    };
+    let total = |w: &BTreeMap<(String, i64), Json>| -> i64 {
+        w.values().map(|r| r["count"].as_i64().unwrap()).sum()
+    };
+    let got = upstream.wait_until(|m| total(&windows(m)) >= N, Duration::from_secs(120));
+    let windows = windows(&got);
+    assert_eq!(total(&windows), N, "every reading in one window");
+    let (mut before, mut across, mut after) = (0, 0, 0);
+    for ((key, start), r) in &windows {
+        let count = r["count"].as_i64().unwrap();
+        let values = &r["values"];
+        assert_eq!(
+            values["count"].as_i64(),
+            Some(count),
+            "window {key}@{start}: the percentile counts each reading once: {r}"
+        );
+        match values["since_swap"].as_i64() {
+            None => before += 1,
+            Some(s) if s < count => across += 1,
+            Some(_) => after += 1,
+        }
+    }
+    assert!(
+        before > 0 && across > 0 && after > 0,
+        "windows finished by v1 ({before}), open at the swap ({across}), after it ({after})"
+    );
+    assert!(weir.terminate().success());
+}

@@ -314,7 +314,7 @@ impl Steps {
     pub(super) fn of(core: &Core) -> Steps {
         let mut steps = Vec::new();
         for (p, _, _) in core.pipelines() {
-            for op in p.operators() {
+            for op in p.plugin_steps() {
                 steps.push(StepView {
                     pipeline: p.name().to_owned(),
                     step: op.spec().step.to_string(),
@@ -335,7 +335,7 @@ impl Steps {
     pub(super) fn publish_quarantines(&self, core: &Core) {
         // Quarantines run on the gateway clock, which is the wall clock's reading live.
         let now_ms = super::now_ms();
-        let ops = core.pipelines().flat_map(|(p, _, _)| p.operators());
+        let ops = core.pipelines().flat_map(|(p, _, _)| p.plugin_steps());
         for (view, op) in self.steps.iter().zip(ops) {
             let until = op.quarantined_until().filter(|&u| u > now_ms).unwrap_or(0);
             view.quarantined_until_ms.store(until, Relaxed);
@@ -488,7 +488,8 @@ impl crate::admin::Control for EngineControl {
         drop(bytes);
         let version = Version::of(&plugin);
         let mut prepared = spec.prepare(plugin, &config).map_err(|e| refused(&e))?;
-        if prepared.layout() != layout {
+        // An aggregator's accumulators are converted at the switch (see Pipeline::swap_step).
+        if prepared.layout() != layout && spec.world != crate::runtime::World::Aggregator {
             self.migrate_off_path(pipeline, &step, &spec, &layout, &mut prepared)?;
         }
         let report = self

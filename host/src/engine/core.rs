@@ -211,12 +211,10 @@ impl Core {
                     .spec()
                     .prepare(loaded, op.config())
                     .map_err(|e| e.to_string())?;
-                op.swap(prepared).map_err(|e| e.to_string())?;
+                self.swap(pipeline, step, prepared)?;
             }
             LogEntry::Rollback { pipeline, step } => {
-                self.step(pipeline, step)?
-                    .rollback()
-                    .map_err(|e| e.to_string())?;
+                self.rollback(pipeline, step)?;
             }
             LogEntry::Table { pipeline, content } => {
                 let p = self
@@ -342,10 +340,37 @@ impl Core {
         let p = self
             .pipeline_mut(pipeline)
             .ok_or_else(|| format!("unknown pipeline {pipeline:?}"))?;
-        let steps: Vec<String> = p.operators().map(|op| op.spec().step.to_string()).collect();
+        let steps: Vec<String> = p
+            .plugin_steps()
+            .map(|op| op.spec().step.to_string())
+            .collect();
         p.step_mut(&full).ok_or_else(|| {
             format!("unknown step {step:?}; the plugin steps of {pipeline} are {steps:?}")
         })
+    }
+
+    /// Swaps the plugin step `step` of `pipeline` to a prepared version (see
+    /// [`Pipeline::swap_step`]).
+    pub fn swap(
+        &mut self,
+        pipeline: &str,
+        step: &str,
+        prepared: crate::runtime::Prepared,
+    ) -> Result<crate::runtime::SwapReport, String> {
+        let full = self.step(pipeline, step)?.spec().step.clone();
+        let p = self.pipeline_mut(pipeline).expect("found by step");
+        p.swap_step(&full, prepared)
+    }
+
+    /// Swaps the plugin step `step` of `pipeline` back to its previous version.
+    pub fn rollback(
+        &mut self,
+        pipeline: &str,
+        step: &str,
+    ) -> Result<crate::runtime::SwapReport, String> {
+        let full = self.step(pipeline, step)?.spec().step.clone();
+        let p = self.pipeline_mut(pipeline).expect("found by step");
+        p.rollback_step(&full)
     }
 
     /// The state of every effectively-once pipeline, and the seen-set changes since the last

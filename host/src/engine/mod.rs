@@ -618,9 +618,7 @@ impl Engine<'_> {
                     ));
                     return;
                 }
-                let mut result = self
-                    .operator(&pipeline, &step)
-                    .and_then(|op| op.swap(*prepared).map_err(|e| e.to_string()));
+                let mut result = self.core.swap(&pipeline, &step, *prepared);
                 if let (Ok(_), Some(r)) = (&result, &mut self.recorder) {
                     r.swap(&pipeline, &step, &path);
                 }
@@ -645,9 +643,7 @@ impl Engine<'_> {
                     ));
                     return;
                 }
-                let mut result = self
-                    .operator(&pipeline, &step)
-                    .and_then(|op| op.rollback().map_err(|e| e.to_string()));
+                let mut result = self.core.rollback(&pipeline, &step);
                 if let (Ok(_), Some(r)) = (&result, &mut self.recorder) {
                     r.rollback(&pipeline, &step);
                 }
@@ -668,7 +664,10 @@ impl Engine<'_> {
             .core
             .pipeline_mut(pipeline)
             .ok_or_else(|| format!("unknown pipeline {pipeline:?}"))?;
-        let steps: Vec<String> = p.operators().map(|op| op.spec().step.to_string()).collect();
+        let steps: Vec<String> = p
+            .plugin_steps()
+            .map(|op| op.spec().step.to_string())
+            .collect();
         p.step_mut(step).ok_or_else(|| {
             format!("unknown step {step:?}; the plugin steps of {pipeline} are {steps:?}")
         })

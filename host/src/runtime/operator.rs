@@ -665,6 +665,12 @@ impl Operator {
 
     /// Swaps back to the version that was running before the last swap.
     pub fn rollback(&mut self) -> Result<SwapReport, StartError> {
+        let prepared = self.prepare_rollback()?;
+        self.swap(prepared)
+    }
+
+    /// The version that was running before the last swap, prepared to be swapped in again.
+    pub fn prepare_rollback(&self) -> Result<Prepared, StartError> {
         let Some(previous) = self.previous.clone() else {
             return Err(StartError::Init {
                 step: self.spec.step.to_string(),
@@ -672,8 +678,7 @@ impl Operator {
                 reason: "there is no previous version to roll back to".into(),
             });
         };
-        let prepared = self.spec.prepare(previous.plugin, &previous.config)?;
-        self.swap(prepared)
+        self.spec.prepare(previous.plugin, &previous.config)
     }
 
     /// Runs a batch of events through a transformer.

@@ -39,6 +39,17 @@ pub trait CustomAggregate {
     /// The gateway clock (ms) of the calls that follow, for an aggregate whose behaviour
     /// depends on time (a plugin's quarantine). Nothing by default.
     fn set_clock(&mut self, _now_ms: i64) {}
+
+    /// The aggregate as `Any`, for its owner to reach its concrete type (the pipeline reaches
+    /// the plugin operator behind it, to swap it). None by default.
+    fn as_any(&self) -> Option<&dyn std::any::Any> {
+        None
+    }
+
+    /// See [`CustomAggregate::as_any`].
+    fn as_any_mut(&mut self) -> Option<&mut dyn std::any::Any> {
+        None
+    }
 }
 
 /// One value of an event, borrowed from its column.

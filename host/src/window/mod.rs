@@ -409,6 +409,56 @@ impl Windower {
         }
     }
 
+    /// The custom aggregate, if any.
+    pub fn custom_aggregate(&self) -> Option<&(dyn CustomAggregate + Send)> {
+        self.custom.as_ref().map(|c| &*c.aggregate)
+    }
+
+    /// See [`Windower::custom_aggregate`].
+    pub fn custom_aggregate_mut(&mut self) -> Option<&mut (dyn CustomAggregate + Send + 'static)> {
+        match &mut self.custom {
+            Some(c) => Some(&mut *c.aggregate),
+            None => None,
+        }
+    }
+
+    /// Replaces every custom accumulator held (open windows, and fired ones kept for late
+    /// events) with what `convert` makes of them, all at once: `convert` gets them all and
+    /// returns as many, in order. If it fails, nothing changes. Returns how many were converted.
+    /// Between two batches only (no custom work pending).
+    pub fn convert_accumulators(
+        &mut self,
+        convert: impl FnOnce(&[Vec<u8>]) -> Result<Vec<Vec<u8>>, String>,
+    ) -> Result<usize, String> {
+        let held: Vec<Vec<u8>> = self
+            .keys
+            .values()
+            .flat_map(|kw| &kw.slots)
+            .filter_map(|slot| match &slot.custom {
+                Some(Ok(acc)) => Some(acc.clone()),
+                _ => None,
+            })
+            .collect();
+        if held.is_empty() {
+            return Ok(0);
+        }
+        let converted = convert(&held)?;
+        if converted.len() != held.len() {
+            return Err(format!(
+                "{} accumulators converted for {}",
+                converted.len(),
+                held.len()
+            ));
+        }
+        let mut converted = converted.into_iter();
+        for slot in self.keys.values_mut().flat_map(|kw| &mut kw.slots) {
+            if let Some(Ok(acc)) = &mut slot.custom {
+                *acc = converted.next().expect("one per accumulator held");
+            }
+        }
+        Ok(held.len())
+    }
+
     /// The newest event time placed with [`GatewayClock::EventTime`], if any.
     pub fn event_clock(&self) -> Option<i64> {
         self.event_clock_ms

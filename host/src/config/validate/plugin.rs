@@ -70,9 +70,9 @@ impl Validator<'_> {
         if watch && world == World::Aggregator {
             self.error(
                 format!("{at}.watch"),
-                "an aggregator plugin cannot be swapped while weir runs (open windows hold the \
-                 running version's accumulators; only decoder and transform steps swap): \
-                 remove watch, and restart weir to change the aggregator",
+                "watch is for decoder and transform steps; swap an aggregator with `weir plugin \
+                 swap <pipeline> aggregate FILE` (the windows it holds go over to the new \
+                 version, see the README): remove watch",
             );
         }
         if !raw.plugin.trim().is_empty() {
