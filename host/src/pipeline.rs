@@ -303,6 +303,34 @@ impl Pipeline {
         Ok(report)
     }
 
+    /// Converts what the plugin step `step` holds, restored from a checkpoint and written in
+    /// layout `from`, into its version's layout: its keyed state, or for the aggregator the
+    /// accumulators of the windows held. An error if the version cannot read `from`.
+    pub fn convert_restored(&mut self, step: &str, from: &str) -> Result<usize, String> {
+        let op = self
+            .step_mut(step)
+            .ok_or_else(|| format!("unknown step {step:?}"))?;
+        if op.layout() == from {
+            return Ok(0);
+        }
+        if op.spec().world != World::Aggregator {
+            return op.convert_restored_state(from).map_err(|e| e.to_string());
+        }
+        let spec = op.spec().clone();
+        let mut prepared = spec
+            .prepare(op.plugin().clone(), op.config())
+            .map_err(|e| e.to_string())?;
+        let window = self
+            .window
+            .as_mut()
+            .expect("an aggregator step has a window");
+        window.convert_accumulators(|accs| {
+            prepared
+                .migrate_accumulators(&spec, from, accs)
+                .map_err(|e| e.to_string())
+        })
+    }
+
     /// Swaps the plugin step `step` back to the version that ran before its last swap, by the
     /// same rules as [`Pipeline::swap_step`].
     pub fn rollback_step(&mut self, step: &str) -> Result<SwapReport, String> {

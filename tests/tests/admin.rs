@@ -54,6 +54,36 @@ impl Control for Fake {
             "there is no previous version to roll back to".into(),
         ))
     }
+    fn shadow(
+        &self,
+        pipeline: &str,
+        step: &str,
+        path: &Path,
+        _: Option<&str>,
+    ) -> Result<Value, ChangeError> {
+        self.calls.lock().unwrap().push(format!(
+            "shadow {pipeline} {step} {}",
+            path.file_name().unwrap().to_string_lossy()
+        ));
+        Ok(json!({ "step": step, "candidate_sha256": "b", "shadow": true }))
+    }
+    fn shadows(&self) -> Result<Value, ChangeError> {
+        Ok(json!([]))
+    }
+    fn promote(&self, pipeline: &str, step: &str) -> Result<Value, ChangeError> {
+        self.calls
+            .lock()
+            .unwrap()
+            .push(format!("promote {pipeline} {step}"));
+        Ok(json!({ "step": step, "from_sha256": "a", "to_sha256": "b" }))
+    }
+    fn discard(&self, pipeline: &str, step: &str) -> Result<Value, ChangeError> {
+        self.calls
+            .lock()
+            .unwrap()
+            .push(format!("discard {pipeline} {step}"));
+        Ok(json!({ "step": step, "discarded": true }))
+    }
 }
 
 /// A stand-in served on a free loopback port (on a runtime of its own), with a plugin directory
@@ -330,6 +360,32 @@ fn changes_need_the_token_and_say_why_they_are_refused() {
     .unwrap();
     assert_eq!(r.status, 409);
     assert!(r.body.contains("no previous version"));
+    // A shadow, its promotion and its discarding are changes like a swap: the token, then the
+    // control.
+    let shadow = json!({ "pipeline": "farm", "step": "transform[0]", "path": s.plugin("x.wasm"), "shadow": true });
+    let step = json!({ "pipeline": "farm", "step": "transform[0]" });
+    for (path, body) in [
+        ("/plugins/swap", &shadow),
+        ("/plugins/promote", &step),
+        ("/plugins/discard", &step),
+    ] {
+        let r = client::post(addr, path, None, body).unwrap();
+        assert_eq!(r.status, 401, "{path}: {}", r.body);
+        let r = client::post(addr, path, Some("s3cret"), body).unwrap();
+        assert_eq!(r.status, 200, "{path}: {}", r.body);
+    }
+    let bad = json!({ "pipeline": "farm", "step": "transform[0]", "path": s.plugin("x.wasm"), "shadow": "yes" });
+    let r = client::post(addr, "/plugins/swap", Some("s3cret"), &bad).unwrap();
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert_eq!(
+        s.fake.calls.lock().unwrap()[2..],
+        [
+            "shadow farm transform[0] x.wasm",
+            "promote farm transform[0]",
+            "discard farm transform[0]"
+        ]
+    );
+    assert_eq!(client::get(addr, "/plugins/shadow").unwrap().status, 200);
     let r = client::post(
         addr,
         "/plugins/swap",

@@ -1415,3 +1415,267 @@ fn a_live_aggregator_swap_converts_the_open_windows_and_counts_every_event_once(
     );
     assert!(weir.terminate().success());
 }
+
+/// A candidate in the shadow of a live step: it sees every batch, on a copy of the state
+/// (converted to its layout), and emits nothing; `weir plugin shadow` compares the two; promoted,
+/// it goes live with the state it built, and counts carry on; a candidate that cannot read the
+/// live state is refused, and one that is discarded leaves nothing behind.
+#[test]
+fn a_live_shadow_runs_beside_the_live_version_and_is_promoted_with_its_state() {
+    weir_tests::plugins();
+    let sensors_broker = Mosquitto::start();
+    let cloud = Mosquitto::start();
+    let dir = TempDir::new("weir-live-shadow");
+    let text = format!(
+        "{}\n[[pipeline]]\nname = \"relay\"\ntopics = [\"sensors/#\"]\n\n[pipeline.decode]\n\
+         json = {{ key = \"sensor\", time = \"ts\", time_format = \"ms\" }}\n\n\
+         [[pipeline.transform]]\nplugin = {:?}\n\n[pipeline.output]\ntopic = \"relay/{{key}}\"\n",
+        live_sections(dir.path(), sensors_broker.port(), cloud.port(), ""),
+        weir_tests::plugin_path("key_stats_v1")
+    );
+    let config = dir.path().join("shadow.toml");
+    std::fs::write(&config, text).unwrap();
+    let upstream = Collector::subscribe(cloud.port(), "relay/#");
+    let mut weir = start_weir(&config);
+    let admin = weir.admin_address(START);
+    let cli = |args: &[&str]| {
+        let mut all = vec!["plugin"];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&["--admin", &admin]);
+        let mut p = WeirProcess::spawn(&all, &[]);
+        let status = p.wait(Duration::from_secs(120));
+        (status.success(), format!("{}{}", p.stdout(), p.stderr()))
+    };
+
+    let input: Vec<(String, Vec<u8>)> = (0..3_000)
+        .map(|i| {
+            let sensor = format!("s{}", i % 30);
+            let body = json!({"sensor": sensor, "ts": BASE_MS + i as i64, "seq": i / 30, "value": (i % 5) as f64});
+            (format!("sensors/{sensor}"), body.to_string().into_bytes())
+        })
+        .collect();
+    let (next_third, third) = std::sync::mpsc::channel::<()>();
+    let port = sensors_broker.port();
+    let feed = input.clone();
+    let publisher = std::thread::spawn(move || {
+        let mut p = Publisher::connect(port);
+        for (i, (t, m)) in feed.iter().enumerate() {
+            if i % 1_000 == 0 && i > 0 {
+                third.recv().unwrap();
+            }
+            p.publish(t, m.clone());
+            if i % 100 == 99 {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        p.wait_all_acked(Duration::from_secs(120));
+    });
+    let v2 = weir_tests::plugin_path("key_stats_v2");
+    let v2 = v2.to_str().unwrap();
+    upstream.wait_until(|m| distinct_ids(m) >= 1_000, Duration::from_secs(60));
+    let (ok, said) = cli(&["swap", "relay", "transform[0]", v2, "--shadow"]);
+    assert!(ok && said.contains("runs in the shadow"), "{said}");
+    let (ok, said) = cli(&["swap", "relay", "transform[0]", v2, "--shadow"]);
+    assert!(
+        !ok && said.contains("already runs in the shadow"),
+        "one at a time: {said}"
+    );
+    next_third.send(()).unwrap();
+    upstream.wait_until(|m| distinct_ids(m) >= 2_000, Duration::from_secs(60));
+    // The candidate saw what the live version saw; v2 adds a mean, so outputs differ.
+    let shadow_report = || -> Json {
+        weir::admin::client::get(&admin, "/plugins/shadow")
+            .unwrap()
+            .json()
+            .unwrap()
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut report = shadow_report();
+    while report[0]["differing_batches"].as_u64().unwrap_or(0) == 0 {
+        // The candidate runs on its own thread: its report follows the batches it finished.
+        assert!(
+            Instant::now() < deadline,
+            "the candidate never caught up: {report}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+        report = shadow_report();
+    }
+    let s = &report[0];
+    assert_eq!(s["step"], "relay/transform[0]", "{report}");
+    assert_eq!(s["candidate_layout"], "count+mean", "{report}");
+    assert_eq!(s["skipped_batches"], 0, "{report}");
+    assert!(s["live"]["events_in"].as_u64().unwrap() > 0, "{report}");
+    assert!(s["differing_batches"].as_u64().unwrap() > 0, "{report}");
+    assert!(!s["samples"].as_array().unwrap().is_empty(), "{report}");
+    let (ok, said) = cli(&["shadow"]);
+    assert!(
+        ok && said.contains("candidate") && said.contains("differ"),
+        "{said}"
+    );
+    // Promoted: v2 goes live with the state it built in the shadow.
+    let (ok, said) = cli(&["promote", "relay", "transform[0]"]);
+    assert!(ok, "{said}");
+    next_third.send(()).unwrap();
+    publisher.join().unwrap();
+    // A candidate that cannot read the live layout ("count+mean") is refused; one that can is
+    // discarded.
+    let v1 = weir_tests::plugin_path("key_stats_v1");
+    let (ok, said) = cli(&[
+        "swap",
+        "relay",
+        "transform[0]",
+        v1.to_str().unwrap(),
+        "--shadow",
+    ]);
+    assert!(!ok && said.contains("exports no migrate"), "{said}");
+    let (ok, said) = cli(&["swap", "relay", "transform[0]", v2, "--shadow"]);
+    assert!(ok, "{said}");
+    let (ok, said) = cli(&["discard", "relay", "transform[0]"]);
+    assert!(ok, "{said}");
+    let (ok, said) = cli(&["promote", "relay", "transform[0]"]);
+    assert!(
+        !ok && said.contains("no candidate runs in the shadow"),
+        "{said}"
+    );
+
+    let got = upstream.wait_until(|m| distinct_ids(m) >= input.len(), Duration::from_secs(120));
+    assert_all_in_order(&got, input.len());
+    // Nothing the shadow made went upstream: no mean before the promotion; counts carry on.
+    let mut counts: HashMap<String, i64> = HashMap::new();
+    let mut averaged: HashMap<String, bool> = HashMap::new();
+    let mut ids = BTreeSet::new();
+    for m in &got {
+        let r: Json = serde_json::from_slice(&m.payload).unwrap();
+        if !ids.insert(r["id"].as_str().unwrap().to_owned()) {
+            continue;
+        }
+        let key = r["key"].as_str().unwrap().to_owned();
+        let count = field(&r, "count").expect("counted");
+        let last = counts.insert(key.clone(), count).unwrap_or(0);
+        assert_eq!(count, last + 1, "key {key}: the count carries on");
+        let has_mean = !r["fields"]["mean"].is_null() || !r["mean"].is_null();
+        let before = averaged.insert(key.clone(), has_mean).unwrap_or(false);
+        assert!(has_mean || !before, "key {key}: promoted once and for all");
+        if has_mean && !before {
+            assert!(
+                count > 2 * 1_000 / 30,
+                "key {key}: v2 emitted only once promoted"
+            );
+        }
+    }
+    assert!(counts.values().all(|&c| c == 100), "{counts:?}");
+    assert!(averaged.values().all(|&a| a), "every key ends on v2");
+    assert!(weir.terminate().success());
+}
+
+/// A swap outlasts a crash: after SIGKILL, weir runs the version it swapped to again (kept in
+/// its data directory) while the config still names the one it was swapped from, with the saved
+/// state in that version's layout; counts carry on. A config changed to a version that cannot
+/// read the saved state is refused at start, with the reason.
+#[test]
+fn a_swap_outlasts_a_crash_and_a_version_that_cannot_read_the_saved_state_is_refused() {
+    weir_tests::plugins();
+    let sensors_broker = Mosquitto::start();
+    let cloud = Mosquitto::start();
+    let dir = TempDir::new("weir-live-durable-swap");
+    let config_for = |plugin: &str| {
+        format!(
+            "{}\n[[pipeline]]\nname = \"relay\"\ntopics = [\"sensors/#\"]\n\n[pipeline.decode]\n\
+             json = {{ key = \"sensor\", time = \"ts\", time_format = \"ms\" }}\n\n\
+             [[pipeline.transform]]\nplugin = {:?}\n\n[pipeline.output]\ntopic = \"relay/{{key}}\"\n",
+            live_sections(dir.path(), sensors_broker.port(), cloud.port(), ""),
+            weir_tests::plugin_path(plugin)
+        )
+    };
+    let config = dir.path().join("durable.toml");
+    std::fs::write(&config, config_for("key_stats_v1")).unwrap();
+    let upstream = Collector::subscribe(cloud.port(), "relay/#");
+    let input: Vec<(String, Vec<u8>)> = (0..1_500)
+        .map(|i| {
+            let sensor = format!("s{}", i % 30);
+            let body =
+                json!({"sensor": sensor, "ts": BASE_MS + i as i64, "seq": i / 30, "value": 1.0});
+            (format!("sensors/{sensor}"), body.to_string().into_bytes())
+        })
+        .collect();
+    let publish = |range: std::ops::Range<usize>| {
+        let mut p = Publisher::connect(sensors_broker.port());
+        for (t, m) in &input[range] {
+            p.publish(t, m.clone());
+        }
+        p.wait_all_acked(Duration::from_secs(60));
+    };
+
+    let mut weir = start_weir(&config);
+    let admin = weir.admin_address(START);
+    publish(0..500);
+    upstream.wait_until(|m| distinct_ids(m) >= 500, Duration::from_secs(60));
+    let v2 = weir_tests::plugin_path("key_stats_v2");
+    let mut swap = WeirProcess::spawn(
+        &[
+            "plugin",
+            "swap",
+            "relay",
+            "transform[0]",
+            v2.to_str().unwrap(),
+            "--admin",
+            &admin,
+        ],
+        &[],
+    );
+    assert!(
+        swap.wait(Duration::from_secs(120)).success(),
+        "{}",
+        swap.stderr()
+    );
+    publish(500..1_000);
+    upstream.wait_until(|m| distinct_ids(m) >= 1_000, Duration::from_secs(60));
+    weir.kill9();
+
+    // Same config: v2 runs again, with its state.
+    let mut weir = start_weir(&config);
+    assert!(
+        weir.stderr()
+            .contains("the version swapped in before the restart runs again"),
+        "{}",
+        weir.stderr()
+    );
+    publish(1_000..1_500);
+    let got = upstream.wait_until(|m| distinct_ids(m) >= 1_500, Duration::from_secs(60));
+    assert!(weir.terminate().success());
+    let mut counts: HashMap<String, i64> = HashMap::new();
+    let mut ids = BTreeSet::new();
+    for m in &got {
+        let r: Json = serde_json::from_slice(&m.payload).unwrap();
+        if !ids.insert(r["id"].as_str().unwrap().to_owned()) {
+            continue;
+        }
+        let key = r["key"].as_str().unwrap().to_owned();
+        let count = field(&r, "count").expect("counted");
+        let last = counts.insert(key.clone(), count).unwrap_or(0);
+        assert_eq!(
+            count,
+            last + 1,
+            "key {key}: the count carries on across the swap and the crash"
+        );
+        if r["seq"].as_i64().or(r["fields"]["seq"].as_i64()).unwrap() > 1_000 / 30 {
+            let mean = r["fields"]["mean"].as_f64().or(r["mean"].as_f64());
+            assert_eq!(mean, Some(1.0), "key {key}: v2 runs after the restart: {r}");
+        }
+    }
+    assert!(counts.values().all(|&c| c == 50), "{counts:?}");
+
+    // The config now names a version built for 0.1.0 that stores a bare count: it cannot read
+    // v2's state, and weir says so rather than start over silently.
+    std::fs::write(&config, config_for("contract_0_1")).unwrap();
+    let mut refused = WeirProcess::spawn(&["run", config.to_str().unwrap()], &[]);
+    let status = refused.wait(START);
+    let said = refused.stderr();
+    assert!(!status.success(), "{said}");
+    assert!(
+        said.contains("the saved state was written by version")
+            && said.contains("in layout \"count+mean\"")
+            && said.contains("Name a version that reads it"),
+        "{said}"
+    );
+}

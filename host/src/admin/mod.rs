@@ -114,4 +114,20 @@ pub trait Control: Send + Sync + 'static {
     ) -> Result<Value, ChangeError>;
     /// Swaps back to the version that ran before the last swap.
     fn rollback(&self, pipeline: &str, step: &str) -> Result<Value, ChangeError>;
+    /// Starts the file at `path` (checked as for [`Control::swap`]) as a candidate in the shadow
+    /// of a step: it runs beside the live version on the same batches, on a copy of its state,
+    /// and emits nothing.
+    fn shadow(
+        &self,
+        pipeline: &str,
+        step: &str,
+        path: &Path,
+        sha256: Option<&str>,
+    ) -> Result<Value, ChangeError>;
+    /// The shadows' reports: live vs candidate, per step with a candidate.
+    fn shadows(&self) -> Result<Value, ChangeError>;
+    /// Makes the candidate in a step's shadow live, with the state it built.
+    fn promote(&self, pipeline: &str, step: &str) -> Result<Value, ChangeError>;
+    /// Drops the candidate in a step's shadow.
+    fn discard(&self, pipeline: &str, step: &str) -> Result<Value, ChangeError>;
 }

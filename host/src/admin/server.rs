@@ -273,8 +273,12 @@ async fn route(request: Request<Incoming>, shared: &Arc<Shared>, conn: &Conn) ->
     let path = parts.uri.path().to_owned();
     if parts.method == Method::POST {
         match path.as_str() {
-            "/plugins/swap" => return change(parts, body, shared, conn, true).await,
-            "/plugins/rollback" => return change(parts, body, shared, conn, false).await,
+            "/plugins/swap" => return change(parts, body, shared, conn, Change::Swap).await,
+            "/plugins/rollback" => {
+                return change(parts, body, shared, conn, Change::Rollback).await;
+            }
+            "/plugins/promote" => return change(parts, body, shared, conn, Change::Promote).await,
+            "/plugins/discard" => return change(parts, body, shared, conn, Change::Discard).await,
             _ => {}
         }
     }
@@ -299,9 +303,15 @@ async fn route(request: Request<Incoming>, shared: &Arc<Shared>, conn: &Conn) ->
             Some(v) => json_answer(200, &v),
             None => error(500, "the plugins could not be listed; see weir's log"),
         },
+        (&Method::GET, "/plugins/shadow") => match blocking(move || control.shadows()).await {
+            Some(Ok(v)) => json_answer(200, &v),
+            Some(Err(e)) => error(503, e.to_string()),
+            None => error(500, "the shadows could not be listed; see weir's log"),
+        },
         (
             _,
-            "/health" | "/metrics" | "/status" | "/plugins" | "/plugins/swap" | "/plugins/rollback",
+            "/health" | "/metrics" | "/status" | "/plugins" | "/plugins/swap" | "/plugins/rollback"
+            | "/plugins/shadow" | "/plugins/promote" | "/plugins/discard",
         ) => error(405, format!("method not allowed: {} {path}", parts.method)),
         _ => error(404, format!("no such endpoint: {}", elide(&path, 100))),
     }
@@ -351,13 +361,23 @@ fn is_json(headers: &HeaderMap) -> bool {
         .is_some_and(|t| t.trim().eq_ignore_ascii_case(JSON))
 }
 
-/// A swap or rollback: everything in the head is checked before the body is read.
+/// What a change request asks for.
+#[derive(Clone, Copy, PartialEq)]
+enum Change {
+    /// A swap (or, with `"shadow": true`, a candidate in the shadow).
+    Swap,
+    Rollback,
+    Promote,
+    Discard,
+}
+
+/// A change: everything in the head is checked before the body is read.
 async fn change(
     parts: Parts,
     body: Incoming,
     shared: &Arc<Shared>,
     conn: &Conn,
-    swap: bool,
+    kind: Change,
 ) -> Answer {
     let announced = body.size_hint().exact();
     let refuse = |body: Incoming, status: u16, message: &str| {
@@ -439,7 +459,12 @@ async fn change(
         }
     }
     let control = shared.control.clone();
-    let result = if swap {
+    let result = if kind == Change::Swap {
+        let shadow = match &request["shadow"] {
+            Value::Null | Value::Bool(false) => false,
+            Value::Bool(true) => true,
+            _ => return error(400, "\"shadow\" must be true or false"),
+        };
         let Some(file) = field("path") else {
             return error(400, "\"path\" (the .wasm file, absolute) is required");
         };
@@ -469,9 +494,18 @@ async fn change(
             Some(Err(refused)) => return error(refused.status(), refused.to_string()),
             None => return error(500, "the path could not be checked; see weir's log"),
         };
-        blocking(move || control.swap(&pipeline, &step, &path, sha256.as_deref())).await
+        if shadow {
+            blocking(move || control.shadow(&pipeline, &step, &path, sha256.as_deref())).await
+        } else {
+            blocking(move || control.swap(&pipeline, &step, &path, sha256.as_deref())).await
+        }
     } else {
-        blocking(move || control.rollback(&pipeline, &step)).await
+        blocking(move || match kind {
+            Change::Promote => control.promote(&pipeline, &step),
+            Change::Discard => control.discard(&pipeline, &step),
+            _ => control.rollback(&pipeline, &step),
+        })
+        .await
     };
     match result {
         Some(Ok(report)) => json_answer(200, &report),

@@ -90,10 +90,20 @@ enum PluginCommand {
     /// Hot-swap the plugin of a running pipeline step: the new version is loaded, checked and
     /// initialised off the data path, then switched in between two batches with the step's keyed
     /// state; a version that fails to load, type-check or init is refused and the old one keeps
-    /// running. Lasts until weir restarts (the config names what runs then).
+    /// running. Outlasts restarts while the config names the same version of the step. With
+    /// `--shadow`,
+    /// the new version runs as a candidate beside the live one instead (see `weir plugin
+    /// shadow`).
     Swap(status::SwapArgs),
     /// Swap back to the version that ran before the last swap.
     Rollback(status::RollbackArgs),
+    /// What the candidates in the shadow of live steps do, beside the live versions: events in
+    /// and out, dead letters, time per batch, and samples of batches whose outputs differ.
+    Shadow(status::AdminArgs),
+    /// Make the candidate in a step's shadow the live version, with the state it built.
+    Promote(status::RollbackArgs),
+    /// Drop the candidate in a step's shadow.
+    Discard(status::RollbackArgs),
 }
 
 impl Cli {
@@ -137,5 +147,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Plugin(PluginCommand::List(args)) => status::list(args),
         Command::Plugin(PluginCommand::Swap(args)) => status::swap(args),
         Command::Plugin(PluginCommand::Rollback(args)) => status::rollback(args),
+        Command::Plugin(PluginCommand::Shadow(args)) => status::shadow(args),
+        Command::Plugin(PluginCommand::Promote(args)) => status::change_shadow(args, "promote"),
+        Command::Plugin(PluginCommand::Discard(args)) => status::change_shadow(args, "discard"),
     }
 }

@@ -284,6 +284,10 @@ pub(super) struct SwapArgs {
     /// Refuse the file unless its sha256 is this.
     #[arg(long)]
     sha256: Option<String>,
+    /// Run the new version beside the live one, on the same batches and a copy of the state,
+    /// emitting nothing, until `weir plugin promote` or `weir plugin discard`.
+    #[arg(long)]
+    shadow: bool,
     #[command(flatten)]
     admin: AdminArgs,
 }
@@ -347,13 +351,106 @@ pub(super) fn swap(args: SwapArgs) -> anyhow::Result<ExitCode> {
         eprintln!("error: --sha256 must be 64 hex digits");
         return Ok(ExitCode::from(2));
     }
-    let body = json!({ "pipeline": args.pipeline, "step": args.step, "path": path, "sha256": args.sha256 });
+    let body = json!({ "pipeline": args.pipeline, "step": args.step, "path": path, "sha256": args.sha256, "shadow": args.shadow });
+    if args.shadow {
+        let response = client::post(
+            &args.admin.admin,
+            "/plugins/swap",
+            args.admin.token()?.as_deref(),
+            &body,
+        )?;
+        if response.status != 200 {
+            return changed(response);
+        }
+        let v: Value = serde_json::from_str(&response.body).unwrap_or(Value::Null);
+        say!(
+            "{}: candidate {} runs in the shadow; see `weir plugin shadow`, then `weir plugin \
+             promote` or `weir plugin discard`",
+            v["step"].as_str().unwrap_or_default(),
+            short_sha(&v["candidate_sha256"])
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
     changed(client::post(
         &args.admin.admin,
         "/plugins/swap",
         args.admin.token()?.as_deref(),
         &body,
     )?)
+}
+
+/// `weir plugin shadow`: live vs candidate, per step with a candidate.
+pub(super) fn shadow(args: AdminArgs) -> anyhow::Result<ExitCode> {
+    let response = client::get(&args.admin, "/plugins/shadow")?;
+    if response.status != 200 {
+        eprintln!("error: {}", response.body.trim());
+        return Ok(ExitCode::FAILURE);
+    }
+    let shadows: Value = response.json()?;
+    let Some(shadows) = shadows.as_array().filter(|s| !s.is_empty()) else {
+        say!("no candidate runs in a shadow");
+        return Ok(ExitCode::SUCCESS);
+    };
+    for s in shadows {
+        say!(
+            "{}: live {} vs candidate {} (layout {})",
+            s["step"].as_str().unwrap_or_default(),
+            short_sha(&s["live_sha256"]),
+            short_sha(&s["candidate_sha256"]),
+            s["candidate_layout"]
+        );
+        say!(
+            "  {:<10} {:>8} {:>10} {:>11} {:>13} {:>15}",
+            "",
+            "batches",
+            "events in",
+            "events out",
+            "dead letters",
+            "µs per batch"
+        );
+        for side in ["live", "candidate"] {
+            let x = &s[side];
+            say!(
+                "  {:<10} {:>8} {:>10} {:>11} {:>13} {:>15.1}",
+                side,
+                x["batches"],
+                x["events_in"],
+                x["events_out"],
+                x["dead_letters"],
+                x["time_per_batch_us"].as_f64().unwrap_or(0.0)
+            );
+        }
+        say!(
+            "  batches whose outputs differ: {}; skipped by the candidate: {}",
+            s["differing_batches"],
+            s["skipped_batches"]
+        );
+        for sample in s["samples"].as_array().into_iter().flatten() {
+            say!(
+                "  differs at batch {}: live {} / candidate {}",
+                sample["batch"],
+                sample["live"],
+                sample["candidate"]
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `weir plugin promote` and `weir plugin discard`.
+pub(super) fn change_shadow(args: RollbackArgs, what: &str) -> anyhow::Result<ExitCode> {
+    let body = json!({ "pipeline": args.pipeline, "step": args.step });
+    let response = client::post(
+        &args.admin.admin,
+        &format!("/plugins/{what}"),
+        args.admin.token()?.as_deref(),
+        &body,
+    )?;
+    if what == "discard" && response.status == 200 {
+        say!("{}: the shadow's candidate is discarded", args.step);
+        return Ok(ExitCode::SUCCESS);
+    }
+    changed(response)
 }
 
 pub(super) fn rollback(args: RollbackArgs) -> anyhow::Result<ExitCode> {

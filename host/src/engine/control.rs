@@ -73,6 +73,27 @@ pub(super) enum Command {
         step: String,
         reply: Reply<Result<SwapReport, String>>,
     },
+    /// Start a prepared version in the shadow of a step.
+    Shadow {
+        pipeline: String,
+        step: String,
+        prepared: Box<Prepared>,
+        reply: Reply<Result<(), String>>,
+    },
+    /// Make the candidate in a step's shadow live.
+    Promote {
+        pipeline: String,
+        step: String,
+        reply: Reply<Result<SwapReport, String>>,
+    },
+    /// Drop the candidate in a step's shadow.
+    Discard {
+        pipeline: String,
+        step: String,
+        reply: Reply<Result<(), String>>,
+    },
+    /// The shadows' reports.
+    Shadows(Reply<Value>),
 }
 
 /// The way back to whoever sent a command, who may give up waiting: the engine [`claim`]s a
@@ -114,6 +135,8 @@ pub struct EngineControl {
     /// it stopped processing to when it resumed (the checkpoint before the switch included).
     swaps: AtomicU64,
     swap_pause_micros: AtomicU64,
+    /// The candidate version in each step's shadow, for the board when it is promoted.
+    shadow_versions: Mutex<std::collections::HashMap<String, Version>>,
 }
 
 impl std::fmt::Debug for EngineControl {
@@ -145,6 +168,64 @@ fn engine_refusal(reason: String) -> ChangeError {
 }
 
 impl EngineControl {
+    /// Reads `path` (a regular file, capped), checks the pin of the request, then loads and
+    /// prepares the new version for the step, off the engine thread, with the step's state
+    /// converted when the new version stores another layout.
+    fn prepare_change(
+        &self,
+        pipeline: &str,
+        step: &str,
+        path: &Path,
+        sha256: Option<&str>,
+    ) -> Result<(String, Version, Prepared), ChangeError> {
+        let step = full_step(pipeline, step);
+        let (spec, config, layout) = self
+            .ask(CHANGE_TAKEN_WITHIN, |reply| Command::Spec {
+                pipeline: pipeline.to_owned(),
+                step: step.clone(),
+                reply,
+            })?
+            .map_err(engine_refusal)?;
+        let refused = |e: &dyn std::fmt::Display| ChangeError::Refused(e.to_string());
+        let bytes = crate::fsutil::read_capped(path, "plugin", crate::fsutil::caps::PLUGIN)
+            .map_err(|e| refused(&e))?;
+        let actual = crate::runtime::sha256_hex(&bytes);
+        if let Some(pinned) = sha256
+            && !pinned.eq_ignore_ascii_case(&actual)
+        {
+            return Err(ChangeError::Refused(format!(
+                "plugin {} has sha256 {actual}, but the swap request pins {}; check which file \
+                 you meant to swap to",
+                path.display(),
+                crate::fsutil::elide(pinned, 64)
+            )));
+        }
+        let plugin = self
+            .runtime
+            .load_bytes(path, &bytes, None)
+            .map_err(|e| refused(&e))?;
+        if let Some(store) = &self.store {
+            // A copy in the data directory: the swap outlasts a restart.
+            let dir = store.swapped_plugins_dir();
+            super::core::keep_swapped(&dir, &actual, &bytes).map_err(|e| {
+                ChangeError::Refused(format!(
+                    "cannot keep a copy of the new version in {} (for it to run again after a \
+                     restart): {}",
+                    dir.display(),
+                    crate::fsutil::describe_io(&e)
+                ))
+            })?;
+        }
+        drop(bytes);
+        let version = Version::of(&plugin);
+        let mut prepared = spec.prepare(plugin, &config).map_err(|e| refused(&e))?;
+        // An aggregator's accumulators are converted at the switch (see Pipeline::swap_step).
+        if prepared.layout() != layout && spec.world != crate::runtime::World::Aggregator {
+            self.migrate_off_path(pipeline, &step, &spec, &layout, &mut prepared)?;
+        }
+        Ok((step, version, prepared))
+    }
+
     /// Converts a copy of the step's keyed state (written in `layout`) for the prepared version,
     /// on this thread; the switch converts only what changed meanwhile.
     fn migrate_off_path(
@@ -190,6 +271,7 @@ impl EngineControl {
             steps,
             swaps: AtomicU64::new(0),
             swap_pause_micros: AtomicU64::new(0),
+            shadow_versions: Mutex::default(),
         }
     }
 
@@ -459,39 +541,7 @@ impl crate::admin::Control for EngineControl {
         path: &Path,
         sha256: Option<&str>,
     ) -> Result<Value, ChangeError> {
-        let step = full_step(pipeline, step);
-        let (spec, config, layout) = self
-            .ask(CHANGE_TAKEN_WITHIN, |reply| Command::Spec {
-                pipeline: pipeline.to_owned(),
-                step: step.clone(),
-                reply,
-            })?
-            .map_err(engine_refusal)?;
-        let refused = |e: &dyn std::fmt::Display| ChangeError::Refused(e.to_string());
-        let bytes = crate::fsutil::read_capped(path, "plugin", crate::fsutil::caps::PLUGIN)
-            .map_err(|e| refused(&e))?;
-        let actual = crate::runtime::sha256_hex(&bytes);
-        if let Some(pinned) = sha256
-            && !pinned.eq_ignore_ascii_case(&actual)
-        {
-            return Err(ChangeError::Refused(format!(
-                "plugin {} has sha256 {actual}, but the swap request pins {}; check which file \
-                 you meant to swap to",
-                path.display(),
-                crate::fsutil::elide(pinned, 64)
-            )));
-        }
-        let plugin = self
-            .runtime
-            .load_bytes(path, &bytes, None)
-            .map_err(|e| refused(&e))?;
-        drop(bytes);
-        let version = Version::of(&plugin);
-        let mut prepared = spec.prepare(plugin, &config).map_err(|e| refused(&e))?;
-        // An aggregator's accumulators are converted at the switch (see Pipeline::swap_step).
-        if prepared.layout() != layout && spec.world != crate::runtime::World::Aggregator {
-            self.migrate_off_path(pipeline, &step, &spec, &layout, &mut prepared)?;
-        }
+        let (step, version, prepared) = self.prepare_change(pipeline, step, path, sha256)?;
         let report = self
             .ask(CHANGE_TAKEN_WITHIN, |reply| Command::Swap {
                 pipeline: pipeline.to_owned(),
@@ -504,6 +554,69 @@ impl crate::admin::Control for EngineControl {
         self.steps.swapped(&step, version);
         self.count_swap(&report);
         Ok(report_json(&step, &report))
+    }
+
+    fn shadow(
+        &self,
+        pipeline: &str,
+        step: &str,
+        path: &Path,
+        sha256: Option<&str>,
+    ) -> Result<Value, ChangeError> {
+        let (step, version, prepared) = self.prepare_change(pipeline, step, path, sha256)?;
+        self.ask(CHANGE_TAKEN_WITHIN, |reply| Command::Shadow {
+            pipeline: pipeline.to_owned(),
+            step: step.clone(),
+            prepared: Box::new(prepared),
+            reply,
+        })?
+        .map_err(engine_refusal)?;
+        let sha256 = version.sha256.clone();
+        self.shadow_versions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(step.clone(), version);
+        Ok(json!({ "step": step, "candidate_sha256": sha256, "shadow": true }))
+    }
+
+    fn shadows(&self) -> Result<Value, ChangeError> {
+        Ok(self.ask(ENGINE_ANSWER_WITHIN, Command::Shadows)?)
+    }
+
+    fn promote(&self, pipeline: &str, step: &str) -> Result<Value, ChangeError> {
+        let step = full_step(pipeline, step);
+        let report = self
+            .ask(CHANGE_TAKEN_WITHIN, |reply| Command::Promote {
+                pipeline: pipeline.to_owned(),
+                step: step.clone(),
+                reply,
+            })?
+            .map_err(engine_refusal)?;
+        let version = self
+            .shadow_versions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&step);
+        if let Some(version) = version {
+            self.steps.swapped(&step, version);
+        }
+        self.count_swap(&report);
+        Ok(report_json(&step, &report))
+    }
+
+    fn discard(&self, pipeline: &str, step: &str) -> Result<Value, ChangeError> {
+        let step = full_step(pipeline, step);
+        self.ask(CHANGE_TAKEN_WITHIN, |reply| Command::Discard {
+            pipeline: pipeline.to_owned(),
+            step: step.clone(),
+            reply,
+        })?
+        .map_err(engine_refusal)?;
+        self.shadow_versions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&step);
+        Ok(json!({ "step": step, "discarded": true }))
     }
 
     fn rollback(&self, pipeline: &str, step: &str) -> Result<Value, ChangeError> {

@@ -15,13 +15,35 @@ use crate::pipeline::{GatewayClock, Output, Pipeline, PipelineState, Record};
 use crate::runtime::bindings::Message;
 use crate::runtime::{Operator, Runtime};
 
-/// The checkpoint's layout version.
-const CHECKPOINT_VERSION: u32 = 1;
+/// The checkpoint's layout version: 2 adds [`StepVersion`]s; weir reads 1 too.
+const CHECKPOINT_VERSION: u32 = 2;
 
 /// What a checkpoint stores besides the outbox records and the seen-sets: the state of every
-/// effectively-once pipeline, by name.
+/// effectively-once pipeline, by name, and the plugin version each of their steps ran.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Checkpoint {
+    version: u32,
+    pipelines: Vec<(String, PipelineState)>,
+    steps: Vec<StepVersion>,
+}
+
+/// The plugin version a step ran when a checkpoint was taken: its state is that version's.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StepVersion {
+    pub pipeline: String,
+    /// `pipeline/step`.
+    pub step: String,
+    /// The version running, and the layout of what it stores.
+    pub sha256: String,
+    pub layout: String,
+    /// The version the config named then: while the config still names it, a version swapped
+    /// in since stays after a restart.
+    pub config_sha256: String,
+}
+
+/// Layout version 1: no step versions.
+#[derive(Deserialize)]
+struct CheckpointV1 {
     version: u32,
     pipelines: Vec<(String, PipelineState)>,
 }
@@ -32,15 +54,27 @@ impl Checkpoint {
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Checkpoint, String> {
-        let c: Checkpoint = postcard::from_bytes(bytes)
-            .map_err(|e| format!("the checkpoint is unreadable: {e}"))?;
-        if c.version != CHECKPOINT_VERSION {
-            return Err(format!(
-                "the checkpoint has layout version {}, this weir reads {CHECKPOINT_VERSION}",
-                c.version
-            ));
+        let unreadable = |e: postcard::Error| format!("the checkpoint is unreadable: {e}");
+        let (version, _) = postcard::take_from_bytes::<u32>(bytes).map_err(unreadable)?;
+        match version {
+            CHECKPOINT_VERSION => postcard::from_bytes(bytes).map_err(unreadable),
+            1 => {
+                let c: CheckpointV1 = postcard::from_bytes(bytes).map_err(unreadable)?;
+                Ok(Checkpoint {
+                    version: c.version,
+                    pipelines: c.pipelines,
+                    steps: Vec::new(),
+                })
+            }
+            v => Err(format!(
+                "the checkpoint has layout version {v}, this weir reads {CHECKPOINT_VERSION} and 1"
+            )),
         }
-        Ok(c)
+    }
+
+    /// The plugin versions the steps ran.
+    pub fn steps(&self) -> &[StepVersion] {
+        &self.steps
     }
 }
 
@@ -362,6 +396,19 @@ impl Core {
         p.swap_step(&full, prepared)
     }
 
+    /// sha256 of every version a plugin step runs or would roll back to.
+    pub fn versions_in_use(&self) -> std::collections::HashSet<String> {
+        self.lanes
+            .iter()
+            .flat_map(|l| l.pipeline.plugin_steps())
+            .flat_map(|op| {
+                std::iter::once(op.plugin().sha256.clone())
+                    .chain(op.previous_plugin().map(|p| p.sha256.clone()))
+                    .chain(op.shadow_sha256().map(str::to_owned))
+            })
+            .collect()
+    }
+
     /// Swaps the plugin step `step` of `pipeline` back to its previous version.
     pub fn rollback(
         &mut self,
@@ -378,15 +425,26 @@ impl Core {
     pub fn checkpoint(&mut self) -> (Checkpoint, Vec<(String, SeenChanges)>) {
         let mut pipelines = Vec::new();
         let mut seen = Vec::new();
+        let mut steps = Vec::new();
         for lane in self.lanes.iter_mut().filter(|l| l.durable) {
             let name = lane.pipeline.name().to_owned();
             pipelines.push((name.clone(), lane.pipeline.snapshot()));
-            seen.push((name, lane.seen.take_changes()));
+            seen.push((name.clone(), lane.seen.take_changes()));
+            for op in lane.pipeline.plugin_steps() {
+                steps.push(StepVersion {
+                    pipeline: name.clone(),
+                    step: op.spec().step.to_string(),
+                    sha256: op.plugin().sha256.clone(),
+                    layout: op.layout().to_owned(),
+                    config_sha256: op.started_sha256().to_owned(),
+                });
+            }
         }
         (
             Checkpoint {
                 version: CHECKPOINT_VERSION,
                 pipelines,
+                steps,
             },
             seen,
         )
@@ -394,23 +452,56 @@ impl Core {
 
     /// Continues from a checkpoint and the seen-sets saved with it. A pipeline the checkpoint
     /// does not know starts empty; state saved for a pipeline no longer configured is ignored.
+    /// A step that ran a version swapped in (kept in `swapped`, see [`resume_swapped`]) runs it
+    /// again while the config names the version it was swapped from; a version with another
+    /// state layout than the saved state converts it, or the restore fails with the reason.
     pub fn restore(
         &mut self,
         checkpoint: Checkpoint,
+        swapped: Option<&std::path::Path>,
         mut seen: impl FnMut(&str) -> anyhow::Result<Vec<(i64, Fingerprint)>>,
     ) -> anyhow::Result<()> {
         let mut saved: std::collections::HashMap<String, PipelineState> =
             checkpoint.pipelines.into_iter().collect();
         for lane in self.lanes.iter_mut().filter(|l| l.durable) {
             let name = lane.pipeline.name().to_owned();
+            let versions: Vec<&StepVersion> = checkpoint
+                .steps
+                .iter()
+                .filter(|v| v.pipeline == name)
+                .collect();
             match saved.remove(&name) {
-                Some(state) => lane.pipeline.restore(state).map_err(|e| {
-                    anyhow::anyhow!(
-                        "pipeline {name}: {e}. The saved state does not fit the config; undo the \
-                         change, or give the pipeline a new name to start it over (its open \
-                         windows are then lost)"
-                    )
-                })?,
+                Some(state) => {
+                    for v in &versions {
+                        resume_swapped(&mut lane.pipeline, v, swapped)?;
+                    }
+                    lane.pipeline.restore(state).map_err(|e| {
+                        anyhow::anyhow!(
+                            "pipeline {name}: {e}. The saved state does not fit the config; undo \
+                             the change, or give the pipeline a new name to start it over (its \
+                             open windows are then lost)"
+                        )
+                    })?;
+                    for v in &versions {
+                        let converted = lane
+                            .pipeline
+                            .convert_restored(&v.step, &v.layout)
+                            .map_err(|e| {
+                                anyhow::anyhow!(
+                                    "{}: the saved state was written by version {} in layout \
+                                     {:?}, and the version the config names cannot take it over: \
+                                     {e}. Name a version that reads it (such as the one that \
+                                     wrote it), or give the pipeline a new name to start it over",
+                                    v.step,
+                                    short(&v.sha256),
+                                    v.layout
+                                )
+                            })?;
+                        if converted > 0 {
+                            tracing::info!(step = %v.step, from = %v.layout, converted, "saved state converted to the running version's layout");
+                        }
+                    }
+                }
                 None => {
                     tracing::info!(pipeline = %name, "no saved state: the pipeline starts empty")
                 }
@@ -503,4 +594,96 @@ fn unknown_topic_record(topic: &str, m: &Logged) -> Record {
             "input": input,
         }),
     )
+}
+
+/// Where the versions swapped in are kept (`<data_dir>/swapped-plugins`), by sha256.
+pub fn swapped_plugin(dir: &std::path::Path, sha256: &str) -> std::path::PathBuf {
+    dir.join(format!("{sha256}.wasm"))
+}
+
+/// Keeps a copy of a version about to be swapped in (its component, `bytes`, of sha256
+/// `sha256`) in `dir`, durably, so that the swap outlasts a restart.
+pub fn keep_swapped(dir: &std::path::Path, sha256: &str, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    let path = swapped_plugin(dir, sha256);
+    if path.exists() {
+        return Ok(());
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    let tmp = dir.join(format!(".{sha256}.{}.tmp", std::process::id()));
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    drop(file);
+    std::fs::rename(&tmp, &path)?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// Removes the versions kept in `dir` that no step runs or would roll back to.
+pub fn prune_swapped(dir: &std::path::Path, keep: &std::collections::HashSet<String>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(sha) = name.strip_suffix(".wasm") else {
+            continue;
+        };
+        if !keep.contains(sha) {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
+/// Swaps `pipeline`'s step back to the version it ran at the checkpoint `v`, if that was a
+/// version swapped in (not the config's) and the config still names the version it was swapped
+/// from: a swap outlasts restarts until the config changes the step. The file is taken from
+/// `swapped`, checked against its sha256; if it is gone, the config's version runs (and converts
+/// the saved state, if it can).
+fn resume_swapped(
+    pipeline: &mut Pipeline,
+    v: &StepVersion,
+    swapped: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
+    let Some(op) = pipeline.step_mut(&v.step) else {
+        return Ok(());
+    };
+    if op.plugin().sha256 == v.sha256 {
+        return Ok(());
+    }
+    if op.started_sha256() != v.config_sha256 {
+        tracing::info!(step = %v.step, was = %short(&v.sha256), "the config names another version of the step than it did at the last checkpoint: the config's runs");
+        return Ok(());
+    }
+    let Some(dir) = swapped else { return Ok(()) };
+    let path = swapped_plugin(dir, &v.sha256);
+    if !path.exists() {
+        tracing::warn!(step = %v.step, path = %path.display(), "the version swapped in before the restart is gone: the config's version runs");
+        return Ok(());
+    }
+    let spec = op.spec().clone();
+    let plugin = spec.runtime.load(&path, Some(&v.sha256)).map_err(|e| {
+        anyhow::anyhow!("{}: the version swapped in before the restart: {e}", v.step)
+    })?;
+    let prepared = spec.prepare(plugin, op.config()).map_err(|e| {
+        anyhow::anyhow!("{}: the version swapped in before the restart: {e}", v.step)
+    })?;
+    pipeline.swap_step(&v.step, prepared).map_err(|e| {
+        anyhow::anyhow!("{}: the version swapped in before the restart: {e}", v.step)
+    })?;
+    tracing::info!(step = %v.step, sha256 = %short(&v.sha256), "the version swapped in before the restart runs again");
+    Ok(())
+}
+
+fn short(sha256: &str) -> &str {
+    &sha256[..sha256.len().min(12)]
 }

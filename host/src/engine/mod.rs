@@ -414,7 +414,9 @@ impl Engine<'_> {
                 )
             })?;
             self.core
-                .restore(checkpoint, |name| Ok(store.load_seen(name)?))?;
+                .restore(checkpoint, Some(&store.swapped_plugins_dir()), |name| {
+                    Ok(store.load_seen(name)?)
+                })?;
             after = through;
         }
         let mut replayed = 0u64;
@@ -609,9 +611,9 @@ impl Engine<'_> {
                 }
                 // The pause as the data path sees it: from here to the reply (commit included).
                 let started = instant();
-                // A commit with a checkpoint first, whatever the commit interval: the input log
-                // after it is then replayed, after a crash, by the version the config names (a
-                // swap lasts until a restart).
+                // A commit with a checkpoint first, whatever the commit interval, and another
+                // after the switch (`after_change`): a crash in between replays the input log
+                // with the version before the swap; after, with the version swapped in.
                 if !self.commit(true) {
                     reply.send(Err(
                         "cannot commit a checkpoint before the swap (see weir's log)".to_owned(),
@@ -623,10 +625,15 @@ impl Engine<'_> {
                     r.swap(&pipeline, &step, &path);
                 }
                 if let Ok(report) = &mut result {
+                    self.after_change();
                     report.pause = started.elapsed();
                 }
                 reply.send(result);
             }
+            c @ (Command::Shadow { .. }
+            | Command::Promote { .. }
+            | Command::Discard { .. }
+            | Command::Shadows(_)) => self.shadow_command(c),
             Command::Rollback {
                 pipeline,
                 step,
@@ -648,10 +655,117 @@ impl Engine<'_> {
                     r.rollback(&pipeline, &step);
                 }
                 if let Ok(report) = &mut result {
+                    self.after_change();
                     report.pause = started.elapsed();
                 }
                 reply.send(result);
             }
+        }
+    }
+
+    /// After a swap, rollback or promotion: a checkpoint at once, so that a restart runs the
+    /// version now running with its state (see [`core::Core::restore`]), and the versions kept
+    /// for restarts that no step runs or would roll back to are removed.
+    fn after_change(&mut self) {
+        // The state changed hands (and maybe layout): a checkpoint is owed.
+        self.dirty = true;
+        if !self.commit(true) {
+            tracing::warn!(
+                "the checkpoint after the change failed (see above): until one succeeds, a \
+                 restart runs the version before the change"
+            );
+        }
+        if let Some(store) = &self.store {
+            core::prune_swapped(&store.swapped_plugins_dir(), &self.core.versions_in_use());
+        }
+    }
+
+    /// The shadow commands, between two batches.
+    fn shadow_command(&mut self, command: control::Command) {
+        use control::Command;
+        match command {
+            Command::Shadow {
+                pipeline,
+                step,
+                prepared,
+                reply,
+            } => {
+                if !reply.claim() {
+                    return;
+                }
+                let now = now_ms();
+                let result = self
+                    .operator(&pipeline, &step)
+                    .and_then(|op| op.start_shadow(*prepared, now).map_err(|e| e.to_string()));
+                reply.send(result);
+            }
+            Command::Promote {
+                pipeline,
+                step,
+                reply,
+            } => {
+                if !reply.claim() {
+                    return;
+                }
+                let started = instant();
+                // As for a swap: a checkpoint first, so that a crash replays the input after it
+                // with the version the config names.
+                if !self.commit(true) {
+                    reply.send(Err(
+                        "cannot commit a checkpoint before the promotion (see weir's log)"
+                            .to_owned(),
+                    ));
+                    return;
+                }
+                let mut result = self
+                    .operator(&pipeline, &step)
+                    .and_then(|op| op.promote_shadow());
+                if result.is_ok() && self.recorder.is_some() {
+                    let path = self
+                        .operator(&pipeline, &step)
+                        .map(|op| op.plugin().path.clone());
+                    if let (Ok(path), Some(r)) = (path, &mut self.recorder) {
+                        r.swap(&pipeline, &step, &path);
+                    }
+                }
+                if let Ok(report) = &mut result {
+                    self.after_change();
+                    report.pause = started.elapsed();
+                }
+                reply.send(result);
+            }
+            Command::Discard {
+                pipeline,
+                step,
+                reply,
+            } => {
+                if !reply.claim() {
+                    return;
+                }
+                let result = self.operator(&pipeline, &step).and_then(|op| {
+                    if op.discard_shadow() {
+                        Ok(())
+                    } else {
+                        Err(format!("no candidate runs in the shadow of {step}"))
+                    }
+                });
+                reply.send(result);
+            }
+            Command::Shadows(reply) => {
+                let shadows: Vec<serde_json::Value> = self
+                    .core
+                    .pipelines()
+                    .flat_map(|(p, _, _)| p.plugin_steps())
+                    .filter_map(|op| {
+                        let mut report = op.shadow_report()?;
+                        report["step"] = op.spec().step.to_string().into();
+                        report["live_sha256"] = op.plugin().sha256.clone().into();
+                        Some(report)
+                    })
+                    .collect();
+                reply.send(serde_json::Value::Array(shadows));
+            }
+            _ => unreachable!("only shadow commands come here"),
         }
     }
 

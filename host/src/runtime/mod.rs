@@ -22,6 +22,7 @@ mod limits;
 pub mod metrics;
 mod operator;
 mod plugin;
+mod shadow;
 mod state;
 mod stdio;
 mod worker;

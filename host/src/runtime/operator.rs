@@ -25,6 +25,7 @@ use super::instance::{Bound, InitFailure, Instance, guest_error_text};
 use super::limits::{Limits, Permissions};
 use super::metrics::{OperatorMetrics, add};
 use super::plugin::{LoadError, Plugin, World};
+use super::shadow::Shadow;
 use super::state::KeyedState;
 
 /// Why a call failed as a whole.
@@ -502,6 +503,10 @@ pub struct Operator {
     /// follow the input's time and replay the same; `None` (a plugin run on its own, as by
     /// `weir plugin run`): the wall clock.
     clock_ms: Option<i64>,
+    /// A candidate version run beside this one on the same batches, if any.
+    shadow: Option<Shadow>,
+    /// sha256 of the version the operator started with (the one its config names).
+    started_sha256: String,
 }
 
 impl fmt::Debug for Operator {
@@ -521,6 +526,7 @@ impl Operator {
         plugin: Arc<Plugin>,
         config: &str,
     ) -> Result<Self, StartError> {
+        let started_sha256 = plugin.sha256.clone();
         let prepared = spec.prepare(plugin, config)?;
         Ok(Operator {
             spec,
@@ -531,6 +537,8 @@ impl Operator {
             health: Health::default(),
             metrics: Arc::default(),
             clock_ms: None,
+            shadow: None,
+            started_sha256,
         })
     }
 
@@ -587,10 +595,183 @@ impl Operator {
         &self.current.layout
     }
 
+    /// sha256 of the version the operator started with: the one its config names.
+    pub fn started_sha256(&self) -> &str {
+        &self.started_sha256
+    }
+
+    /// Converts the keyed state restored from a checkpoint, written in `from` (a layout), into
+    /// the running version's layout, with its `migrate`; an error if it cannot.
+    pub fn convert_restored_state(&mut self, from: &str) -> Result<usize, StartError> {
+        if from == self.current.layout || self.spec.world == World::Aggregator {
+            return Ok(0);
+        }
+        let mut prepared = self
+            .spec
+            .prepare(self.current.plugin.clone(), &self.current.config)?;
+        let n = prepared.migrate_copy(&self.spec, from, &self.state)?;
+        self.state = prepared.migrated.take().expect("set by migrate_copy").state;
+        Ok(n)
+    }
+
     /// A copy of the keyed state, to migrate off the data path for a swap; from now until the
     /// swap, the keys that change are noted, to be migrated again at the switch.
     pub fn state_for_migration(&mut self) -> KeyedState {
         self.state.copy_and_track_changes()
+    }
+
+    /// The keyed state in the prepared version's layout, if it differs from the running one's
+    /// (`None`: the state carries over as it is), and the time spent converting it off the data
+    /// path: what [`Prepared::migrate_copy`] converted, plus the keys that changed since, here.
+    /// Changes nothing but the note of changed keys.
+    fn converted_state(
+        &mut self,
+        prepared: &mut Prepared,
+    ) -> Result<Option<(KeyedState, Duration)>, StartError> {
+        let changed = self.state.changed_since_copy();
+        let from_layout = self.current.layout.clone();
+        if prepared.version.layout == from_layout || self.spec.world == World::Aggregator {
+            return Ok(None);
+        }
+        if self.state.keys() == 0 {
+            // Nothing to convert (a version swapped in again at a restart, before the state is
+            // restored, or a step that stored nothing yet).
+            return Ok(Some((KeyedState::default(), Duration::ZERO)));
+        }
+        let converted = match (prepared.migrated.take(), changed) {
+            (Some(m), Some(changed)) if m.from == from_layout => {
+                let keys: Vec<&str> = changed.iter().map(String::as_str).collect();
+                let delta = prepared.migrate_keys(&self.spec, &from_layout, &self.state, &keys)?;
+                let mut state = m.state;
+                for (key, entries) in delta {
+                    state.replace_key(&key, entries);
+                }
+                (state, m.time)
+            }
+            _ => {
+                let copy = self.state.copy_and_track_changes();
+                self.state.stop_tracking();
+                prepared.migrate_copy(&self.spec, &from_layout, &copy)?;
+                let m = prepared.migrated.take().expect("set by migrate_copy");
+                (m.state, Duration::ZERO)
+            }
+        };
+        Ok(Some(converted))
+    }
+
+    /// Starts `prepared` as a candidate beside this version: it gets every batch this version
+    /// processes, on its own thread, with a copy of the keyed state (converted when its layout
+    /// differs), and emits nothing. See [`super::shadow`].
+    pub fn start_shadow(&mut self, mut prepared: Prepared, now_ms: i64) -> Result<(), StartError> {
+        let step = self.spec.step.to_string();
+        let path = prepared.version.plugin.path.display().to_string();
+        let refuse = |reason: String| StartError::Init {
+            step: step.clone(),
+            path: path.clone(),
+            reason,
+        };
+        if self.spec.world == World::Aggregator {
+            return Err(refuse(
+                "a shadow runs beside a decoder or transform step; swap an aggregator directly"
+                    .into(),
+            ));
+        }
+        if self.shadow.is_some() {
+            return Err(refuse(
+                "a candidate already runs in the shadow of this step: promote or discard it first"
+                    .into(),
+            ));
+        }
+        let state = match self.converted_state(&mut prepared)? {
+            Some((converted, _)) => converted,
+            None => KeyedState::from_entries(
+                self.state
+                    .iter()
+                    .map(|(k, n, v)| (k.to_owned(), n.to_owned(), v.to_vec())),
+            ),
+        };
+        let candidate = Operator {
+            spec: self.spec.clone(),
+            current: prepared.version,
+            previous: None,
+            instance: Some(prepared.instance),
+            state,
+            health: Health::default(),
+            metrics: Arc::default(),
+            clock_ms: self.clock_ms,
+            shadow: None,
+            started_sha256: String::new(),
+        };
+        let shadow = Shadow::start(candidate, now_ms)
+            .map_err(|e| refuse(format!("cannot start the shadow's thread: {e}")))?;
+        tracing::info!(step = %self.spec.step, "candidate started in the shadow");
+        self.shadow = Some(shadow);
+        Ok(())
+    }
+
+    /// sha256 of the candidate running in the shadow, if any.
+    pub fn shadow_sha256(&self) -> Option<&str> {
+        self.shadow.as_ref().map(Shadow::sha256)
+    }
+
+    /// The shadow's report, if a candidate runs in the shadow.
+    pub fn shadow_report(&self) -> Option<serde_json::Value> {
+        self.shadow.as_ref().map(Shadow::json)
+    }
+
+    /// Drops the candidate running in the shadow; false if there was none.
+    pub fn discard_shadow(&mut self) -> bool {
+        let had = self.shadow.take().is_some();
+        if had {
+            tracing::info!(step = %self.spec.step, "shadow candidate discarded");
+        }
+        had
+    }
+
+    /// Makes the candidate running in the shadow the live version, with the state it built;
+    /// the version it replaces is kept for [`Operator::rollback`]. Refused, keeping the shadow,
+    /// if the candidate skipped a batch.
+    pub fn promote_shadow(&mut self) -> Result<SwapReport, String> {
+        let started = Instant::now();
+        let Some(shadow) = &mut self.shadow else {
+            return Err(format!(
+                "no candidate runs in the shadow of {}; start one with `weir plugin swap ... \
+                 --shadow`",
+                self.spec.step
+            ));
+        };
+        let candidate = shadow.finish()?;
+        self.shadow = None;
+        let from_sha256 = self.current.plugin.sha256.clone();
+        let from_layout = self.current.layout.clone();
+        let Operator {
+            current,
+            instance,
+            state,
+            ..
+        } = candidate;
+        self.previous = Some(std::mem::replace(&mut self.current, current));
+        self.instance = instance;
+        self.state = state;
+        self.health = Health::default();
+        add(&self.metrics.swaps, 1);
+        let pause = started.elapsed();
+        tracing::info!(
+            step = %self.spec.step,
+            to = %short(&self.current.plugin.sha256),
+            ?pause,
+            "shadow candidate promoted"
+        );
+        Ok(SwapReport {
+            from_sha256,
+            to_sha256: self.current.plugin.sha256.clone(),
+            prepare_time: Duration::ZERO,
+            pause,
+            to_layout: self.current.layout.clone(),
+            from_layout,
+            migrated: 0,
+            migrate_time: Duration::ZERO,
+        })
     }
 
     /// The swap a [`Operator::state_for_migration`] was for will not happen.
@@ -605,33 +786,13 @@ impl Operator {
     /// swapped out is kept for [`Operator::rollback`].
     pub fn swap(&mut self, mut prepared: Prepared) -> Result<SwapReport, StartError> {
         let started = Instant::now();
-        let changed = self.state.changed_since_copy();
         let from_layout = self.current.layout.clone();
         let mut migrated = 0;
         let mut migrate_time = Duration::ZERO;
-        if prepared.version.layout != from_layout && self.spec.world != World::Aggregator {
-            let converted = match (prepared.migrated.take(), changed) {
-                (Some(m), Some(changed)) if m.from == from_layout => {
-                    let keys: Vec<&str> = changed.iter().map(String::as_str).collect();
-                    let delta =
-                        prepared.migrate_keys(&self.spec, &from_layout, &self.state, &keys)?;
-                    let mut state = m.state;
-                    for (key, entries) in delta {
-                        state.replace_key(&key, entries);
-                    }
-                    migrate_time += m.time;
-                    state
-                }
-                _ => {
-                    let copy = self.state.copy_and_track_changes();
-                    self.state.stop_tracking();
-                    prepared.migrate_copy(&self.spec, &from_layout, &copy)?;
-                    prepared.migrated.take().expect("set by migrate_copy").state
-                }
-            };
+        if let Some((converted, time)) = self.converted_state(&mut prepared)? {
             migrated = converted.keys();
+            migrate_time = time + started.elapsed();
             self.state = converted;
-            migrate_time += started.elapsed();
         }
         let from_sha256 = self.current.plugin.sha256.clone();
         let old = std::mem::replace(&mut self.current, prepared.version);
@@ -681,8 +842,23 @@ impl Operator {
         self.spec.prepare(previous.plugin, &previous.config)
     }
 
-    /// Runs a batch of events through a transformer.
+    /// Runs a batch of events through a transformer (and through the candidate in its shadow,
+    /// if one runs).
     pub fn transform(&mut self, events: Batch) -> Outcome {
+        if self.shadow.is_none() {
+            return self.transform_here(events);
+        }
+        let copy = events.clone();
+        let started = Instant::now();
+        let outcome = self.transform_here(events);
+        let time = started.elapsed();
+        if let Some(shadow) = &self.shadow {
+            shadow.offer_events(copy, &outcome, time, self.clock_ms);
+        }
+        outcome
+    }
+
+    fn transform_here(&mut self, events: Batch) -> Outcome {
         let mut outcome = Outcome::new();
         for part in events.split(self.spec.limits.max_batch_events) {
             let n = part.len();
@@ -692,8 +868,23 @@ impl Operator {
         outcome
     }
 
-    /// Decodes a batch of raw messages.
+    /// Decodes a batch of raw messages (and has the candidate in its shadow decode them too, if
+    /// one runs).
     pub fn decode(&mut self, messages: Vec<Message>) -> Outcome {
+        if self.shadow.is_none() {
+            return self.decode_here(messages);
+        }
+        let copy = messages.clone();
+        let started = Instant::now();
+        let outcome = self.decode_here(messages);
+        let time = started.elapsed();
+        if let Some(shadow) = &self.shadow {
+            shadow.offer_messages(copy, &outcome, time, self.clock_ms);
+        }
+        outcome
+    }
+
+    fn decode_here(&mut self, messages: Vec<Message>) -> Outcome {
         let mut outcome = Outcome::new();
         let max = self.spec.limits.max_batch_events.max(1);
         let mut rest = messages;

@@ -402,6 +402,15 @@ impl Store {
         &self.path
     }
 
+    /// Where the plugin versions swapped in are kept, so that a swap outlasts a restart:
+    /// `swapped-plugins` in the data directory.
+    pub fn swapped_plugins_dir(&self) -> PathBuf {
+        self.path
+            .parent()
+            .unwrap_or(Path::new("."))
+            .join("swapped-plugins")
+    }
+
     pub fn options(&self) -> &StoreOptions {
         &self.options
     }

@@ -40,6 +40,11 @@
 //!    "subscribed" log line and to the first record arriving upstream. Median of 5 runs each (3
 //!    with `--quick`).
 //!
+//! 4. **A shadow's cost** to the live path: the swap scenario's pipeline at the same rate for
+//!    three phases of 6 s: no shadow, `counter_v2` in the shadow of `counter_v1`, no shadow again
+//!    (discarded). Per phase: latency from publishing to arriving upstream (median, p99) and
+//!    weir's CPU per 1 000 messages; and the shadow's report (`--shadow-only`: this alone).
+//!
 //! The report ends with the same numbers as one JSON line (`{"weir_ops_bench": ...}`).
 
 use std::collections::{HashMap, HashSet};
@@ -94,9 +99,14 @@ fn main() {
         rss(&weir, &measured, if quick { 1 } else { 3 });
         return;
     }
+    if std::env::args().any(|a| a == "--shadow-only") {
+        shadow_cost(&weir);
+        return;
+    }
     let swap = swap_pause(&weir);
     let rss = rss(&weir, &weir, if quick { 1 } else { 3 });
     let startup = startup(&weir, if quick { 3 } else { 5 });
+    let shadow = shadow_cost(&weir);
 
     println!("\n## summary");
     let row = |what: &str, result: String| println!("| {what:<58} | {result} |");
@@ -168,7 +178,22 @@ fn main() {
     }
     report.insert("swap".into(), swap);
     report.insert("rss".into(), rss);
+    for phase in shadow["phases"].as_array().into_iter().flatten() {
+        row(
+            &format!(
+                "latency; weir CPU per 1 000 msgs, {}",
+                phase["phase"].as_str().unwrap_or("")
+            ),
+            format!(
+                "median {:.1} ms, p99 {:.1} ms; {:.1} ms",
+                ms(&phase["latency_ms"]["median"]),
+                ms(&phase["latency_ms"]["p99"]),
+                ms(&phase["cpu_ms_per_1000"])
+            ),
+        );
+    }
     report.insert("startup".into(), startup);
+    report.insert("shadow".into(), shadow);
     let total = started.elapsed().as_secs_f64();
     report.insert("total_s".into(), json!(round(total, 1)));
     println!("\nbenchmark took {total:.0} s");
@@ -832,4 +857,141 @@ fn print_stats(what: &str, v: &[f64], unit: &str) {
 /// A number of the report (NaN if absent).
 fn ms(v: &Value) -> f64 {
     v.as_f64().unwrap_or(f64::NAN)
+}
+
+// ---------------------------------------------------------------------------------------------
+// 4. A shadow's cost to the live path
+
+/// Length of each phase of the shadow scenario: without a shadow, with one, without again.
+const SHADOW_PHASE: Duration = Duration::from_secs(6);
+
+/// The swap scenario's pipeline at the same rate, in three phases: no shadow, `counter_v2` in
+/// the shadow of `counter_v1`, no shadow again (discarded). Per phase: latency from publishing
+/// to arriving upstream (median, p99; readings within 500 ms of a phase change left out) and
+/// weir's CPU (`/proc/<pid>/stat`) per 1 000 messages; and the shadow's own report.
+fn shadow_cost(weir: &Path) -> Value {
+    println!(
+        "\n## 4. a shadow's cost: {SWAP_RATE} msg/s through counter_v1; {} s without a shadow, {} s with counter_v2 in its shadow, {} s without again",
+        SHADOW_PHASE.as_secs(),
+        SHADOW_PHASE.as_secs(),
+        SHADOW_PHASE.as_secs()
+    );
+    let sensors = Mosquitto::start();
+    let cloud = Mosquitto::start();
+    let dir = TempDir::new("weir-ops-shadow");
+    let admin = format!("127.0.0.1:{}", free_port());
+    let v1 = weir_tests::plugin_path("counter_v1");
+    let v2 = weir_tests::plugin_path("counter_v2");
+    let cfg = write_config(
+        dir.path(),
+        &live_sections(
+            dir.path(),
+            sensors.port(),
+            cloud.port(),
+            "weir-ops-shadow",
+            &admin,
+        ),
+        &format!(
+            "[[pipeline]]\nname = \"relay\"\ntopics = [\"bench/#\"]\n\
+             [pipeline.decode]\njson = {{ key = \"sensor_id\", time = \"ts\", time_format = \"ms\" }}\n\
+             [[pipeline.transform]]\nplugin = {v1:?}\n\
+             [pipeline.output]\ntopic = \"relay/{{key}}\"\n"
+        ),
+    );
+    let mut w = start(weir, &cfg);
+    let up = Collector::subscribe(cloud.port(), "relay/#");
+    let n = SWAP_RATE * 3 * SHADOW_PHASE.as_secs();
+    let port = sensors.port();
+    let t0_ms = now_ms() as i64;
+    let publisher = std::thread::spawn(move || paced(port, n, SWAP_RATE));
+    let change = |path: &str, body: Value| {
+        let r = weir::admin::client::post(&admin, path, None, &body);
+        match r {
+            Ok(r) if r.status == 200 => {}
+            other => println!("{path} refused: {other:?}"),
+        }
+    };
+    let mut cpu = vec![weir_tests::bench::cpu_seconds(w.pid())];
+    std::thread::sleep(SHADOW_PHASE);
+    cpu.push(weir_tests::bench::cpu_seconds(w.pid()));
+    let shadow_at = now_ms() as i64;
+    change(
+        "/plugins/swap",
+        json!({ "pipeline": "relay", "step": "transform[0]", "path": v2, "shadow": true }),
+    );
+    std::thread::sleep(SHADOW_PHASE);
+    let report = weir::admin::client::get(&admin, "/plugins/shadow")
+        .ok()
+        .and_then(|r| r.json().ok())
+        .unwrap_or(Value::Null);
+    cpu.push(weir_tests::bench::cpu_seconds(w.pid()));
+    let discard_at = now_ms() as i64;
+    change(
+        "/plugins/discard",
+        json!({ "pipeline": "relay", "step": "transform[0]" }),
+    );
+    let (achieved, behind_ms) = publisher.join().expect("the publisher");
+    cpu.push(weir_tests::bench::cpu_seconds(w.pid()));
+    let got = collect(&up, n as usize, Duration::from_secs(60)).unwrap_or_else(|got| got);
+    w.terminate();
+
+    // Latency by phase, from the reading's publish time (`ts`, ms) to its first arrival.
+    let mut seen = HashSet::new();
+    let mut latency: [Vec<f64>; 3] = Default::default();
+    for m in &got {
+        let Ok(r) = serde_json::from_slice::<Value>(&m.payload) else {
+            continue;
+        };
+        if !r["id"]
+            .as_str()
+            .is_some_and(|id| seen.insert(id.to_owned()))
+        {
+            continue;
+        }
+        let Some(ts) = r["ts"].as_i64().or(r["ts_ms"].as_i64()) else {
+            continue;
+        };
+        let near = |at: i64| (ts - at).abs() < 500;
+        if near(shadow_at) || near(discard_at) || ts < t0_ms + 500 {
+            continue;
+        }
+        let phase = if ts < shadow_at {
+            0
+        } else if ts < discard_at {
+            1
+        } else {
+            2
+        };
+        latency[phase].push((m.received_us as f64 / 1e3 - ts as f64).max(0.0));
+    }
+    let names = ["without a shadow", "with a shadow", "without again"];
+    println!(
+        "publisher {achieved:.0} msg/s (target {SWAP_RATE}; at most {behind_ms:.0} ms behind); {} of {n} records upstream",
+        seen.len()
+    );
+    let mut phases = Vec::new();
+    for (i, name) in names.iter().enumerate() {
+        let cpu_per_1000 =
+            (cpu[i + 1] - cpu[i]) / (SWAP_RATE as f64 * SHADOW_PHASE.as_secs_f64()) * 1e3;
+        print_stats(&format!("latency, {name}"), &latency[i], "ms");
+        println!(
+            "  weir's CPU {name}: {:.1} ms per 1 000 messages",
+            cpu_per_1000 * 1e3
+        );
+        phases.push(json!({
+            "phase": name,
+            "latency_ms": stats(&latency[i]),
+            "cpu_ms_per_1000": round(cpu_per_1000 * 1e3, 2),
+        }));
+    }
+    let s = &report[0];
+    println!(
+        "the shadow's report: live {:.1} µs per batch, candidate {:.1} µs per batch; {} batches each, {} skipped, {} differing",
+        s["live"]["time_per_batch_us"].as_f64().unwrap_or(0.0),
+        s["candidate"]["time_per_batch_us"].as_f64().unwrap_or(0.0),
+        s["live"]["batches"],
+        s["skipped_batches"],
+        s["differing_batches"]
+    );
+    json!({ "phases": phases, "shadow_report": report })
 }
