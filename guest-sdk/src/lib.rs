@@ -90,6 +90,35 @@
 //! # weir_guest::export_transform!(CountPerSensor);
 //! ```
 //!
+//! A new version that stores its state differently implements [`Migrate`]: it names the layout
+//! it stores and converts what an earlier version stored, key by key, when weir swaps it in.
+//!
+//! ```
+//! use weir_guest::prelude::*;
+//!
+//! #[operator]
+//! struct CountPerSensorV2 {}
+//! # impl Transform for CountPerSensorV2 {
+//! #     fn process(&mut self, event: Event, ctx: &mut Context) -> Result<(), String> {
+//! #         ctx.emit(event);
+//! #         Ok(())
+//! #     }
+//! # }
+//!
+//! impl Migrate for CountPerSensorV2 {
+//!     const LAYOUT: &'static str = "seen-v2";
+//!
+//!     fn migrate_state(&self, old_layout: &str, state: &mut StoredState) -> Result<(), String> {
+//!         // Version 1 (layout "") kept a bare count under "seen".
+//!         let seen: i64 = state.get("seen").unwrap_or(0);
+//!         state.remove("seen");
+//!         state.set("counts", &[seen, 0]);
+//!         Ok(())
+//!     }
+//! }
+//! weir_guest::export_transform!(CountPerSensorV2, migrate);
+//! ```
+//!
 //! # Testing without WebAssembly
 //!
 //! The same code runs natively, so `cargo test` tests it. [`testing::Harness`] configures the

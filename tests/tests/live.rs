@@ -1244,9 +1244,14 @@ fn a_live_swap_to_a_version_with_another_state_layout_migrates_the_state() {
         .collect();
     let port = sensors_broker.port();
     let feed = input.clone();
+    // The first quarter before the swap, the rest once it is done.
+    let (swapped, wait_for_swap) = std::sync::mpsc::channel::<()>();
     let publisher = std::thread::spawn(move || {
         let mut p = Publisher::connect(port);
         for (i, (t, m)) in feed.iter().enumerate() {
+            if i == 1_000 {
+                wait_for_swap.recv().unwrap();
+            }
             p.publish(t, m.clone());
             if i % 100 == 99 {
                 std::thread::sleep(Duration::from_millis(20));
@@ -1275,6 +1280,7 @@ fn a_live_swap_to_a_version_with_another_state_layout_migrates_the_state() {
         said.contains("layout \"\" → \"count+mean\""),
         "says the state was converted: {said}"
     );
+    swapped.send(()).unwrap();
     publisher.join().unwrap();
 
     let got = upstream.wait_until(|m| distinct_ids(m) >= input.len(), Duration::from_secs(120));
