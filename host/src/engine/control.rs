@@ -552,6 +552,11 @@ impl crate::admin::Control for EngineControl {
             })?
             .map_err(engine_refusal)?;
         self.steps.swapped(&step, version);
+        // A swap discards the step's shadow, if any.
+        self.shadow_versions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&step);
         self.count_swap(&report);
         Ok(report_json(&step, &report))
     }

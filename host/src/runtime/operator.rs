@@ -783,7 +783,7 @@ impl Operator {
     /// when both versions store the same layout, and converted by the new version's `migrate`
     /// when not: what [`Prepared::migrate_copy`] converted off the data path, then the keys that
     /// changed since, here. If the new version cannot convert it, nothing changes. The version
-    /// swapped out is kept for [`Operator::rollback`].
+    /// swapped out is kept for [`Operator::rollback`]; a candidate in its shadow is discarded.
     pub fn swap(&mut self, mut prepared: Prepared) -> Result<SwapReport, StartError> {
         let started = Instant::now();
         let from_layout = self.current.layout.clone();
@@ -793,6 +793,9 @@ impl Operator {
             migrated = converted.keys();
             migrate_time = time + started.elapsed();
             self.state = converted;
+        }
+        if self.shadow.take().is_some() {
+            tracing::info!(step = %self.spec.step, "shadow candidate discarded: the version it ran beside is swapped out");
         }
         let from_sha256 = self.current.plugin.sha256.clone();
         let old = std::mem::replace(&mut self.current, prepared.version);
