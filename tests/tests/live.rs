@@ -352,50 +352,44 @@ fn numbered(n: usize) -> Vec<(String, Vec<u8>)> {
         .collect()
 }
 
+/// Every reading's key and `seq`, each once, in order of first arrival; checks there are `n`.
+fn readings_once(messages: &[Message], n: usize) -> Vec<(String, i64)> {
+    let readings: Vec<(String, i64)> = first_arrivals(messages)
+        .iter()
+        .map(|p| {
+            let key = p["key"].as_str().unwrap().to_owned();
+            let seq = p["fields"]["seq"]
+                .as_i64()
+                .or(p["seq"].as_i64())
+                .expect("seq");
+            (key, seq)
+        })
+        .collect();
+    assert_eq!(readings.len(), n, "every reading once");
+    readings
+}
+
 /// Checks every reading arrived once after dedup; reports (on stderr) the readings that arrived
 /// after a newer one of their key.
 fn assert_all_once(messages: &[Message], n: usize) {
-    let mut seen = BTreeSet::new();
     let mut last: HashMap<String, i64> = HashMap::new();
-    let mut out_of_order = 0;
-    for m in messages {
-        let p: Json = serde_json::from_slice(&m.payload).unwrap();
-        if !seen.insert(p["id"].as_str().unwrap().to_owned()) {
-            continue;
-        }
-        let key = p["key"].as_str().unwrap().to_owned();
-        let seq = p["fields"]["seq"]
-            .as_i64()
-            .or(p["seq"].as_i64())
-            .expect("seq");
-        let prev = last.insert(key, seq).unwrap_or(-1);
-        if seq < prev {
-            out_of_order += 1;
-        }
-    }
-    assert_eq!(seen.len(), n, "every reading once");
+    let out_of_order = readings_once(messages, n)
+        .into_iter()
+        .filter(|(key, seq)| {
+            last.insert(key.clone(), *seq)
+                .is_some_and(|prev| *seq < prev)
+        })
+        .count();
     eprintln!("readings that arrived after a newer one of their key: {out_of_order} of {n}");
 }
 
 /// Checks every reading arrived once after dedup, and per key in order of first arrival.
 fn assert_all_in_order(messages: &[Message], n: usize) {
-    let mut seen = BTreeSet::new();
     let mut last: HashMap<String, i64> = HashMap::new();
-    for m in messages {
-        let p: Json = serde_json::from_slice(&m.payload).unwrap();
-        let id = p["id"].as_str().unwrap().to_owned();
-        if !seen.insert(id) {
-            continue;
-        }
-        let key = p["key"].as_str().unwrap().to_owned();
-        let seq = p["fields"]["seq"]
-            .as_i64()
-            .or(p["seq"].as_i64())
-            .expect("seq");
+    for (key, seq) in readings_once(messages, n) {
         let prev = last.insert(key.clone(), seq).unwrap_or(-1);
         assert!(seq > prev, "key {key}: {seq} arrived after {prev}");
     }
-    assert_eq!(seen.len(), n, "every reading once");
 }
 
 #[test]
@@ -745,12 +739,11 @@ fn a_live_swap_keeps_every_message_and_the_keyed_state_and_rolls_back() {
     let cloud = Mosquitto::start();
     let dir = TempDir::new("weir-live-swap");
     let counter = |v: &str| weir_tests::plugin_path(&format!("counter_{v}"));
-    let text = format!(
-        "{}\n[[pipeline]]\nname = \"relay\"\ntopics = [\"sensors/#\"]\n\n[pipeline.decode]\n\
-         json = {{ key = \"sensor\", time = \"ts\", time_format = \"ms\" }}\n\n\
-         [[pipeline.transform]]\nplugin = {:?}\n\n[pipeline.output]\ntopic = \"relay/{{key}}\"\n",
-        live_sections(dir.path(), sensors_broker.port(), cloud.port(), ""),
-        counter("v1")
+    let text = plugin_relay_config(
+        dir.path(),
+        sensors_broker.port(),
+        cloud.port(),
+        &counter("v1"),
     );
     let config = dir.path().join("swap.toml");
     std::fs::write(&config, text).unwrap();
@@ -777,33 +770,28 @@ fn a_live_swap_keeps_every_message_and_the_keyed_state_and_rolls_back() {
         }
         p.wait_all_acked(Duration::from_secs(120));
     });
-    let plugin_cli = |args: &[&str]| {
-        let mut all = vec!["plugin"];
-        all.extend_from_slice(args);
-        all.extend_from_slice(&["--admin", &admin]);
-        let mut p = WeirProcess::spawn(&all, &[]);
-        let status = p.wait(Duration::from_secs(120));
-        (status.success(), p.stdout(), p.stderr())
-    };
     // Swap under load once some records went through.
     upstream.wait_until(|m| m.len() >= 1_000, Duration::from_secs(60));
     let v2 = counter("v2");
-    let (ok, out, err) = plugin_cli(&["swap", "relay", "transform[0]", v2.to_str().unwrap()]);
-    assert!(ok, "the swap succeeds: {out}{err}");
+    let (ok, said) = plugin_cli(
+        &admin,
+        &["swap", "relay", "transform[0]", v2.to_str().unwrap()],
+    );
+    assert!(ok, "the swap succeeds: {said}");
     next_third.send(()).unwrap();
     // A version that fails its init is refused with the reason; v2 keeps running.
     upstream.wait_until(|m| m.len() >= 2_500, Duration::from_secs(60));
     let broken = weir_tests::plugin_path("broken_init");
-    let (ok, out, err) = plugin_cli(&["swap", "relay", "transform[0]", broken.to_str().unwrap()]);
-    assert!(!ok, "a plugin that fails init is refused");
-    assert!(
-        format!("{out}{err}").contains("init"),
-        "says why: {out}{err}"
+    let (ok, said) = plugin_cli(
+        &admin,
+        &["swap", "relay", "transform[0]", broken.to_str().unwrap()],
     );
+    assert!(!ok, "a plugin that fails init is refused");
+    assert!(said.contains("init"), "says why: {said}");
     // Rollback: back to v1.
     upstream.wait_until(|m| m.len() >= 3_500, Duration::from_secs(60));
-    let (ok, out, err) = plugin_cli(&["rollback", "relay", "transform[0]"]);
-    assert!(ok, "the rollback succeeds: {out}{err}");
+    let (ok, said) = plugin_cli(&admin, &["rollback", "relay", "transform[0]"]);
+    assert!(ok, "the rollback succeeds: {said}");
     next_third.send(()).unwrap();
     publisher.join().unwrap();
 
@@ -813,12 +801,7 @@ fn a_live_swap_keeps_every_message_and_the_keyed_state_and_rolls_back() {
     // versions run 1, then 2, then 1 again.
     let mut seen: HashMap<String, i64> = HashMap::new();
     let mut versions: Vec<i64> = Vec::new();
-    let mut ids = BTreeSet::new();
-    for m in &got {
-        let r: Json = serde_json::from_slice(&m.payload).unwrap();
-        if !ids.insert(r["id"].as_str().unwrap().to_owned()) {
-            continue;
-        }
+    for r in first_arrivals(&got) {
         let key = r["key"].as_str().unwrap().to_owned();
         let count = field(&r, "seen").expect("counted");
         let last = seen.insert(key.clone(), count).unwrap_or(0);
@@ -1116,6 +1099,37 @@ fn oversized_messages_are_dead_letters_and_the_rest_flows() {
     }
 }
 
+/// A relay pipeline with one plugin step (`transform[0]`), its decoder reading `sensor` and `ts`
+/// (ms), its output topic holding the key.
+fn plugin_relay_config(dir: &Path, sensors: u16, upstream: u16, plugin: &Path) -> String {
+    format!(
+        "{}\n[[pipeline]]\nname = \"relay\"\ntopics = [\"sensors/#\"]\n\n[pipeline.decode]\n\
+         json = {{ key = \"sensor\", time = \"ts\", time_format = \"ms\" }}\n\n\
+         [[pipeline.transform]]\nplugin = {plugin:?}\n\n[pipeline.output]\ntopic = \"relay/{{key}}\"\n",
+        live_sections(dir, sensors, upstream, "")
+    )
+}
+
+/// `weir plugin ARGS --admin ADMIN`: whether it succeeded, and what it printed.
+fn plugin_cli(admin: &str, args: &[&str]) -> (bool, String) {
+    let mut all = vec!["plugin"];
+    all.extend_from_slice(args);
+    all.extend_from_slice(&["--admin", admin]);
+    let mut p = WeirProcess::spawn(&all, &[]);
+    let status = p.wait(Duration::from_secs(120));
+    (status.success(), format!("{}{}", p.stdout(), p.stderr()))
+}
+
+/// The records among `messages`, each once, in order of first arrival.
+fn first_arrivals(messages: &[Message]) -> Vec<Json> {
+    let mut ids = BTreeSet::new();
+    messages
+        .iter()
+        .map(|m| serde_json::from_slice::<Json>(&m.payload).unwrap())
+        .filter(|r| ids.insert(r["id"].as_str().unwrap().to_owned()))
+        .collect()
+}
+
 /// A relay pipeline whose decoder reads RFC 3339 times and whose output topic holds the key.
 fn rfc3339_relay_config(dir: &Path, sensors: u16, upstream: u16) -> std::path::PathBuf {
     let text = format!(
@@ -1249,12 +1263,11 @@ fn a_live_swap_to_a_version_with_another_state_layout_migrates_the_state() {
     let sensors_broker = Mosquitto::start();
     let cloud = Mosquitto::start();
     let dir = TempDir::new("weir-live-migrate");
-    let text = format!(
-        "{}\n[[pipeline]]\nname = \"relay\"\ntopics = [\"sensors/#\"]\n\n[pipeline.decode]\n\
-         json = {{ key = \"sensor\", time = \"ts\", time_format = \"ms\" }}\n\n\
-         [[pipeline.transform]]\nplugin = {:?}\n\n[pipeline.output]\ntopic = \"relay/{{key}}\"\n",
-        live_sections(dir.path(), sensors_broker.port(), cloud.port(), ""),
-        weir_tests::plugin_path("key_stats_v1")
+    let text = plugin_relay_config(
+        dir.path(),
+        sensors_broker.port(),
+        cloud.port(),
+        &weir_tests::plugin_path("key_stats_v1"),
     );
     let config = dir.path().join("migrate.toml");
     std::fs::write(&config, text).unwrap();
@@ -1288,21 +1301,11 @@ fn a_live_swap_to_a_version_with_another_state_layout_migrates_the_state() {
     });
     upstream.wait_until(|m| m.len() >= 1_000, Duration::from_secs(60));
     let v2 = weir_tests::plugin_path("key_stats_v2");
-    let mut swap = WeirProcess::spawn(
-        &[
-            "plugin",
-            "swap",
-            "relay",
-            "transform[0]",
-            v2.to_str().unwrap(),
-            "--admin",
-            &admin,
-        ],
-        &[],
+    let (ok, said) = plugin_cli(
+        &admin,
+        &["swap", "relay", "transform[0]", v2.to_str().unwrap()],
     );
-    let status = swap.wait(Duration::from_secs(120));
-    let said = format!("{}{}", swap.stdout(), swap.stderr());
-    assert!(status.success(), "the swap succeeds: {said}");
+    assert!(ok, "the swap succeeds: {said}");
     assert!(
         said.contains("layout \"\" → \"count+mean\""),
         "says the state was converted: {said}"
@@ -1316,12 +1319,7 @@ fn a_live_swap_to_a_version_with_another_state_layout_migrates_the_state() {
     // stays.
     let mut counts: HashMap<String, i64> = HashMap::new();
     let mut averaged: HashMap<String, bool> = HashMap::new();
-    let mut ids = BTreeSet::new();
-    for m in &got {
-        let r: Json = serde_json::from_slice(&m.payload).unwrap();
-        if !ids.insert(r["id"].as_str().unwrap().to_owned()) {
-            continue;
-        }
+    for r in first_arrivals(&got) {
         let key = r["key"].as_str().unwrap().to_owned();
         let count = field(&r, "count").expect("counted");
         let last = counts.insert(key.clone(), count).unwrap_or(0);
@@ -1386,21 +1384,13 @@ fn a_live_aggregator_swap_converts_the_open_windows_and_counts_every_event_once(
         }
         p.wait_all_acked(Duration::from_secs(120));
     });
-    let weir_cli = |args: &[&str]| {
-        let mut all = vec!["plugin"];
-        all.extend_from_slice(args);
-        all.extend_from_slice(&["--admin", &admin]);
-        let mut p = WeirProcess::spawn(&all, &[]);
-        let status = p.wait(Duration::from_secs(120));
-        (status.success(), format!("{}{}", p.stdout(), p.stderr()))
-    };
     upstream.wait_until(|m| m.len() >= 100, Duration::from_secs(60));
     let v2 = weir_tests::plugin_path("p95_relayout");
-    let (ok, said) = weir_cli(&["swap", "agg", "aggregate", v2.to_str().unwrap()]);
+    let (ok, said) = plugin_cli(&admin, &["swap", "agg", "aggregate", v2.to_str().unwrap()]);
     assert!(ok, "the swap succeeds: {said}");
     assert!(said.contains("layout \"\" → \"sketch+since\""), "{said}");
     // Back to the p95 aggregator, which cannot read "sketch+since": refused, v2 keeps running.
-    let (ok, said) = weir_cli(&["rollback", "agg", "aggregate"]);
+    let (ok, said) = plugin_cli(&admin, &["rollback", "agg", "aggregate"]);
     assert!(!ok, "the rollback is refused: {said}");
     assert!(
         said.contains("it stores layout \"\" and the running version layout \"sketch+since\""),
@@ -1459,26 +1449,17 @@ fn a_live_shadow_runs_beside_the_live_version_and_is_promoted_with_its_state() {
     let sensors_broker = Mosquitto::start();
     let cloud = Mosquitto::start();
     let dir = TempDir::new("weir-live-shadow");
-    let text = format!(
-        "{}\n[[pipeline]]\nname = \"relay\"\ntopics = [\"sensors/#\"]\n\n[pipeline.decode]\n\
-         json = {{ key = \"sensor\", time = \"ts\", time_format = \"ms\" }}\n\n\
-         [[pipeline.transform]]\nplugin = {:?}\n\n[pipeline.output]\ntopic = \"relay/{{key}}\"\n",
-        live_sections(dir.path(), sensors_broker.port(), cloud.port(), ""),
-        weir_tests::plugin_path("key_stats_v1")
+    let text = plugin_relay_config(
+        dir.path(),
+        sensors_broker.port(),
+        cloud.port(),
+        &weir_tests::plugin_path("key_stats_v1"),
     );
     let config = dir.path().join("shadow.toml");
     std::fs::write(&config, text).unwrap();
     let upstream = Collector::subscribe(cloud.port(), "relay/#");
     let mut weir = start_weir(&config);
     let admin = weir.admin_address(START);
-    let cli = |args: &[&str]| {
-        let mut all = vec!["plugin"];
-        all.extend_from_slice(args);
-        all.extend_from_slice(&["--admin", &admin]);
-        let mut p = WeirProcess::spawn(&all, &[]);
-        let status = p.wait(Duration::from_secs(120));
-        (status.success(), format!("{}{}", p.stdout(), p.stderr()))
-    };
 
     let input: Vec<(String, Vec<u8>)> = (0..3_000)
         .map(|i| {
@@ -1506,9 +1487,9 @@ fn a_live_shadow_runs_beside_the_live_version_and_is_promoted_with_its_state() {
     let v2 = weir_tests::plugin_path("key_stats_v2");
     let v2 = v2.to_str().unwrap();
     upstream.wait_until(|m| distinct_ids(m) >= 1_000, Duration::from_secs(60));
-    let (ok, said) = cli(&["swap", "relay", "transform[0]", v2, "--shadow"]);
+    let (ok, said) = plugin_cli(&admin, &["swap", "relay", "transform[0]", v2, "--shadow"]);
     assert!(ok && said.contains("runs in the shadow"), "{said}");
-    let (ok, said) = cli(&["swap", "relay", "transform[0]", v2, "--shadow"]);
+    let (ok, said) = plugin_cli(&admin, &["swap", "relay", "transform[0]", v2, "--shadow"]);
     assert!(
         !ok && said.contains("already runs in the shadow"),
         "one at a time: {said}"
@@ -1540,32 +1521,35 @@ fn a_live_shadow_runs_beside_the_live_version_and_is_promoted_with_its_state() {
     assert!(s["live"]["events_in"].as_u64().unwrap() > 0, "{report}");
     assert!(s["differing_batches"].as_u64().unwrap() > 0, "{report}");
     assert!(!s["samples"].as_array().unwrap().is_empty(), "{report}");
-    let (ok, said) = cli(&["shadow"]);
+    let (ok, said) = plugin_cli(&admin, &["shadow"]);
     assert!(
         ok && said.contains("candidate") && said.contains("differ"),
         "{said}"
     );
     // Promoted: v2 goes live with the state it built in the shadow.
-    let (ok, said) = cli(&["promote", "relay", "transform[0]"]);
+    let (ok, said) = plugin_cli(&admin, &["promote", "relay", "transform[0]"]);
     assert!(ok, "{said}");
     next_third.send(()).unwrap();
     publisher.join().unwrap();
     // A candidate that cannot read the live layout ("count+mean") is refused; one that can is
     // discarded.
     let v1 = weir_tests::plugin_path("key_stats_v1");
-    let (ok, said) = cli(&[
-        "swap",
-        "relay",
-        "transform[0]",
-        v1.to_str().unwrap(),
-        "--shadow",
-    ]);
+    let (ok, said) = plugin_cli(
+        &admin,
+        &[
+            "swap",
+            "relay",
+            "transform[0]",
+            v1.to_str().unwrap(),
+            "--shadow",
+        ],
+    );
     assert!(!ok && said.contains("exports no migrate"), "{said}");
-    let (ok, said) = cli(&["swap", "relay", "transform[0]", v2, "--shadow"]);
+    let (ok, said) = plugin_cli(&admin, &["swap", "relay", "transform[0]", v2, "--shadow"]);
     assert!(ok, "{said}");
-    let (ok, said) = cli(&["discard", "relay", "transform[0]"]);
+    let (ok, said) = plugin_cli(&admin, &["discard", "relay", "transform[0]"]);
     assert!(ok, "{said}");
-    let (ok, said) = cli(&["promote", "relay", "transform[0]"]);
+    let (ok, said) = plugin_cli(&admin, &["promote", "relay", "transform[0]"]);
     assert!(
         !ok && said.contains("no candidate runs in the shadow"),
         "{said}"
@@ -1576,12 +1560,7 @@ fn a_live_shadow_runs_beside_the_live_version_and_is_promoted_with_its_state() {
     // Nothing the shadow made went upstream: no mean before the promotion; counts carry on.
     let mut counts: HashMap<String, i64> = HashMap::new();
     let mut averaged: HashMap<String, bool> = HashMap::new();
-    let mut ids = BTreeSet::new();
-    for m in &got {
-        let r: Json = serde_json::from_slice(&m.payload).unwrap();
-        if !ids.insert(r["id"].as_str().unwrap().to_owned()) {
-            continue;
-        }
+    for r in first_arrivals(&got) {
         let key = r["key"].as_str().unwrap().to_owned();
         let count = field(&r, "count").expect("counted");
         let last = counts.insert(key.clone(), count).unwrap_or(0);
@@ -1612,12 +1591,11 @@ fn a_swap_outlasts_a_crash_and_a_version_that_cannot_read_the_saved_state_is_ref
     let cloud = Mosquitto::start();
     let dir = TempDir::new("weir-live-durable-swap");
     let config_for = |plugin: &str| {
-        format!(
-            "{}\n[[pipeline]]\nname = \"relay\"\ntopics = [\"sensors/#\"]\n\n[pipeline.decode]\n\
-             json = {{ key = \"sensor\", time = \"ts\", time_format = \"ms\" }}\n\n\
-             [[pipeline.transform]]\nplugin = {:?}\n\n[pipeline.output]\ntopic = \"relay/{{key}}\"\n",
-            live_sections(dir.path(), sensors_broker.port(), cloud.port(), ""),
-            weir_tests::plugin_path(plugin)
+        plugin_relay_config(
+            dir.path(),
+            sensors_broker.port(),
+            cloud.port(),
+            &weir_tests::plugin_path(plugin),
         )
     };
     let config = dir.path().join("durable.toml");
@@ -1644,23 +1622,11 @@ fn a_swap_outlasts_a_crash_and_a_version_that_cannot_read_the_saved_state_is_ref
     publish(0..500);
     upstream.wait_until(|m| distinct_ids(m) >= 500, Duration::from_secs(60));
     let v2 = weir_tests::plugin_path("key_stats_v2");
-    let mut swap = WeirProcess::spawn(
-        &[
-            "plugin",
-            "swap",
-            "relay",
-            "transform[0]",
-            v2.to_str().unwrap(),
-            "--admin",
-            &admin,
-        ],
-        &[],
+    let (ok, said) = plugin_cli(
+        &admin,
+        &["swap", "relay", "transform[0]", v2.to_str().unwrap()],
     );
-    assert!(
-        swap.wait(Duration::from_secs(120)).success(),
-        "{}",
-        swap.stderr()
-    );
+    assert!(ok, "{said}");
     publish(500..1_000);
     upstream.wait_until(|m| distinct_ids(m) >= 1_000, Duration::from_secs(60));
     weir.kill9();
@@ -1677,12 +1643,7 @@ fn a_swap_outlasts_a_crash_and_a_version_that_cannot_read_the_saved_state_is_ref
     let got = upstream.wait_until(|m| distinct_ids(m) >= 1_500, Duration::from_secs(60));
     assert!(weir.terminate().success());
     let mut counts: HashMap<String, i64> = HashMap::new();
-    let mut ids = BTreeSet::new();
-    for m in &got {
-        let r: Json = serde_json::from_slice(&m.payload).unwrap();
-        if !ids.insert(r["id"].as_str().unwrap().to_owned()) {
-            continue;
-        }
+    for r in first_arrivals(&got) {
         let key = r["key"].as_str().unwrap().to_owned();
         let count = field(&r, "count").expect("counted");
         let last = counts.insert(key.clone(), count).unwrap_or(0);

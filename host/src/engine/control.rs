@@ -168,6 +168,15 @@ fn engine_refusal(reason: String) -> ChangeError {
 }
 
 impl EngineControl {
+    /// The candidate version in each step's shadow.
+    fn shadow_versions(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, Version>> {
+        self.shadow_versions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Reads `path` (a regular file, capped), checks the pin of the request, then loads and
     /// prepares the new version for the step, off the engine thread, with the step's state
     /// converted when the new version stores another layout.
@@ -553,10 +562,7 @@ impl crate::admin::Control for EngineControl {
             .map_err(engine_refusal)?;
         self.steps.swapped(&step, version);
         // A swap discards the step's shadow, if any.
-        self.shadow_versions
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&step);
+        self.shadow_versions().remove(&step);
         self.count_swap(&report);
         Ok(report_json(&step, &report))
     }
@@ -577,10 +583,7 @@ impl crate::admin::Control for EngineControl {
         })?
         .map_err(engine_refusal)?;
         let sha256 = version.sha256.clone();
-        self.shadow_versions
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(step.clone(), version);
+        self.shadow_versions().insert(step.clone(), version);
         Ok(json!({ "step": step, "candidate_sha256": sha256, "shadow": true }))
     }
 
@@ -597,11 +600,7 @@ impl crate::admin::Control for EngineControl {
                 reply,
             })?
             .map_err(engine_refusal)?;
-        let version = self
-            .shadow_versions
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&step);
+        let version = self.shadow_versions().remove(&step);
         if let Some(version) = version {
             self.steps.swapped(&step, version);
         }
@@ -617,10 +616,7 @@ impl crate::admin::Control for EngineControl {
             reply,
         })?
         .map_err(engine_refusal)?;
-        self.shadow_versions
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&step);
+        self.shadow_versions().remove(&step);
         Ok(json!({ "step": step, "discarded": true }))
     }
 

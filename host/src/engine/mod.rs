@@ -604,32 +604,13 @@ impl Engine<'_> {
                 path,
                 prepared,
                 reply,
-            } => {
-                // Not if the admin API gave up waiting: it told its client nothing changed.
-                if !reply.claim() {
-                    return;
-                }
-                // The pause as the data path sees it: from here to the reply (commit included).
-                let started = instant();
-                // A commit with a checkpoint first, whatever the commit interval, and another
-                // after the switch (`after_change`): a crash in between replays the input log
-                // with the version before the swap; after, with the version swapped in.
-                if !self.commit(true) {
-                    reply.send(Err(
-                        "cannot commit a checkpoint before the swap (see weir's log)".to_owned(),
-                    ));
-                    return;
-                }
-                let mut result = self.core.swap(&pipeline, &step, *prepared);
-                if let (Ok(_), Some(r)) = (&result, &mut self.recorder) {
+            } => self.change("swap", reply, |engine| {
+                let result = engine.core.swap(&pipeline, &step, *prepared);
+                if let (Ok(_), Some(r)) = (&result, &mut engine.recorder) {
                     r.swap(&pipeline, &step, &path);
                 }
-                if let Ok(report) = &mut result {
-                    self.after_change();
-                    report.pause = started.elapsed();
-                }
-                reply.send(result);
-            }
+                result
+            }),
             c @ (Command::Shadow { .. }
             | Command::Promote { .. }
             | Command::Discard { .. }
@@ -638,29 +619,43 @@ impl Engine<'_> {
                 pipeline,
                 step,
                 reply,
-            } => {
-                if !reply.claim() {
-                    return;
-                }
-                let started = instant();
-                if !self.commit(true) {
-                    reply.send(Err(
-                        "cannot commit a checkpoint before the rollback (see weir's log)"
-                            .to_owned(),
-                    ));
-                    return;
-                }
-                let mut result = self.core.rollback(&pipeline, &step);
-                if let (Ok(_), Some(r)) = (&result, &mut self.recorder) {
+            } => self.change("rollback", reply, |engine| {
+                let result = engine.core.rollback(&pipeline, &step);
+                if let (Ok(_), Some(r)) = (&result, &mut engine.recorder) {
                     r.rollback(&pipeline, &step);
                 }
-                if let Ok(report) = &mut result {
-                    self.after_change();
-                    report.pause = started.elapsed();
-                }
-                reply.send(result);
-            }
+                result
+            }),
         }
+    }
+
+    /// A swap, rollback or promotion, between two batches, unless the admin API gave up
+    /// waiting (it told its client nothing changed). A commit with a checkpoint first, whatever
+    /// the commit interval, and another after the change (`after_change`): a crash in between
+    /// replays the input log with the version before it; after, with the version it put in.
+    /// The pause reported is the data path's: from here to the reply, commits included.
+    fn change(
+        &mut self,
+        what: &str,
+        reply: control::Reply<Result<crate::runtime::SwapReport, String>>,
+        change: impl FnOnce(&mut Self) -> Result<crate::runtime::SwapReport, String>,
+    ) {
+        if !reply.claim() {
+            return;
+        }
+        let started = instant();
+        if !self.commit(true) {
+            reply.send(Err(format!(
+                "cannot commit a checkpoint before the {what} (see weir's log)"
+            )));
+            return;
+        }
+        let mut result = change(self);
+        if let Ok(report) = &mut result {
+            self.after_change();
+            report.pause = started.elapsed();
+        }
+        reply.send(result);
     }
 
     /// After a swap, rollback or promotion: a checkpoint at once, so that a restart runs the
@@ -703,37 +698,15 @@ impl Engine<'_> {
                 pipeline,
                 step,
                 reply,
-            } => {
-                if !reply.claim() {
-                    return;
+            } => self.change("promotion", reply, |engine| {
+                let op = engine.operator(&pipeline, &step)?;
+                let result = op.promote_shadow();
+                let path = op.plugin().path.clone();
+                if let (Ok(_), Some(r)) = (&result, &mut engine.recorder) {
+                    r.swap(&pipeline, &step, &path);
                 }
-                let started = instant();
-                // As for a swap: a checkpoint first, so that a crash replays the input after it
-                // with the version the config names.
-                if !self.commit(true) {
-                    reply.send(Err(
-                        "cannot commit a checkpoint before the promotion (see weir's log)"
-                            .to_owned(),
-                    ));
-                    return;
-                }
-                let mut result = self
-                    .operator(&pipeline, &step)
-                    .and_then(|op| op.promote_shadow());
-                if result.is_ok() && self.recorder.is_some() {
-                    let path = self
-                        .operator(&pipeline, &step)
-                        .map(|op| op.plugin().path.clone());
-                    if let (Ok(path), Some(r)) = (path, &mut self.recorder) {
-                        r.swap(&pipeline, &step, &path);
-                    }
-                }
-                if let Ok(report) = &mut result {
-                    self.after_change();
-                    report.pause = started.elapsed();
-                }
-                reply.send(result);
-            }
+                result
+            }),
             Command::Discard {
                 pipeline,
                 step,

@@ -265,6 +265,22 @@ impl Prepared {
         Ok(keys.len())
     }
 
+    /// Refuses to convert data written in `from` if this version exports no `migrate`.
+    fn check_migrates(&self, spec: &OperatorSpec, from: &str) -> Result<(), StartError> {
+        if self.version.plugin.migrates() {
+            return Ok(());
+        }
+        Err(spec.migrate_error(
+            &self.version.plugin,
+            format!(
+                "it stores layout {:?} and the running version layout {from:?}, and it exports no \
+                 migrate to convert one into the other (build it with the migrating world of \
+                 weir:operator@0.2.0, or swap to a version with the same layout)",
+                self.version.layout
+            ),
+        ))
+    }
+
     /// The state of `keys` in `source` (written in `from`), in this version's layout: every
     /// key listed, with its new entries (none: it has no state afterwards).
     fn migrate_keys(
@@ -274,16 +290,9 @@ impl Prepared {
         source: &KeyedState,
         keys: &[&str],
     ) -> Result<Vec<(String, Entries)>, StartError> {
+        self.check_migrates(spec, from)?;
         let plugin = self.version.plugin.clone();
         let refuse = |reason: String| spec.migrate_error(&plugin, reason);
-        if !plugin.migrates() {
-            return Err(refuse(format!(
-                "it stores layout {:?} and the running version layout {from:?}, and it exports no \
-                 migrate to convert one into the other (build it with the migrating world of \
-                 weir:operator@0.2.0, or swap to a version with the same layout)",
-                self.version.layout
-            )));
-        }
         let mut out = Vec::with_capacity(keys.len());
         for chunk in keys.chunks(MIGRATE_CHUNK) {
             let states: Vec<KeyState> = chunk
@@ -334,15 +343,9 @@ impl Prepared {
         from: &str,
         accumulators: &[Vec<u8>],
     ) -> Result<Vec<Vec<u8>>, StartError> {
+        self.check_migrates(spec, from)?;
         let plugin = self.version.plugin.clone();
         let refuse = |reason: String| spec.migrate_error(&plugin, reason);
-        if !plugin.migrates() {
-            return Err(refuse(format!(
-                "it stores layout {:?} and the running version layout {from:?}, and it exports no \
-                 migrate to convert one into the other",
-                self.version.layout
-            )));
-        }
         let mut out = Vec::with_capacity(accumulators.len());
         for chunk in accumulators.chunks(MIGRATE_CHUNK) {
             let converted = self

@@ -234,12 +234,7 @@ fn swap_pause(weir: &Path) -> Value {
             "weir-ops-swap",
             &admin,
         ),
-        &format!(
-            "[[pipeline]]\nname = \"relay\"\ntopics = [\"bench/#\"]\n\
-             [pipeline.decode]\njson = {{ key = \"sensor_id\", time = \"ts\", time_format = \"ms\" }}\n\
-             [[pipeline.transform]]\nplugin = {v1:?}\n\
-             [pipeline.output]\ntopic = \"relay/{{key}}\"\n"
-        ),
+        &relay_pipeline(&v1),
     );
     let mut w = start(weir, &cfg);
     let up = Collector::subscribe(cloud.port(), "relay/#");
@@ -414,6 +409,16 @@ fn swap_pause(weir: &Path) -> Value {
         "gap_ms": stats(&gaps),
         "baseline_gap_ms": stats(&baseline),
     })
+}
+
+/// The pipeline of the swap and shadow scenarios: JSON readings through one plugin step.
+fn relay_pipeline(plugin: &Path) -> String {
+    format!(
+        "[[pipeline]]\nname = \"relay\"\ntopics = [\"bench/#\"]\n\
+         [pipeline.decode]\njson = {{ key = \"sensor_id\", time = \"ts\", time_format = \"ms\" }}\n\
+         [[pipeline.transform]]\nplugin = {plugin:?}\n\
+         [pipeline.output]\ntopic = \"relay/{{key}}\"\n"
+    )
 }
 
 /// The longest interval between consecutive `arrivals` (sorted, µs) that overlaps `[from, to]`.
@@ -891,12 +896,7 @@ fn shadow_cost(weir: &Path) -> Value {
             "weir-ops-shadow",
             &admin,
         ),
-        &format!(
-            "[[pipeline]]\nname = \"relay\"\ntopics = [\"bench/#\"]\n\
-             [pipeline.decode]\njson = {{ key = \"sensor_id\", time = \"ts\", time_format = \"ms\" }}\n\
-             [[pipeline.transform]]\nplugin = {v1:?}\n\
-             [pipeline.output]\ntopic = \"relay/{{key}}\"\n"
-        ),
+        &relay_pipeline(&v1),
     );
     let mut w = start(weir, &cfg);
     let up = Collector::subscribe(cloud.port(), "relay/#");
