@@ -12,6 +12,7 @@ pub mod decode;
 pub mod demo;
 pub mod engine;
 pub mod enrich;
+pub mod fleet;
 pub mod fsutil;
 pub mod keys;
 pub mod mqtt;

@@ -3,6 +3,7 @@
 mod bench;
 mod check;
 mod demo;
+mod fleet;
 mod plugin;
 mod replay;
 mod run;
@@ -59,6 +60,10 @@ enum Command {
     /// Show what a running weir is doing (through its admin API): uplink, outbox, checkpoints,
     /// each pipeline's watermark and windows, each plugin's calls, errors, time and limits.
     Status(status::StatusArgs),
+    /// Roll plugins out to gateways through the upstream broker, signed, and see what the
+    /// gateways report (their `[fleet]` section).
+    #[command(subcommand)]
+    Fleet(fleet::FleetCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -144,6 +149,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Run(args) => run::run(args),
         Command::Demo(args) => demo::run(args),
         Command::Status(args) => status::status(args),
+        Command::Fleet(command) => fleet::run(command),
         Command::Plugin(PluginCommand::List(args)) => status::list(args),
         Command::Plugin(PluginCommand::Swap(args)) => status::swap(args),
         Command::Plugin(PluginCommand::Rollback(args)) => status::rollback(args),

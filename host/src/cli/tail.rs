@@ -46,6 +46,16 @@ pub(super) struct TailArgs {
     /// Print repeats too (records whose id was already seen).
     #[arg(long)]
     no_dedup: bool,
+    #[command(flatten)]
+    connection: ConnectionArgs,
+    /// The MQTT client id (default: weir-tail-<process id>).
+    #[arg(long)]
+    client_id: Option<String>,
+}
+
+/// How to reach a broker besides its address: `weir tail` and `weir fleet` share them.
+#[derive(Debug, clap::Args)]
+pub(super) struct ConnectionArgs {
     /// The MQTT version to speak.
     #[arg(long, value_enum, default_value = "5")]
     mqtt_version: MqttVersion,
@@ -61,9 +71,39 @@ pub(super) struct TailArgs {
     /// Use TLS, trusting the CA certificates in this PEM file.
     #[arg(long)]
     ca_file: Option<PathBuf>,
-    /// The MQTT client id (default: weir-tail-<process id>).
-    #[arg(long)]
-    client_id: Option<String>,
+}
+
+impl ConnectionArgs {
+    /// The endpoint of `broker` (HOST:PORT), as client `client_id`, with a clean session.
+    pub(super) fn endpoint(&self, broker: &str, client_id: String) -> anyhow::Result<Endpoint> {
+        let (host, port) = parse_broker(broker)?;
+        let password = match &self.password_file {
+            Some(path) => Some(crate::fsutil::read_secret(path, "password file")?),
+            None => None,
+        };
+        let tls = (self.tls || self.ca_file.is_some()).then(|| Tls {
+            ca_file: self.ca_file.clone(),
+            ..Tls::default()
+        });
+        Ok(Endpoint {
+            host,
+            port,
+            client_id,
+            protocol: match self.mqtt_version {
+                MqttVersion::V311 => Protocol::V311,
+                MqttVersion::V5 => Protocol::V5,
+            },
+            keep_alive: Duration::from_secs(30),
+            clean_session: true,
+            username: self.username.clone(),
+            password,
+            tls,
+            reconnect: Backoff {
+                initial: Duration::from_millis(250),
+                max: Duration::from_secs(10),
+            },
+        })
+    }
 }
 
 /// Splits `HOST:PORT` (`[v6]:PORT` for IPv6 addresses).
@@ -84,36 +124,12 @@ pub(super) fn parse_broker(text: &str) -> anyhow::Result<(String, u16)> {
 }
 
 pub(super) fn run(args: TailArgs) -> anyhow::Result<ExitCode> {
-    let (host, port) = parse_broker(&args.broker)?;
-    let password = match &args.password_file {
-        Some(path) => Some(crate::fsutil::read_secret(path, "password file")?),
-        None => None,
-    };
-    let tls = (args.tls || args.ca_file.is_some()).then(|| Tls {
-        ca_file: args.ca_file.clone(),
-        ..Tls::default()
-    });
-    let endpoint = Endpoint {
-        host,
-        port,
-        client_id: args
-            .client_id
+    let endpoint = args.connection.endpoint(
+        &args.broker,
+        args.client_id
             .clone()
             .unwrap_or_else(|| format!("weir-tail-{}", std::process::id())),
-        protocol: match args.mqtt_version {
-            MqttVersion::V311 => Protocol::V311,
-            MqttVersion::V5 => Protocol::V5,
-        },
-        keep_alive: Duration::from_secs(30),
-        clean_session: true,
-        username: args.username.clone(),
-        password,
-        tls,
-        reconnect: Backoff {
-            initial: Duration::from_millis(250),
-            max: Duration::from_secs(10),
-        },
-    };
+    )?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut options = TailOptions::new(endpoint, args.topic.clone());
     options.dedup = !args.no_dedup;

@@ -234,3 +234,28 @@ impl Admin {
         dirs
     }
 }
+
+/// `[fleet]`: the gateway takes signed plugin rollouts from the upstream broker and reports its
+/// status there (see `crate::fleet`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Fleet {
+    /// This gateway's id in the fleet: one MQTT topic level (default: the hostname).
+    pub id: String,
+    /// The ed25519 public keys a rollout must be signed with (one of them), 32 bytes each.
+    pub keys: Vec<[u8; 32]>,
+    /// Topics are `<prefix>/<id>/rollout`, `<prefix>/<id>/status`, `<prefix>/artifacts/...`.
+    pub topic_prefix: String,
+    /// The status is published (retained) on every change and at least this often.
+    pub status_interval: Duration,
+    /// A rollout whose plugin has not arrived whole by then is refused.
+    pub artifact_timeout: Duration,
+}
+
+/// The hostname, for `[fleet] id`'s default.
+pub fn hostname() -> String {
+    rustix::system::uname()
+        .nodename()
+        .to_string_lossy()
+        .trim()
+        .to_owned()
+}

@@ -22,7 +22,7 @@ use std::time::Duration;
 
 pub use environment::{check_files, start_plugins};
 pub use live::{
-    Admin, Broker, DEFAULT_COMMIT_INTERVAL, Dedup, Guarantee, Source, Storage, Upstream,
+    Admin, Broker, DEFAULT_COMMIT_INTERVAL, Dedup, Fleet, Guarantee, Source, Storage, Upstream,
 };
 pub(crate) use plugins::load_plugins;
 pub use plugins::{PluginUse, check_machine, check_plugins, plugin_uses};
@@ -55,6 +55,8 @@ pub struct Config {
     pub storage: Storage,
     /// `[admin]`: the admin API.
     pub admin: Admin,
+    /// `[fleet]`: rollouts over the upstream broker; `None`: none.
+    pub fleet: Option<Fleet>,
 }
 
 /// One pipeline: topic filters → decode → transforms → enrichment → key by → window and

@@ -47,6 +47,18 @@ pub(super) struct RawConfig {
     pub upstream: Option<Part<RawMqtt>>,
     pub storage: Option<Part<RawStorage>>,
     pub admin: Option<Part<RawAdmin>>,
+    pub fleet: Option<Part<RawFleet>>,
+}
+
+/// `[fleet]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawFleet {
+    pub id: Option<String>,
+    pub keys: Option<Vec<String>>,
+    pub topic_prefix: Option<String>,
+    pub status_interval: Option<toml::Value>,
+    pub artifact_timeout: Option<toml::Value>,
 }
 
 /// `[admin]`.

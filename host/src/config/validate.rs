@@ -181,6 +181,7 @@ impl Validator<'_> {
         let upstream = self.upstream(raw.upstream);
         let storage = self.storage(raw.storage);
         let admin = self.admin(raw.admin);
+        let fleet = self.fleet(raw.fleet, upstream.as_ref());
         let mut names = HashMap::new();
         let pipelines: Vec<Option<Pipeline>> = raw
             .pipeline
@@ -195,6 +196,7 @@ impl Validator<'_> {
             upstream: upstream?,
             storage: storage?,
             admin: admin?,
+            fleet: fleet?,
         })
     }
 

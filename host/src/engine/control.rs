@@ -421,6 +421,17 @@ impl Steps {
         Steps { steps }
     }
 
+    /// Takes the versions from `core` again: a restore may resume versions swapped in before a
+    /// restart.
+    pub(super) fn refresh(&self, core: &Core) {
+        let ops = core.pipelines().flat_map(|(p, _, _)| p.plugin_steps());
+        for (view, op) in self.steps.iter().zip(ops) {
+            let mut v = view.versions.lock().unwrap_or_else(|e| e.into_inner());
+            v.current = Version::of(op.plugin());
+            v.previous = op.previous_plugin().map(|p| Version::of(p));
+        }
+    }
+
     /// Publishes which plugins are quarantined, and until when: the engine thread calls this
     /// after each batch.
     pub(super) fn publish_quarantines(&self, core: &Core) {

@@ -194,6 +194,7 @@ pub fn run_with(
     };
     if let Some(store) = &store {
         engine.recover(store)?;
+        steps.refresh(engine.core);
     }
     let (fwd_stop_tx, fwd_stop_rx) = watch::channel(false);
     let fwd_stop_rx_admin = fwd_stop_rx.clone();
@@ -270,6 +271,17 @@ pub fn run_with(
         }
         None => None,
     };
+    let fleet = match &config.fleet {
+        Some(fleet) => Some(crate::fleet::agent::spawn(
+            crate::fleet::agent::Settings {
+                fleet: fleet.clone(),
+                endpoint: upstream.broker.endpoint()?,
+                data_dir: config.storage.data_dir.clone(),
+            },
+            control.clone(),
+        )?),
+        None => None,
+    };
     tracing::info!(
         pipelines = config.pipelines.len(),
         source = %config.source.broker.address(),
@@ -314,6 +326,11 @@ pub fn run_with(
     if let Some(w) = plugin_watch {
         let _ = w.join();
     }
+    tokio.block_on(async {
+        if let Some(fleet) = fleet {
+            fleet.stop().await;
+        }
+    });
     drop(control);
     drop(commands_tx);
     tokio.block_on(async {

@@ -154,10 +154,27 @@ fn qos5(qos: u8) -> rumqttc::v5::mqttbytes::QoS {
 /// applies). Chosen so that a weir stopped for days still finds its queued messages.
 pub(crate) const PERSISTENT_SESSION_EXPIRY_S: u32 = u32::MAX;
 
+/// A last will: published by the broker, retained, when the connection drops without a
+/// DISCONNECT.
+#[derive(Clone, Debug)]
+pub(crate) struct Will {
+    pub topic: String,
+    pub payload: Vec<u8>,
+}
+
 /// Builds a client and its event loop. Nothing connects until the loop is polled.
 pub(crate) fn connect(
     endpoint: &Endpoint,
     options: Options,
+) -> anyhow::Result<(Client, EventLoop)> {
+    connect_with_will(endpoint, options, None)
+}
+
+/// [`connect`], with a last will.
+pub(crate) fn connect_with_will(
+    endpoint: &Endpoint,
+    options: Options,
+    will: Option<Will>,
 ) -> anyhow::Result<(Client, EventLoop)> {
     let transport = match &endpoint.tls {
         Some(tls) => {
@@ -186,6 +203,14 @@ pub(crate) fn connect(
             if let Some(user) = &endpoint.username {
                 o.set_credentials(user, endpoint.password.clone().unwrap_or_default());
             }
+            if let Some(will) = &will {
+                o.set_last_will(rumqttc::LastWill::new(
+                    &will.topic,
+                    will.payload.clone(),
+                    rumqttc::QoS::AtLeastOnce,
+                    true,
+                ));
+            }
             let (client, eventloop) = rumqttc::AsyncClient::new(o, capacity);
             Ok((Client::V4(client), EventLoop::V4(Box::new(eventloop))))
         }
@@ -207,6 +232,15 @@ pub(crate) fn connect(
             }
             if let Some(user) = &endpoint.username {
                 o.set_credentials(user, endpoint.password.clone().unwrap_or_default());
+            }
+            if let Some(will) = &will {
+                o.set_last_will(p5::LastWill::new(
+                    &will.topic,
+                    will.payload.clone(),
+                    rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
+                    true,
+                    None,
+                ));
             }
             let (client, eventloop) = rumqttc::v5::AsyncClient::new(o, capacity);
             Ok((Client::V5(client), EventLoop::V5(Box::new(eventloop))))
@@ -349,6 +383,30 @@ impl Client {
                 None => c.try_publish(topic, qos5(qos), false, payload),
             }
             .map_err(|_| NotSent),
+        }
+    }
+
+    /// Publishes a retained message (no user property).
+    pub(crate) fn try_publish_retained(
+        &self,
+        topic: &str,
+        payload: Vec<u8>,
+        qos: u8,
+    ) -> Result<(), NotSent> {
+        match self {
+            Client::V4(c) => c
+                .try_publish(topic, qos4(qos), true, payload)
+                .map_err(|_| NotSent),
+            Client::V5(c) => c
+                .try_publish(topic, qos5(qos), true, payload)
+                .map_err(|_| NotSent),
+        }
+    }
+
+    pub(crate) fn try_unsubscribe(&self, filter: &str) -> Result<(), NotSent> {
+        match self {
+            Client::V4(c) => c.try_unsubscribe(filter).map_err(|_| NotSent),
+            Client::V5(c) => c.try_unsubscribe(filter).map_err(|_| NotSent),
         }
     }
 

@@ -36,6 +36,8 @@ pub struct Side {
     pub events_in: u64,
     pub events_out: u64,
     pub dead_letters: u64,
+    /// Of the dead letters, those the plugin did not reject itself: traps, limits, failures.
+    pub errors: u64,
     pub time: Duration,
 }
 
@@ -45,6 +47,12 @@ impl Side {
         self.events_in += inputs as u64;
         self.events_out += outcome.events.len() as u64;
         self.dead_letters += outcome.dead_lettered() as u64;
+        self.errors += outcome
+            .dead_letters
+            .iter()
+            .filter(|d| d.reason != super::operator::Reason::Rejected)
+            .map(|d| d.input.len() as u64)
+            .sum::<u64>();
         self.time += time;
     }
 
@@ -59,6 +67,7 @@ impl Side {
             "events_in": self.events_in,
             "events_out": self.events_out,
             "dead_letters": self.dead_letters,
+            "errors": self.errors,
             "time_per_batch_us": per_batch_us,
         })
     }

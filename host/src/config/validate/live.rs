@@ -1,9 +1,9 @@
-//! Validation of `[source]`, `[upstream]`, `[storage]`, `[admin]` and each pipeline's
+//! Validation of `[source]`, `[upstream]`, `[storage]`, `[admin]`, `[fleet]` and each pipeline's
 //! `guarantee` and `dedup`.
 
-use super::super::live::{Admin, Broker, Dedup, Guarantee, Source, Storage, Upstream};
+use super::super::live::{Admin, Broker, Dedup, Fleet, Guarantee, Source, Storage, Upstream};
 use super::super::raw::{
-    Part, RawAdmin, RawDedup, RawGuarantee, RawMqtt, RawOnFull, RawStorage, RawTls,
+    Part, RawAdmin, RawDedup, RawFleet, RawGuarantee, RawMqtt, RawOnFull, RawStorage, RawTls,
 };
 use super::{SEE, Validator};
 use crate::mqtt::{Backoff, Protocol, Tls};
@@ -473,4 +473,97 @@ fn parse_address(addr: &str) -> Result<(String, u16), String> {
             .to_owned(),
         port,
     ))
+}
+
+impl Validator<'_> {
+    /// `[fleet]`: needs `[upstream]` (rollouts come over its broker) and at least one key.
+    pub(super) fn fleet(
+        &mut self,
+        part: Option<Part<RawFleet>>,
+        upstream: Option<&Option<Upstream>>,
+    ) -> Option<Option<Fleet>> {
+        let raw = match part {
+            None => return Some(None),
+            Some(Part::Bad { error, .. }) => {
+                self.serde_error("fleet", &error);
+                return None;
+            }
+            Some(Part::Ok(raw)) => raw,
+        };
+        let before = self.errors.len();
+        if let Some(None) = upstream {
+            self.error(
+                "fleet",
+                "rollouts come over the upstream broker, and there is no [upstream] section; add \
+                 one, or remove [fleet]",
+            );
+        }
+        let id = match raw.id {
+            Some(id) => id,
+            None => super::super::live::hostname(),
+        };
+        if !crate::fleet::valid_level(&id) {
+            self.error(
+                "fleet.id",
+                format!(
+                    "{:?} cannot be an MQTT topic level (1 to 64 bytes, no '/', '+', '#' or \
+                     control characters); write one, e.g. id = \"barn-3\"",
+                    crate::fsutil::elide(&id, 80)
+                ),
+            );
+        }
+        let mut keys = Vec::new();
+        match raw.keys {
+            None => self.error(
+                "fleet.keys",
+                "missing; a gateway in a fleet runs only rollouts signed by a key it knows: add \
+                 the public key that `weir fleet keygen` printed, keys = [\"...\"]",
+            ),
+            Some(list) if list.is_empty() => self.error(
+                "fleet.keys",
+                "empty; add the public key that `weir fleet keygen` printed",
+            ),
+            Some(list) => {
+                for (i, text) in list.iter().enumerate() {
+                    match crate::fleet::parse_public_key(text) {
+                        Ok(key) => keys.push(key),
+                        Err(e) => self.error(format!("fleet.keys[{i}]"), e),
+                    }
+                }
+            }
+        }
+        let topic_prefix = raw.topic_prefix.unwrap_or_else(|| "weir/fleet".to_owned());
+        if topic_prefix.is_empty()
+            || topic_prefix
+                .split('/')
+                .any(|level| !crate::fleet::valid_level(level))
+        {
+            self.error(
+                "fleet.topic_prefix",
+                format!(
+                    "{:?} is not a topic prefix: non-empty levels, no wildcards; e.g. \
+                     \"weir/fleet\"",
+                    crate::fsutil::elide(&topic_prefix, 80)
+                ),
+            );
+        }
+        let status_interval = match &raw.status_interval {
+            None => Some(std::time::Duration::from_secs(300)),
+            Some(v) => self.positive_duration("fleet.status_interval", v),
+        };
+        let artifact_timeout = match &raw.artifact_timeout {
+            None => Some(std::time::Duration::from_secs(600)),
+            Some(v) => self.positive_duration("fleet.artifact_timeout", v),
+        };
+        if self.errors.len() > before {
+            return None;
+        }
+        Some(Some(Fleet {
+            id,
+            keys,
+            topic_prefix,
+            status_interval: status_interval?,
+            artifact_timeout: artifact_timeout?,
+        }))
+    }
 }
