@@ -429,3 +429,27 @@ fn a_commit_interval_is_more_than_zero_and_at_most_ten_seconds() {
     let c = Config::from_str(&text, Path::new("cfg/test.toml")).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(c.storage.commit_interval, Duration::from_secs(10));
 }
+
+#[test]
+fn a_fleet_section_takes_its_defaults_and_needs_upstream_and_keys() {
+    let key = "11qYAYKxCrfVS/7TyWQHOg7hcvPapiMlrwIaaPcHURo=";
+    let text = format!(
+        "{MINIMAL}\n[upstream]\nbroker = \"up.example.com:8883\"\n\n[fleet]\nkeys = [\"{key}\"]\n"
+    );
+    let config = Config::from_str(&text, Path::new("cfg/test.toml")).unwrap();
+    let fleet = config.fleet.expect("a [fleet] section");
+    assert_eq!(fleet.id, super::live::hostname());
+    assert_eq!(
+        fleet.keys,
+        vec![crate::fleet::parse_public_key(key).unwrap()]
+    );
+    assert_eq!(fleet.topic_prefix, "weir/fleet");
+    assert_eq!(fleet.status_interval, Duration::from_secs(300));
+    assert_eq!(fleet.artifact_timeout, Duration::from_secs(600));
+    assert!(
+        Config::from_str(MINIMAL, Path::new("cfg/test.toml"))
+            .unwrap()
+            .fleet
+            .is_none()
+    );
+}

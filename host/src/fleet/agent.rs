@@ -6,6 +6,9 @@
 //! The network task only polls the connection; decisions are made on a thread of their own
 //! (`weir-fleet`), because a change waits for the engine.
 
+// The agent is a live edge: its deadlines (shadow, fetch, status) run on the wall clock.
+#![allow(clippy::disallowed_methods)]
+
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
