@@ -7,6 +7,7 @@ mod fleet;
 mod plugin;
 mod replay;
 mod run;
+mod scaffold;
 mod simulate;
 mod status;
 mod tail;
@@ -83,6 +84,9 @@ enum PluginCommand {
     /// <JSON>}` or `{"topic": ..., "payload_base64": "..."}`. Each output line carries its
     /// output, `main` or `dead-letter`. An aggregator aggregates all input per key.
     Run(plugin::RunArgs),
+    /// Make a new plugin project: buildable, with a test and a README
+    /// (`weir plugin new frost-alarm --kind transform`).
+    New(scaffold::NewArgs),
     /// Compile plugins ahead of time, for this machine or another (a Raspberry Pi:
     /// `--target aarch64-unknown-linux-gnu`), so the gateway never compiles: copy what it writes
     /// into the gateway's `<data_dir>/plugin-cache`. The files are named for the gateway's
@@ -140,6 +144,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             plugin::check(&file, sha256.as_deref())
         }
         Command::Plugin(PluginCommand::Run(args)) => plugin::run(args),
+        Command::Plugin(PluginCommand::New(args)) => scaffold::new(args),
         Command::Plugin(PluginCommand::Compile(args)) => plugin::compile(args),
         Command::Bench(args) => bench::run(args),
         Command::Check(args) => check::run(args),

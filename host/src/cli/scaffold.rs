@@ -1,0 +1,191 @@
+//! `weir plugin new NAME`: a buildable plugin project with a test and a README.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub(super) enum Lang {
+    Rust,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub(super) enum Kind {
+    Transform,
+    Decode,
+    Aggregate,
+}
+
+#[derive(Debug, clap::Args)]
+pub(super) struct NewArgs {
+    /// The plugin's name: lowercase letters, digits and `-`, starting with a letter; the project
+    /// is made in a directory of that name.
+    name: String,
+    /// The language.
+    #[arg(long, value_enum, default_value = "rust")]
+    lang: Lang,
+    /// What it does: a transformer (events in, events out), a decoder (messages in, events out)
+    /// or an aggregator (a window's events in, its result out).
+    #[arg(long, value_enum, default_value = "transform")]
+    kind: Kind,
+    /// Where to make it (default: the current directory).
+    #[arg(long, default_value = ".")]
+    dir: PathBuf,
+    /// The guest SDK (`weir-guest`) to build against: its directory (default: the guest-sdk of
+    /// the source tree this weir was built from, if it is there).
+    #[arg(long)]
+    sdk: Option<PathBuf>,
+}
+
+const CARGO: &str = include_str!("templates/rust/Cargo.toml.tmpl");
+const README: &str = include_str!("templates/rust/README.md.tmpl");
+const GITIGNORE: &str = include_str!("templates/rust/gitignore.tmpl");
+const TRANSFORM: &str = include_str!("templates/rust/transform.rs.tmpl");
+const DECODE: &str = include_str!("templates/rust/decode.rs.tmpl");
+const AGGREGATE: &str = include_str!("templates/rust/aggregate.rs.tmpl");
+/// The toolchain weir itself is built with: the generated project builds with the same.
+const TOOLCHAIN: &str = include_str!("../../../rust-toolchain.toml");
+
+/// Whether `name` can name a plugin (and its crate): `[a-z][a-z0-9-]*`, at most 64 bytes.
+fn valid_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars.next().is_some_and(|c| c.is_ascii_lowercase())
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && name.len() <= 64
+        && !name.ends_with('-')
+}
+
+/// `key-stats` → `KeyStats`.
+fn struct_name(name: &str) -> String {
+    name.split('-')
+        .map(|part| {
+            let mut chars = part.chars();
+            chars.next().map_or(String::new(), |c| {
+                c.to_ascii_uppercase().to_string() + chars.as_str()
+            })
+        })
+        .collect()
+}
+
+fn sdk_dir(given: Option<&Path>) -> anyhow::Result<PathBuf> {
+    let dir = match given {
+        Some(dir) => dir.to_owned(),
+        None => {
+            let built_from = Path::new(env!("CARGO_MANIFEST_DIR")).join("../guest-sdk");
+            if !built_from.join("Cargo.toml").is_file() {
+                anyhow::bail!(
+                    "this weir was not built from a source tree that is still here: name the \
+                     guest SDK with --sdk DIR (the guest-sdk directory of weir's repository)"
+                );
+            }
+            built_from
+        }
+    };
+    let dir = dir
+        .canonicalize()
+        .with_context(|| format!("--sdk {}: no such directory", dir.display()))?;
+    let manifest = std::fs::read_to_string(dir.join("Cargo.toml")).unwrap_or_default();
+    anyhow::ensure!(
+        manifest.contains("name = \"weir-guest\""),
+        "{} is not the guest SDK (its Cargo.toml does not name weir-guest)",
+        dir.display()
+    );
+    Ok(dir)
+}
+
+pub(super) fn new(args: NewArgs) -> anyhow::Result<ExitCode> {
+    let Lang::Rust = args.lang;
+    anyhow::ensure!(
+        valid_name(&args.name),
+        "{:?} cannot name a plugin: use lowercase letters, digits and '-', starting with a letter, \
+         e.g. frost-alarm",
+        args.name
+    );
+    let sdk = sdk_dir(args.sdk.as_deref())?;
+    let project = args.dir.join(&args.name);
+    anyhow::ensure!(
+        !project.exists(),
+        "{} already exists; choose another name or --dir",
+        project.display()
+    );
+    let crate_name = args.name.replace('-', "_");
+    let (kind, source, run, pipeline) = match args.kind {
+        Kind::Transform => (
+            "transformer",
+            TRANSFORM,
+            format!(
+                "echo '{{\"key\":\"s1\",\"ts_ms\":1700000000000,\"fields\":{{\"temp\":21.5}}}}' | \\\n  weir plugin run target/wasm32-wasip2/release/{crate_name}.wasm --config '{{ field = \"temp\", factor = 1.8 }}'"
+            ),
+            format!(
+                "[[pipeline.transform]]\nplugin = \"path/to/{crate_name}.wasm\"\nconfig = {{ field = \"temp\", factor = 1.8 }}"
+            ),
+        ),
+        Kind::Decode => (
+            "decoder",
+            DECODE,
+            format!(
+                "echo '{{\"topic\":\"sensors/s1\",\"payload_base64\":\"czEsMTcwMDAwMDAwMDAwMCwyMS41\"}}' | \\\n  weir plugin run target/wasm32-wasip2/release/{crate_name}.wasm --config '{{ field = \"temp\" }}'   # s1,1700000000000,21.5"
+            ),
+            format!(
+                "[pipeline.decode]\nplugin = \"path/to/{crate_name}.wasm\"\nconfig = {{ field = \"temp\" }}"
+            ),
+        ),
+        Kind::Aggregate => (
+            "aggregator",
+            AGGREGATE,
+            format!(
+                "printf '%s\\n' '{{\"key\":\"s1\",\"ts_ms\":1,\"fields\":{{\"temp\":1.0}}}}' '{{\"key\":\"s1\",\"ts_ms\":2,\"fields\":{{\"temp\":3.0}}}}' | \\\n  weir plugin run target/wasm32-wasip2/release/{crate_name}.wasm --config '{{ field = \"temp\" }}'"
+            ),
+            format!(
+                "[pipeline.window]\ntumbling = \"1m\"\n\n[[pipeline.aggregate]]\nplugin = \"path/to/{crate_name}.wasm\"\nconfig = {{ field = \"temp\" }}"
+            ),
+        ),
+    };
+    let fill = |template: &str| {
+        template
+            .replace("{{name}}", &args.name)
+            .replace("{{crate}}", &crate_name)
+            .replace("{{Struct}}", &struct_name(&args.name))
+            .replace("{{kind}}", kind)
+            .replace(
+                "{{sdk}}",
+                &format!("{{ path = {:?} }}", sdk.display().to_string()),
+            )
+            .replace("{{run}}", &run)
+            .replace("{{pipeline}}", &pipeline)
+    };
+    std::fs::create_dir_all(project.join("src"))
+        .with_context(|| format!("cannot create {}", project.display()))?;
+    for (file, text) in [
+        ("Cargo.toml", fill(CARGO)),
+        ("README.md", fill(README)),
+        (".gitignore", GITIGNORE.to_owned()),
+        ("rust-toolchain.toml", TOOLCHAIN.to_owned()),
+        ("src/lib.rs", fill(source)),
+    ] {
+        let path = project.join(file);
+        std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    println!("{}", project.display());
+    eprintln!(
+        "weir plugin new: a {kind} in Rust in {}; next: cd {} && cargo test && cargo build --release --target wasm32-wasip2 (see its README.md)",
+        project.display(),
+        project.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_must_suit_a_crate_and_give_a_type_name() {
+        assert!(valid_name("frost-alarm") && valid_name("p95") && valid_name("a1-b2"));
+        assert!(!valid_name("Frost") && !valid_name("1x") && !valid_name("a_b"));
+        assert!(!valid_name("") && !valid_name("a-") && !valid_name("a/b"));
+        assert_eq!(struct_name("frost-alarm"), "FrostAlarm");
+        assert_eq!(struct_name("p95"), "P95");
+    }
+}

@@ -1,0 +1,162 @@
+//! `weir plugin new`: each kind of project it makes builds, passes its own test, and runs through
+//! the host as its README says.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::Value as Json;
+use weir_tests::process::{TempDir, WeirProcess};
+
+/// Runs `cargo ARGS` in `dir` with the shared target directory; panics with its output on
+/// failure.
+fn cargo(dir: &Path, args: &[&str]) {
+    let out = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(args)
+        .current_dir(dir)
+        // The three projects share their dependencies' builds, and later runs reuse them.
+        .env(
+            "CARGO_TARGET_DIR",
+            weir_tests::repo().join("target/plugin-new"),
+        )
+        // The generated project names its toolchain; the test's own must not override it.
+        .env_remove("RUSTUP_TOOLCHAIN")
+        .env_remove("CARGO")
+        .output()
+        .expect("cargo runs");
+    assert!(
+        out.status.success(),
+        "cargo {args:?} in {}:\n{}",
+        dir.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `weir ARGS` with `input` on standard input: its stdout, one JSON value per line.
+fn weir_with_input(args: &[&str], input: &str) -> Vec<Json> {
+    let dir = TempDir::new("weir-plugin-new-input");
+    let file = dir.path().join("input.jsonl");
+    std::fs::write(&file, input).unwrap();
+    let mut all = args.to_vec();
+    all.extend_from_slice(&["--input", file.to_str().unwrap()]);
+    let mut p = WeirProcess::spawn(&all, &[]);
+    assert!(p.wait(Duration::from_secs(120)).success(), "{}", p.stderr());
+    p.stdout()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn new_project(dir: &Path, name: &str, kind: &str) -> std::path::PathBuf {
+    let mut p = WeirProcess::spawn(
+        &[
+            "plugin",
+            "new",
+            name,
+            "--kind",
+            kind,
+            "--dir",
+            dir.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(p.wait(Duration::from_secs(60)).success(), "{}", p.stderr());
+    let project = dir.join(name);
+    for file in [
+        "Cargo.toml",
+        "README.md",
+        "src/lib.rs",
+        "rust-toolchain.toml",
+    ] {
+        assert!(project.join(file).is_file(), "{file} made");
+    }
+    project
+}
+
+#[test]
+fn each_kind_of_new_rust_plugin_builds_passes_its_test_and_runs_through_the_host() {
+    let dir = TempDir::new("weir-plugin-new");
+    let wasm = weir_tests::repo().join("target/plugin-new/wasm32-wasip2/release");
+    let cases = [
+        (
+            "frost-scale",
+            "transform",
+            "{ field = \"temp\", factor = 2.0 }",
+            "{\"key\":\"s1\",\"ts_ms\":1,\"fields\":{\"temp\":1.5}}\n\
+             {\"key\":\"s1\",\"ts_ms\":2,\"fields\":{\"humidity\":80}}\n\
+             {\"key\":\"s1\",\"ts_ms\":3,\"fields\":{\"temp\":2.5}}\n",
+            // A batch's events come out before its dead letters.
+            vec![
+                ("main", "scaled", Json::from(3.0)),
+                ("main", "scaled", Json::from(5.0)),
+                ("dead-letter", "", Json::Null),
+            ],
+        ),
+        (
+            "csv-reader",
+            "decode",
+            "{ field = \"temp\" }",
+            // "s1,1700000000000,21.5", then "garbage".
+            "{\"topic\":\"sensors/s1\",\"payload_base64\":\"czEsMTcwMDAwMDAwMDAwMCwyMS41\"}\n\
+             {\"topic\":\"sensors/s1\",\"payload_base64\":\"Z2FyYmFnZQ==\"}\n",
+            vec![
+                ("main", "temp", Json::from(21.5)),
+                ("dead-letter", "", Json::Null),
+            ],
+        ),
+        (
+            "window-mean",
+            "aggregate",
+            "{ field = \"temp\" }",
+            "{\"key\":\"s1\",\"ts_ms\":1,\"fields\":{\"temp\":1.0}}\n\
+             {\"key\":\"s1\",\"ts_ms\":2,\"fields\":{\"temp\":3.0}}\n",
+            vec![("main", "mean", Json::from(2.0))],
+        ),
+    ];
+    for (name, kind, config, input, want) in cases {
+        let project = new_project(dir.path(), name, kind);
+        cargo(&project, &["test", "--quiet"]);
+        cargo(
+            &project,
+            &["build", "--quiet", "--release", "--target", "wasm32-wasip2"],
+        );
+        let component = wasm.join(format!("{}.wasm", name.replace('-', "_")));
+        let out = weir_with_input(
+            &[
+                "plugin",
+                "run",
+                component.to_str().unwrap(),
+                "--config",
+                config,
+            ],
+            input,
+        );
+        assert_eq!(out.len(), want.len(), "{name}: {out:?}");
+        for (got, (output, field, value)) in out.iter().zip(&want) {
+            assert_eq!(got["output"], *output, "{name}: {got}");
+            if !field.is_empty() {
+                assert_eq!(got["fields"][field], *value, "{name}: {got}");
+            }
+        }
+    }
+    // An existing directory is never overwritten, and a name must suit a crate.
+    let mut p = WeirProcess::spawn(
+        &[
+            "plugin",
+            "new",
+            "frost-scale",
+            "--dir",
+            dir.path().to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(!p.wait(Duration::from_secs(60)).success());
+    assert!(p.stderr().contains("already exists"), "{}", p.stderr());
+    let mut p = WeirProcess::spawn(&["plugin", "new", "Frost_Scale"], &[]);
+    assert!(!p.wait(Duration::from_secs(60)).success());
+    assert!(
+        p.stderr().contains("cannot name a plugin"),
+        "{}",
+        p.stderr()
+    );
+}
