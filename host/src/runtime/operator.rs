@@ -849,8 +849,13 @@ impl Operator {
     }
 
     /// Runs a batch of events through a transformer (and through the candidate in its shadow,
-    /// if one runs).
+    /// if one runs). An empty batch calls nothing.
     pub fn transform(&mut self, events: Batch) -> Outcome {
+        if events.is_empty() {
+            // Nothing to call the plugin for (every message of the batch was a dead letter
+            // before this step, or an earlier step emitted nothing).
+            return Outcome::new();
+        }
         if self.shadow.is_none() {
             return self.transform_here(events);
         }
