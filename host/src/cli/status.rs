@@ -400,23 +400,27 @@ pub(super) fn shadow(args: AdminArgs) -> anyhow::Result<ExitCode> {
             s["candidate_layout"]
         );
         say!(
-            "  {:<10} {:>8} {:>10} {:>11} {:>13} {:>15}",
+            "  {:<10} {:>8} {:>10} {:>11} {:>13} {:>7} {:>15}",
             "",
             "batches",
             "events in",
             "events out",
             "dead letters",
+            "errors",
             "µs per batch"
         );
         for side in ["live", "candidate"] {
             let x = &s[side];
+            // (serde_json's numbers ignore widths: format them as numbers.)
+            let n = |field: &str| x[field].as_u64().unwrap_or(0);
             say!(
-                "  {:<10} {:>8} {:>10} {:>11} {:>13} {:>15.1}",
+                "  {:<10} {:>8} {:>10} {:>11} {:>13} {:>7} {:>15.1}",
                 side,
-                x["batches"],
-                x["events_in"],
-                x["events_out"],
-                x["dead_letters"],
+                n("batches"),
+                n("events_in"),
+                n("events_out"),
+                n("dead_letters"),
+                n("errors"),
                 x["time_per_batch_us"].as_f64().unwrap_or(0.0)
             );
         }
