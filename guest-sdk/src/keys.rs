@@ -9,8 +9,14 @@ use std::hash::{BuildHasherDefault, Hasher};
 
 use crate::event::Str;
 
+/// Slots of the direct-mapped cache in front of [`Cache::names`].
+const RECENT: usize = 1024;
+
 #[derive(Default)]
 struct Cache {
+    /// The text of recently seen ids, by `id % RECENT`: a batch's keys are found here without
+    /// hashing.
+    recent: Vec<Option<(u32, Str)>>,
     names: HashMap<u32, Str, BuildHasherDefault<IntHasher>>,
     ids: HashMap<Str, u32>,
     /// Ids by the address of the cached `Str`: events carry the very `Str`s handed out by
@@ -57,16 +63,40 @@ fn remember(cache: &mut Cache, id: u32, name: Str) {
     cache.ids.insert(name, id);
 }
 
-/// The text of key `id`.
-pub(crate) fn name(id: u32) -> Str {
-    CACHE.with(|c| {
-        let mut cache = c.borrow_mut();
-        if let Some(name) = cache.names.get(&id) {
+impl Cache {
+    fn name(&mut self, id: u32) -> Str {
+        if self.recent.is_empty() {
+            self.recent.resize(RECENT, None);
+        }
+        let slot = id as usize % RECENT;
+        if let Some((at, name)) = &self.recent[slot]
+            && *at == id
+        {
             return name.clone();
         }
-        let name: Str = Str::from(crate::host::key_name(id));
-        remember(&mut cache, id, name.clone());
+        let name = match self.names.get(&id) {
+            Some(name) => name.clone(),
+            None => {
+                let name: Str = Str::from(crate::host::key_name(id));
+                remember(self, id, name.clone());
+                name
+            }
+        };
+        self.recent[slot] = Some((id, name.clone()));
         name
+    }
+}
+
+/// The text of key `id`.
+pub(crate) fn name(id: u32) -> Str {
+    CACHE.with(|c| c.borrow_mut().name(id))
+}
+
+/// The text of each key of `ids`, in order.
+pub(crate) fn names(ids: &[u32]) -> Vec<Str> {
+    CACHE.with(|c| {
+        let mut cache = c.borrow_mut();
+        ids.iter().map(|&id| cache.name(id)).collect()
     })
 }
 
