@@ -64,16 +64,18 @@ fn remember(cache: &mut Cache, id: u32, name: Str) {
 }
 
 impl Cache {
+    /// The text of key `id`, through [`Cache::recent`] (which must not be empty).
+    #[inline]
     fn name(&mut self, id: u32) -> Str {
-        if self.recent.is_empty() {
-            self.recent.resize(RECENT, None);
-        }
         let slot = id as usize % RECENT;
-        if let Some((at, name)) = &self.recent[slot]
-            && *at == id
-        {
-            return name.clone();
+        match &self.recent[slot] {
+            Some((at, name)) if *at == id => name.clone(),
+            _ => self.name_slow(id, slot),
         }
+    }
+
+    #[cold]
+    fn name_slow(&mut self, id: u32, slot: usize) -> Str {
         let name = match self.names.get(&id) {
             Some(name) => name.clone(),
             None => {
@@ -85,18 +87,28 @@ impl Cache {
         self.recent[slot] = Some((id, name.clone()));
         name
     }
+
+    fn ready(&mut self) -> &mut Self {
+        if self.recent.is_empty() {
+            self.recent.resize(RECENT, None);
+        }
+        self
+    }
 }
 
 /// The text of key `id`.
 pub(crate) fn name(id: u32) -> Str {
-    CACHE.with(|c| c.borrow_mut().name(id))
+    CACHE.with(|c| c.borrow_mut().ready().name(id))
 }
 
 /// The text of each key of `ids`, in order.
 pub(crate) fn names(ids: &[u32]) -> Vec<Str> {
     CACHE.with(|c| {
         let mut cache = c.borrow_mut();
-        ids.iter().map(|&id| cache.name(id)).collect()
+        let cache = cache.ready();
+        let mut names = Vec::with_capacity(ids.len());
+        names.extend(ids.iter().map(|&id| cache.name(id)));
+        names
     })
 }
 
