@@ -40,17 +40,6 @@ impl KeyHint {
     }
 }
 
-/// Whether `values` has a value at `row` (which is in range).
-#[inline]
-fn has_value(values: &Values, row: usize) -> bool {
-    match values {
-        Values::Float(v) => v[row].is_some(),
-        Values::Int(v) => v[row].is_some(),
-        Values::Text(v) => v[row].is_some(),
-        Values::Flag(v) => v[row].is_some(),
-    }
-}
-
 /// The value of `values` at `row` (which is in range), taken out of it.
 #[inline]
 fn take_value(values: &mut Values, row: usize) -> Option<Value> {
@@ -109,25 +98,25 @@ impl Rows {
         self.row += 1;
         let ts_ms = self.ts_ms[row];
         let hint = KeyHint::of(&key, self.ids[row]);
-        // `fields` is most often the field list of the event before, with every field: when
-        // this event has every field too, its values are overwritten and its names kept.
-        let reuse = fields.len() == self.columns.len()
-            && self
-                .columns
-                .iter()
-                .zip(&fields)
-                .all(|((name, values), (field, _))| {
-                    Rc::ptr_eq(name, field) && has_value(values, row)
-                });
-        if reuse {
-            for ((_, values), (_, value)) in self.columns.iter_mut().zip(fields.iter_mut()) {
-                if let Some(v) = take_value(values, row) {
-                    *value = v;
+        // `fields` is most often the field list of the event before, with every field: while
+        // this event has the same fields, their values are overwritten and their names kept.
+        let mut same = 0;
+        if fields.len() == self.columns.len() {
+            for ((name, values), (field, value)) in self.columns.iter_mut().zip(fields.iter_mut()) {
+                if !Rc::ptr_eq(name, field) {
+                    break;
                 }
+                match take_value(values, row) {
+                    Some(v) => *value = v,
+                    None => break,
+                }
+                same += 1;
             }
-        } else {
-            fields.clear();
-            for (name, values) in &mut self.columns {
+        }
+        if same < self.columns.len() {
+            // The fields before `same` hold this event's values; read the others.
+            fields.truncate(same);
+            for (name, values) in &mut self.columns[same..] {
                 if let Some(value) = take_value(values, row) {
                     fields.push((name.clone(), value));
                 }
@@ -214,29 +203,30 @@ impl ColumnBuf {
         }
     }
 
-    /// Whether `value` goes in this column (see [`ColumnBuf::put`]).
+    /// Appends `value` if it goes in this column (see [`ColumnBuf::put`]), taking text out of it.
     #[inline]
-    fn takes(&self, value: &Value) -> bool {
-        matches!(
-            (self, value),
-            (ColumnBuf::Float(_), Value::Float(_) | Value::Int(_))
-                | (ColumnBuf::Int(_), Value::Int(_))
-                | (ColumnBuf::Text(_), Value::Text(_))
-                | (ColumnBuf::Flag(_), Value::Flag(_))
-        )
-    }
-
-    /// Appends `value`, which [`ColumnBuf::takes`] (anything else appends no value); text is
-    /// taken out of it.
-    #[inline]
-    fn push_value(&mut self, value: &mut Value) {
+    fn push_value(&mut self, value: &mut Value) -> bool {
         match (self, value) {
             (ColumnBuf::Float(v), Value::Float(x)) => v.push(Some(*x)),
             (ColumnBuf::Float(v), Value::Int(x)) => v.push(Some(*x as f64)),
             (ColumnBuf::Int(v), Value::Int(x)) => v.push(Some(*x)),
             (ColumnBuf::Text(v), Value::Text(x)) => v.push(Some(std::mem::take(x))),
             (ColumnBuf::Flag(v), Value::Flag(x)) => v.push(Some(*x)),
-            (column, _) => column.push_none(),
+            _ => return false,
+        }
+        true
+    }
+
+    /// Takes back the last value, which [`ColumnBuf::push_value`] appended from `value`.
+    #[cold]
+    fn unpush(&mut self, value: &mut Value) {
+        match self {
+            ColumnBuf::Text(v) => {
+                if let Some(Some(text)) = v.pop() {
+                    *value = Value::Text(text);
+                }
+            }
+            other => other.pop(),
         }
     }
 
@@ -307,13 +297,7 @@ impl BatchBuilder {
     /// same field of earlier events in the batch is refused with the reason (the batch is left
     /// as it was). `hint` may give the id of the event's key.
     pub(crate) fn push(&mut self, event: &mut Event, hint: Option<KeyHint>) -> Result<(), String> {
-        if self.fits(&event.fields) {
-            // The usual case: the event's fields are the columns, in their order, by the very
-            // names they were made with, with values of their types.
-            for ((_, column), (_, value)) in self.columns.iter_mut().zip(event.fields.iter_mut()) {
-                column.push_value(value);
-            }
-        } else {
+        if !self.push_same(&mut event.fields) {
             self.push_fields(event)?;
         }
         let id = match hint.and_then(|h| h.id_of(&event.key)) {
@@ -325,16 +309,29 @@ impl BatchBuilder {
         Ok(())
     }
 
-    /// Whether `fields` are the columns, in order and by the same [`Str`]s, with values that go
-    /// in them.
+    /// Adds `fields` if they are the columns, in order and by the very names the columns were
+    /// made with, with values of the columns' types: the usual case. Otherwise adds nothing and
+    /// returns false, with `fields` as they were.
     #[inline]
-    fn fits(&self, fields: &[(Str, Value)]) -> bool {
-        fields.len() == self.columns.len()
-            && self
-                .columns
-                .iter()
-                .zip(fields)
-                .all(|((n, column), (name, value))| Rc::ptr_eq(n, name) && column.takes(value))
+    fn push_same(&mut self, fields: &mut [(Str, Value)]) -> bool {
+        if fields.len() != self.columns.len() {
+            return false;
+        }
+        let mut done = 0;
+        for ((n, column), (name, value)) in self.columns.iter_mut().zip(fields.iter_mut()) {
+            if !Rc::ptr_eq(n, name) || !column.push_value(value) {
+                break;
+            }
+            done += 1;
+        }
+        if done == fields.len() {
+            return true;
+        }
+        // Undo: give the texts taken back to their fields.
+        for ((_, column), (_, value)) in self.columns.iter_mut().zip(fields.iter_mut()).take(done) {
+            column.unpush(value);
+        }
+        false
     }
 
     /// Adds the fields of one event, in any order, making the columns it lacks.
@@ -575,5 +572,54 @@ mod each_event_tests {
             expected.push(e);
         }
         assert_eq!(super::to_events(out).unwrap(), expected);
+    }
+}
+
+#[cfg(test)]
+mod each_event_type_tests {
+    use crate::context::{Context, StateStore};
+    use crate::event::{Event, Value};
+    use crate::{Transform, rt};
+
+    /// Replaces a `temp` above 100 with the text "hot".
+    #[derive(serde::Deserialize)]
+    struct Hot {}
+
+    impl Transform for Hot {
+        fn process(&mut self, mut event: Event, ctx: &mut Context) -> Result<(), String> {
+            if event.f64("temp").is_some_and(|t| t > 100.0) {
+                event.set("temp", "hot");
+            }
+            ctx.emit(event);
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_field_that_changes_type_refuses_that_event_and_keeps_the_others_whole() {
+        let events: Vec<Event> = [("a", 20.0), ("b", 120.0), ("c", 30.0)]
+            .into_iter()
+            .enumerate()
+            .map(|(i, (note, temp))| {
+                Event::new("k", i as i64)
+                    .with("note", note)
+                    .with("temp", temp)
+            })
+            .collect();
+        let mut builder = super::BatchBuilder::with_capacity(events.len());
+        for mut e in events.clone() {
+            builder.push(&mut e, None).unwrap();
+        }
+        let mut ctx = Context::new(StateStore::Memory(Default::default()));
+        let out = rt::each_event(&mut Hot {}, builder.finish(), &mut ctx).unwrap();
+        let back = super::to_events(out).unwrap();
+        assert_eq!(back, vec![events[0].clone(), events[2].clone()]);
+        assert_eq!(ctx.rejected.len(), 1);
+        assert_eq!(ctx.rejected[0].index, 1);
+        assert_eq!(
+            ctx.rejected[0].reason,
+            "field \"temp\" is text here but float in other events of the batch"
+        );
+        assert_eq!(back[1].get("note"), Some(&Value::Text("c".into())));
     }
 }
