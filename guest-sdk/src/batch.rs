@@ -9,26 +9,45 @@ use crate::wit::{Batch, Column, Rejected, Values};
 /// The events of a columnar batch, produced one at a time so that each event's field list can
 /// reuse the allocation of the one before.
 pub(crate) struct Rows {
-    key: std::vec::IntoIter<u32>,
-    ts_ms: std::vec::IntoIter<i64>,
-    columns: Vec<(Str, ColumnIter)>,
+    ids: Vec<u32>,
+    keys: std::vec::IntoIter<Str>,
+    ts_ms: Vec<i64>,
+    columns: Vec<(Str, Values)>,
+    /// The next row.
+    row: usize,
 }
 
-enum ColumnIter {
-    Float(std::vec::IntoIter<Option<f64>>),
-    Int(std::vec::IntoIter<Option<i64>>),
-    Text(std::vec::IntoIter<Option<String>>),
-    Flag(std::vec::IntoIter<Option<bool>>),
+/// The key of the event [`Rows::next_event`] returned, by id: an event emitted with that very
+/// key (the same [`Str`]) needs no lookup to find its id again.
+#[derive(Clone, Copy)]
+pub(crate) struct KeyHint {
+    text: *const u8,
+    id: u32,
 }
 
-impl ColumnIter {
-    fn next_value(&mut self) -> Option<Value> {
-        match self {
-            ColumnIter::Float(v) => v.next().flatten().map(Value::Float),
-            ColumnIter::Int(v) => v.next().flatten().map(Value::Int),
-            ColumnIter::Text(v) => v.next().flatten().map(Value::Text),
-            ColumnIter::Flag(v) => v.next().flatten().map(Value::Flag),
+impl KeyHint {
+    fn of(key: &Str, id: u32) -> Self {
+        KeyHint {
+            text: Rc::as_ptr(key) as *const u8,
+            id,
         }
+    }
+
+    /// The id of `key`, if it is the key this hint was taken from. The key cache keeps every
+    /// key's [`Str`] alive, so an address is never reused for another key.
+    fn id_of(&self, key: &Str) -> Option<u32> {
+        (Rc::as_ptr(key) as *const u8 == self.text).then_some(self.id)
+    }
+}
+
+/// The value of `values` at `row` (which is in range), taken out of it.
+#[inline]
+fn take_value(values: &mut Values, row: usize) -> Option<Value> {
+    match values {
+        Values::Float(v) => v[row].map(Value::Float),
+        Values::Int(v) => v[row].map(Value::Int),
+        Values::Text(v) => v[row].take().map(Value::Text),
+        Values::Flag(v) => v[row].map(Value::Flag),
     }
 }
 
@@ -44,46 +63,66 @@ impl Rows {
         if ts_ms.len() != n {
             return Err(format!("batch has {n} keys but {} timestamps", ts_ms.len()));
         }
-        let mut iters = Vec::with_capacity(columns.len());
+        let mut named = Vec::with_capacity(columns.len());
         for Column { name, values } in columns {
             let len = values_len(&values);
             if len != n {
                 return Err(format!("column {name:?} has {len} values for {n} events"));
             }
-            let iter = match values {
-                Values::Float(v) => ColumnIter::Float(v.into_iter()),
-                Values::Int(v) => ColumnIter::Int(v.into_iter()),
-                Values::Text(v) => ColumnIter::Text(v.into_iter()),
-                Values::Flag(v) => ColumnIter::Flag(v.into_iter()),
-            };
-            iters.push((Str::from(name), iter));
+            named.push((Str::from(name), values));
         }
         Ok(Rows {
-            key: key.into_iter(),
-            ts_ms: ts_ms.into_iter(),
-            columns: iters,
+            keys: crate::keys::names(&key).into_iter(),
+            ids: key,
+            ts_ms,
+            columns: named,
+            row: 0,
         })
     }
 
     pub(crate) fn len(&self) -> usize {
-        self.key.len()
+        self.keys.len()
     }
 
-    /// The next event, with its fields in `fields` (emptied first).
-    pub(crate) fn next_event(&mut self, mut fields: Vec<(Str, Value)>) -> Option<Event> {
-        let k = self.key.next()?;
-        let ts_ms = self.ts_ms.next()?;
-        fields.clear();
-        for (name, column) in &mut self.columns {
-            if let Some(value) = column.next_value() {
-                fields.push((name.clone(), value));
+    /// The number of fields an event has at most.
+    pub(crate) fn width(&self) -> usize {
+        self.columns.len()
+    }
+
+    /// The next event, with its fields in `fields` (whatever it holds is replaced), and its
+    /// key's id.
+    #[inline]
+    pub(crate) fn next_event(&mut self, mut fields: Vec<(Str, Value)>) -> Option<(Event, KeyHint)> {
+        let key = self.keys.next()?;
+        let row = self.row;
+        self.row += 1;
+        let ts_ms = self.ts_ms[row];
+        let hint = KeyHint::of(&key, self.ids[row]);
+        // `fields` is most often the field list of the event before, with every field: while
+        // this event has the same fields, their values are overwritten and their names kept.
+        let mut same = 0;
+        if fields.len() == self.columns.len() {
+            for ((name, values), (field, value)) in self.columns.iter_mut().zip(fields.iter_mut()) {
+                if !Rc::ptr_eq(name, field) {
+                    break;
+                }
+                match take_value(values, row) {
+                    Some(v) => *value = v,
+                    None => break,
+                }
+                same += 1;
             }
         }
-        Some(Event {
-            key: crate::keys::name(k),
-            ts_ms,
-            fields,
-        })
+        if same < self.columns.len() {
+            // The fields before `same` hold this event's values; read the others.
+            fields.truncate(same);
+            for (name, values) in &mut self.columns[same..] {
+                if let Some(value) = take_value(values, row) {
+                    fields.push((name.clone(), value));
+                }
+            }
+        }
+        Some((Event { key, ts_ms, fields }, hint))
     }
 }
 
@@ -91,7 +130,7 @@ impl Rows {
 pub(crate) fn to_events(batch: Batch) -> Result<Vec<Event>, String> {
     let mut rows = Rows::new(batch)?;
     let mut events = Vec::with_capacity(rows.len());
-    while let Some(e) = rows.next_event(Vec::new()) {
+    while let Some((e, _)) = rows.next_event(Vec::new()) {
         events.push(e);
     }
     Ok(events)
@@ -115,12 +154,19 @@ enum ColumnBuf {
 }
 
 impl ColumnBuf {
-    fn new(value: &Value, rows: usize) -> Self {
+    /// A column for values like `value`, of `rows` rows without a value, with room for
+    /// `capacity` rows.
+    fn new(value: &Value, rows: usize, capacity: usize) -> Self {
+        fn nones<T: Clone>(rows: usize, capacity: usize) -> Vec<Option<T>> {
+            let mut v = Vec::with_capacity(capacity.max(rows));
+            v.resize(rows, None);
+            v
+        }
         match value {
-            Value::Float(_) => ColumnBuf::Float(vec![None; rows]),
-            Value::Int(_) => ColumnBuf::Int(vec![None; rows]),
-            Value::Text(_) => ColumnBuf::Text(vec![None; rows]),
-            Value::Flag(_) => ColumnBuf::Flag(vec![None; rows]),
+            Value::Float(_) => ColumnBuf::Float(nones(rows, capacity)),
+            Value::Int(_) => ColumnBuf::Int(nones(rows, capacity)),
+            Value::Text(_) => ColumnBuf::Text(nones(rows, capacity)),
+            Value::Flag(_) => ColumnBuf::Flag(nones(rows, capacity)),
         }
     }
 
@@ -135,6 +181,7 @@ impl ColumnBuf {
 
     /// Stores `value` at `row`. A column holds one type; an int goes into a float column as a
     /// float, anything else of the wrong type is refused.
+    #[inline]
     fn put(&mut self, row: usize, value: Value) -> Result<(), Value> {
         match (self, value) {
             (ColumnBuf::Float(v), Value::Float(x)) => v[row] = Some(x),
@@ -156,6 +203,34 @@ impl ColumnBuf {
         }
     }
 
+    /// Appends `value` if it goes in this column (see [`ColumnBuf::put`]), taking text out of it.
+    #[inline]
+    fn push_value(&mut self, value: &mut Value) -> bool {
+        match (self, value) {
+            (ColumnBuf::Float(v), Value::Float(x)) => v.push(Some(*x)),
+            (ColumnBuf::Float(v), Value::Int(x)) => v.push(Some(*x as f64)),
+            (ColumnBuf::Int(v), Value::Int(x)) => v.push(Some(*x)),
+            (ColumnBuf::Text(v), Value::Text(x)) => v.push(Some(std::mem::take(x))),
+            (ColumnBuf::Flag(v), Value::Flag(x)) => v.push(Some(*x)),
+            _ => return false,
+        }
+        true
+    }
+
+    /// Takes back the last value, which [`ColumnBuf::push_value`] appended from `value`.
+    #[cold]
+    fn unpush(&mut self, value: &mut Value) {
+        match self {
+            ColumnBuf::Text(v) => {
+                if let Some(Some(text)) = v.pop() {
+                    *value = Value::Text(text);
+                }
+            }
+            other => other.pop(),
+        }
+    }
+
+    #[inline]
     fn push_none(&mut self) {
         match self {
             ColumnBuf::Float(v) => v.push(None),
@@ -189,6 +264,8 @@ pub(crate) struct BatchBuilder {
     key: Vec<u32>,
     ts_ms: Vec<i64>,
     columns: Vec<(Str, ColumnBuf)>,
+    /// The number of events expected, to size new columns.
+    capacity: usize,
 }
 
 impl BatchBuilder {
@@ -197,28 +274,79 @@ impl BatchBuilder {
             key: Vec::with_capacity(events),
             ts_ms: Vec::with_capacity(events),
             columns: Vec::new(),
+            capacity: events,
         }
     }
 
-    /// Adds one event, taking its fields (`event.fields` is left empty, its allocation free for
-    /// reuse). An event whose field has a different type than the same field of earlier events
-    /// in the batch is refused with the reason (the batch is left as it was).
-    pub(crate) fn push(&mut self, event: &mut Event) -> Result<(), String> {
+    /// The column of field `name`, the `nth` field of its event: most events have their
+    /// fields in the order of the columns, with the names the columns were made with.
+    #[inline]
+    fn find(&self, nth: usize, name: &Str) -> Option<usize> {
+        if let Some((n, _)) = self.columns.get(nth)
+            && Rc::ptr_eq(n, name)
+        {
+            return Some(nth);
+        }
+        self.columns
+            .iter()
+            .position(|(n, _)| Rc::ptr_eq(n, name) || *n == *name)
+    }
+
+    /// Adds one event, taking its fields' values (`event.fields` is left for reuse: emptied, or
+    /// with its names and spent values). An event whose field has a different type than the
+    /// same field of earlier events in the batch is refused with the reason (the batch is left
+    /// as it was). `hint` may give the id of the event's key.
+    pub(crate) fn push(&mut self, event: &mut Event, hint: Option<KeyHint>) -> Result<(), String> {
+        if !self.push_same(&mut event.fields) {
+            self.push_fields(event)?;
+        }
+        let id = match hint.and_then(|h| h.id_of(&event.key)) {
+            Some(id) => id,
+            None => crate::keys::id(&event.key),
+        };
+        self.key.push(id);
+        self.ts_ms.push(event.ts_ms);
+        Ok(())
+    }
+
+    /// Adds `fields` if they are the columns, in order and by the very names the columns were
+    /// made with, with values of the columns' types: the usual case. Otherwise adds nothing and
+    /// returns false, with `fields` as they were.
+    #[inline]
+    fn push_same(&mut self, fields: &mut [(Str, Value)]) -> bool {
+        if fields.len() != self.columns.len() {
+            return false;
+        }
+        let mut done = 0;
+        for ((n, column), (name, value)) in self.columns.iter_mut().zip(fields.iter_mut()) {
+            if !Rc::ptr_eq(n, name) || !column.push_value(value) {
+                break;
+            }
+            done += 1;
+        }
+        if done == fields.len() {
+            return true;
+        }
+        // Undo: give the texts taken back to their fields.
+        for ((_, column), (_, value)) in self.columns.iter_mut().zip(fields.iter_mut()).take(done) {
+            column.unpush(value);
+        }
+        false
+    }
+
+    /// Adds the fields of one event, in any order, making the columns it lacks.
+    fn push_fields(&mut self, event: &mut Event) -> Result<(), String> {
         let row = self.key.len();
         for col in self.columns.iter_mut() {
             col.1.push_none();
         }
         let mut failed = None;
-        for (name, value) in event.fields.drain(..) {
-            let at = match self
-                .columns
-                .iter()
-                .position(|(n, _)| Rc::ptr_eq(n, &name) || *n == name)
-            {
+        for (nth, (name, value)) in event.fields.drain(..).enumerate() {
+            let at = match self.find(nth, &name) {
                 Some(at) => at,
                 None => {
-                    self.columns
-                        .push((name.clone(), ColumnBuf::new(&value, row + 1)));
+                    let column = ColumnBuf::new(&value, row + 1, self.capacity);
+                    self.columns.push((name.clone(), column));
                     self.columns.len() - 1
                 }
             };
@@ -238,9 +366,6 @@ impl BatchBuilder {
             }
             return Err(reason);
         }
-        let id = crate::keys::id(&event.key);
-        self.key.push(id);
-        self.ts_ms.push(event.ts_ms);
         Ok(())
     }
 
@@ -291,6 +416,7 @@ impl Emitted {
         index: usize,
         result: Result<(), String>,
         emitted: &mut Vec<Event>,
+        hint: Option<KeyHint>,
     ) -> Vec<(Str, Value)> {
         let mut spare = Vec::new();
         if let Err(reason) = result {
@@ -301,8 +427,19 @@ impl Emitted {
             });
             return spare;
         }
+        if emitted.len() == 1
+            && let Some(mut event) = emitted.pop()
+        {
+            if let Err(reason) = self.builder.push(&mut event, hint) {
+                self.rejected.push(Rejected {
+                    index: index as u32,
+                    reason,
+                });
+            }
+            return event.fields;
+        }
         for mut event in emitted.drain(..) {
-            if let Err(reason) = self.builder.push(&mut event) {
+            if let Err(reason) = self.builder.push(&mut event, hint) {
                 self.rejected.push(Rejected {
                     index: index as u32,
                     reason,
@@ -322,7 +459,7 @@ mod tests {
         let mut builder = BatchBuilder::with_capacity(events.len());
         let mut refused = Vec::new();
         for mut e in events {
-            if let Err(reason) = builder.push(&mut e) {
+            if let Err(reason) = builder.push(&mut e, None) {
                 refused.push(reason);
             }
         }
@@ -379,5 +516,110 @@ mod tests {
             Rows::new(batch(vec![0, 0], vec![1, 2])).err().unwrap(),
             "column \"t\" has 1 values for 2 events"
         );
+    }
+}
+
+#[cfg(test)]
+mod each_event_tests {
+    use crate::context::{Context, StateStore};
+    use crate::event::Event;
+    use crate::{Transform, rt};
+
+    /// Passes every event on, twice for events with `twice`, and drops those with `drop`.
+    #[derive(serde::Deserialize)]
+    struct Pass {}
+
+    impl Transform for Pass {
+        fn process(&mut self, event: Event, ctx: &mut Context) -> Result<(), String> {
+            if event.get("drop").is_some() {
+                return Ok(());
+            }
+            if event.get("twice").is_some() {
+                ctx.emit(event.clone());
+            }
+            ctx.emit(event);
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn events_of_any_layout_come_out_as_they_went_in() {
+        let events = vec![
+            Event::new("a", 1).with("temp", 20.5).with("note", "dusty"),
+            Event::new("b", 2).with("temp", 21.5).with("note", "windy"),
+            Event::new("a", 3).with("temp", 22.5),
+            Event::new("c", 4).with("note", "calm"),
+            Event::new("b", 5).with("temp", 23.5).with("note", "dry"),
+            Event::new("b", 6).with("temp", 1.0).with("drop", true),
+            Event::new("a", 7).with("temp", 24.5).with("note", "wet"),
+            Event::new("c", 8).with("temp", 2.0).with("twice", 1_i64),
+            Event::new("a", 9).with("temp", 25.5).with("note", "cold"),
+        ];
+        let mut builder = super::BatchBuilder::with_capacity(events.len());
+        for mut e in events.clone() {
+            builder.push(&mut e, None).unwrap();
+        }
+        let mut ctx = Context::new(StateStore::Memory(Default::default()));
+        let out = rt::each_event(&mut Pass {}, builder.finish(), &mut ctx).unwrap();
+        let mut expected: Vec<Event> = Vec::new();
+        for e in events {
+            if e.get("drop").is_some() {
+                continue;
+            }
+            if e.get("twice").is_some() {
+                expected.push(e.clone());
+            }
+            expected.push(e);
+        }
+        assert_eq!(super::to_events(out).unwrap(), expected);
+    }
+}
+
+#[cfg(test)]
+mod each_event_type_tests {
+    use crate::context::{Context, StateStore};
+    use crate::event::{Event, Value};
+    use crate::{Transform, rt};
+
+    /// Replaces a `temp` above 100 with the text "hot".
+    #[derive(serde::Deserialize)]
+    struct Hot {}
+
+    impl Transform for Hot {
+        fn process(&mut self, mut event: Event, ctx: &mut Context) -> Result<(), String> {
+            if event.f64("temp").is_some_and(|t| t > 100.0) {
+                event.set("temp", "hot");
+            }
+            ctx.emit(event);
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_field_that_changes_type_refuses_that_event_and_keeps_the_others_whole() {
+        let events: Vec<Event> = [("a", 20.0), ("b", 120.0), ("c", 30.0)]
+            .into_iter()
+            .enumerate()
+            .map(|(i, (note, temp))| {
+                Event::new("k", i as i64)
+                    .with("note", note)
+                    .with("temp", temp)
+            })
+            .collect();
+        let mut builder = super::BatchBuilder::with_capacity(events.len());
+        for mut e in events.clone() {
+            builder.push(&mut e, None).unwrap();
+        }
+        let mut ctx = Context::new(StateStore::Memory(Default::default()));
+        let out = rt::each_event(&mut Hot {}, builder.finish(), &mut ctx).unwrap();
+        let back = super::to_events(out).unwrap();
+        assert_eq!(back, vec![events[0].clone(), events[2].clone()]);
+        assert_eq!(ctx.rejected.len(), 1);
+        assert_eq!(ctx.rejected[0].index, 1);
+        assert_eq!(
+            ctx.rejected[0].reason,
+            "field \"temp\" is text here but float in other events of the batch"
+        );
+        assert_eq!(back[1].get("note"), Some(&Value::Text("c".into())));
     }
 }

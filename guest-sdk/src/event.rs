@@ -116,19 +116,22 @@ impl Event {
     }
 
     /// The value of field `name`.
+    #[inline]
     pub fn get(&self, name: &str) -> Option<&Value> {
         self.fields
             .iter()
-            .find(|(n, _)| &**n == name)
+            .find(|(n, _)| same_name(n, name))
             .map(|(_, v)| v)
     }
 
     /// The value of field `name` as a number (`Int` widened), if it is a number.
+    #[inline]
     pub fn f64(&self, name: &str) -> Option<f64> {
         self.get(name).and_then(Value::as_f64)
     }
 
     /// The value of field `name` as text, if it is text.
+    #[inline]
     pub fn text(&self, name: &str) -> Option<&str> {
         self.get(name).and_then(Value::as_str)
     }
@@ -137,7 +140,11 @@ impl Event {
     /// nothing; a new field's name is allocated once unless it is passed as a [`Str`].
     pub fn set(&mut self, name: impl AsRef<str> + Into<Str>, value: impl Into<Value>) {
         let value = value.into();
-        match self.fields.iter_mut().find(|(n, _)| **n == *name.as_ref()) {
+        match self
+            .fields
+            .iter_mut()
+            .find(|(n, _)| same_name(n, name.as_ref()))
+        {
             Some((_, v)) => *v = value,
             None => self.fields.push((name.into(), value)),
         }
@@ -145,7 +152,7 @@ impl Event {
 
     /// Removes field `name`, returning its value.
     pub fn remove(&mut self, name: &str) -> Option<Value> {
-        let at = self.fields.iter().position(|(n, _)| &**n == name)?;
+        let at = self.fields.iter().position(|(n, _)| same_name(n, name))?;
         Some(self.fields.remove(at).1)
     }
 
@@ -153,6 +160,13 @@ impl Event {
     pub fn fields(&self) -> impl Iterator<Item = (&str, &Value)> {
         self.fields.iter().map(|(n, v)| (&**n, v))
     }
+}
+
+/// Whether two field names are the same: often they are the same text (a [`Str`] handed on), which
+/// needs no comparison of the bytes.
+#[inline]
+fn same_name(a: &str, b: &str) -> bool {
+    a.len() == b.len() && (std::ptr::eq(a.as_ptr(), b.as_ptr()) || a.as_bytes() == b.as_bytes())
 }
 
 /// A raw message, as it reached weir (input of a decoder).

@@ -9,8 +9,14 @@ use std::hash::{BuildHasherDefault, Hasher};
 
 use crate::event::Str;
 
+/// Slots of the direct-mapped cache in front of [`Cache::names`].
+const RECENT: usize = 1024;
+
 #[derive(Default)]
 struct Cache {
+    /// The text of recently seen ids, by `id % RECENT`: a batch's keys are found here without
+    /// hashing.
+    recent: Vec<Option<(u32, Str)>>,
     names: HashMap<u32, Str, BuildHasherDefault<IntHasher>>,
     ids: HashMap<Str, u32>,
     /// Ids by the address of the cached `Str`: events carry the very `Str`s handed out by
@@ -57,16 +63,52 @@ fn remember(cache: &mut Cache, id: u32, name: Str) {
     cache.ids.insert(name, id);
 }
 
+impl Cache {
+    /// The text of key `id`, through [`Cache::recent`] (which must not be empty).
+    #[inline]
+    fn name(&mut self, id: u32) -> Str {
+        let slot = id as usize % RECENT;
+        match &self.recent[slot] {
+            Some((at, name)) if *at == id => name.clone(),
+            _ => self.name_slow(id, slot),
+        }
+    }
+
+    #[cold]
+    fn name_slow(&mut self, id: u32, slot: usize) -> Str {
+        let name = match self.names.get(&id) {
+            Some(name) => name.clone(),
+            None => {
+                let name: Str = Str::from(crate::host::key_name(id));
+                remember(self, id, name.clone());
+                name
+            }
+        };
+        self.recent[slot] = Some((id, name.clone()));
+        name
+    }
+
+    fn ready(&mut self) -> &mut Self {
+        if self.recent.is_empty() {
+            self.recent.resize(RECENT, None);
+        }
+        self
+    }
+}
+
 /// The text of key `id`.
 pub(crate) fn name(id: u32) -> Str {
+    CACHE.with(|c| c.borrow_mut().ready().name(id))
+}
+
+/// The text of each key of `ids`, in order.
+pub(crate) fn names(ids: &[u32]) -> Vec<Str> {
     CACHE.with(|c| {
         let mut cache = c.borrow_mut();
-        if let Some(name) = cache.names.get(&id) {
-            return name.clone();
-        }
-        let name: Str = Str::from(crate::host::key_name(id));
-        remember(&mut cache, id, name.clone());
-        name
+        let cache = cache.ready();
+        let mut names = Vec::with_capacity(ids.len());
+        names.extend(ids.iter().map(|&id| cache.name(id)));
+        names
     })
 }
 

@@ -79,11 +79,16 @@ pub fn each_event<T: Transform>(
 ) -> Result<Batch, String> {
     let mut rows = Rows::new(events)?;
     let mut out = Emitted::new(rows.len());
-    let mut spare = Vec::new();
+    let width = rows.width();
+    let mut spare = Vec::with_capacity(width);
     let mut index = 0;
-    while let Some(event) = rows.next_event(spare) {
+    while let Some((event, hint)) = rows.next_event(spare) {
         let result = op.process(event, ctx);
-        spare = out.add(index, result, &mut ctx.emitted);
+        spare = out.add(index, result, &mut ctx.emitted, Some(hint));
+        if spare.capacity() == 0 {
+            // The event was not emitted: its fields went with it.
+            spare = Vec::with_capacity(width);
+        }
         index += 1;
     }
     ctx.rejected.append(&mut out.rejected);
@@ -108,7 +113,7 @@ pub(crate) fn decode_with<T: Decode>(
             received_ms: m.received_ms,
         };
         let result = op.decode(message, ctx);
-        out.add(index, result, &mut ctx.emitted);
+        out.add(index, result, &mut ctx.emitted, None);
     }
     Ok(Output {
         events: out.builder.finish(),

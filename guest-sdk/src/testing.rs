@@ -106,7 +106,7 @@ impl<T: Transform> Harness<T> {
         let mut builder = BatchBuilder::with_capacity(events.len());
         for mut e in events {
             builder
-                .push(&mut e)
+                .push(&mut e, None)
                 .expect("test events have consistent field types");
         }
         let out = rt::transform_with(&mut self.op, builder.finish(), &mut self.ctx);
@@ -160,7 +160,7 @@ impl<T: Aggregate> Harness<T> {
         let mut builder = BatchBuilder::with_capacity(events.len());
         for mut e in events {
             builder
-                .push(&mut e)
+                .push(&mut e, None)
                 .expect("test events have consistent field types");
         }
         let acc = rt::create::<T>();
