@@ -380,6 +380,16 @@ struct Versions {
     previous: Option<Version>,
 }
 
+impl Versions {
+    /// What `op` runs, and would roll back to.
+    fn of(op: &crate::runtime::Operator) -> Versions {
+        Versions {
+            current: Version::of(op.plugin()),
+            previous: op.previous_plugin().map(|p| Version::of(p)),
+        }
+    }
+}
+
 /// A plugin version, as `/plugins` shows it.
 #[derive(Clone, Debug)]
 struct Version {
@@ -411,10 +421,7 @@ impl Steps {
                     step: op.spec().step.to_string(),
                     metrics: op.metrics().clone(),
                     quarantined_until_ms: AtomicI64::new(0),
-                    versions: Mutex::new(Versions {
-                        current: Version::of(op.plugin()),
-                        previous: op.previous_plugin().map(|p| Version::of(p)),
-                    }),
+                    versions: Mutex::new(Versions::of(op)),
                 });
             }
         }
@@ -426,9 +433,7 @@ impl Steps {
     pub(super) fn refresh(&self, core: &Core) {
         let ops = core.pipelines().flat_map(|(p, _, _)| p.plugin_steps());
         for (view, op) in self.steps.iter().zip(ops) {
-            let mut v = view.versions.lock().unwrap_or_else(|e| e.into_inner());
-            v.current = Version::of(op.plugin());
-            v.previous = op.previous_plugin().map(|p| Version::of(p));
+            *view.versions.lock().unwrap_or_else(|e| e.into_inner()) = Versions::of(op);
         }
     }
 
