@@ -71,6 +71,7 @@ impl Rows {
             }
             named.push((Str::from(name), values));
         }
+        fold_kinds(&mut named);
         Ok(Rows {
             keys: crate::keys::names(&key).into_iter(),
             ids: key,
@@ -136,6 +137,72 @@ pub(crate) fn to_events(batch: Batch) -> Result<Vec<Event>, String> {
     Ok(events)
 }
 
+/// `rh#text` → `("rh", "text")`: a column of field `rh`'s values of a kind other than its
+/// column `rh` holds (the contract's typing rule; these endings are reserved).
+pub(crate) fn split_kind(name: &str) -> Option<(&str, &str)> {
+    let (base, kind) = name.rsplit_once('#')?;
+    matches!(kind, "float" | "int" | "text" | "flag").then_some((base, kind))
+}
+
+fn values_kind(values: &Values) -> &'static str {
+    match values {
+        Values::Float(_) => "float",
+        Values::Int(_) => "int",
+        Values::Text(_) => "text",
+        Values::Flag(_) => "flag",
+    }
+}
+
+fn has(values: &Values, row: usize) -> bool {
+    match values {
+        Values::Float(v) => v[row].is_some(),
+        Values::Int(v) => v[row].is_some(),
+        Values::Text(v) => v[row].is_some(),
+        Values::Flag(v) => v[row].is_some(),
+    }
+}
+
+/// Names the values of a column `name#kind` by their field, `name`, as events see them. An event
+/// that also has a value in column `name` (only a hand-built batch can) keeps the suffixed name:
+/// those values move to a column of their own, so that each column has one name for every event.
+#[cold]
+fn fold_kinds(columns: &mut Vec<(Str, Values)>) {
+    for j in 0..columns.len() {
+        let base = match split_kind(&columns[j].0) {
+            Some((base, kind)) if kind == values_kind(&columns[j].1) => Str::from(base),
+            _ => continue,
+        };
+        if let Some(p) = columns.iter().position(|(n, _)| *n == base) {
+            let rows = values_len(&columns[j].1);
+            let clash: Vec<usize> = (0..rows)
+                .filter(|&r| has(&columns[p].1, r) && has(&columns[j].1, r))
+                .collect();
+            if !clash.is_empty() {
+                let mut apart = ColumnBuf::of_kind(values_kind(&columns[j].1), rows);
+                for r in clash {
+                    if let Some(v) = take_value(&mut columns[j].1, r) {
+                        // Clear the entry taken (text is taken out; others are copied).
+                        clear(&mut columns[j].1, r);
+                        apart.put(r, v).ok();
+                    }
+                }
+                let raw = columns[j].0.clone();
+                columns.push((raw, apart.into_values()));
+            }
+        }
+        columns[j].0 = base;
+    }
+}
+
+fn clear(values: &mut Values, row: usize) {
+    match values {
+        Values::Float(v) => v[row] = None,
+        Values::Int(v) => v[row] = None,
+        Values::Text(v) => v[row] = None,
+        Values::Flag(v) => v[row] = None,
+    }
+}
+
 fn values_len(values: &Values) -> usize {
     match values {
         Values::Float(v) => v.len(),
@@ -170,6 +237,29 @@ impl ColumnBuf {
         }
     }
 
+    /// A column of kind `kind` (as [`split_kind`] gives it) of `rows` rows without a value.
+    fn of_kind(kind: &str, rows: usize) -> Self {
+        let value = match kind {
+            "float" => Value::Float(0.0),
+            "int" => Value::Int(0),
+            "text" => Value::Text(String::new()),
+            _ => Value::Flag(false),
+        };
+        ColumnBuf::new(&value, rows, rows)
+    }
+
+    /// Whether values like `value` can join this column: the same kind, or both numbers.
+    fn takes(&self, value: &Value) -> bool {
+        matches!(
+            (self, value),
+            (
+                ColumnBuf::Float(_) | ColumnBuf::Int(_),
+                Value::Float(_) | Value::Int(_)
+            ) | (ColumnBuf::Text(_), Value::Text(_))
+                | (ColumnBuf::Flag(_), Value::Flag(_))
+        )
+    }
+
     fn kind(&self) -> &'static str {
         match self {
             ColumnBuf::Float(_) => "float",
@@ -179,10 +269,13 @@ impl ColumnBuf {
         }
     }
 
-    /// Stores `value` at `row`. A column holds one type; an int goes into a float column as a
-    /// float, anything else of the wrong type is refused.
+    /// Stores `value` at `row`. A column holds one kind; an int goes into a float column as a
+    /// float, a float turns an int column into a float column; other kinds are refused.
     #[inline]
     fn put(&mut self, row: usize, value: Value) -> Result<(), Value> {
+        if let (ColumnBuf::Int(v), Value::Float(_)) = (&*self, &value) {
+            *self = ColumnBuf::Float(v.iter().map(|x| x.map(|x| x as f64)).collect());
+        }
         match (self, value) {
             (ColumnBuf::Float(v), Value::Float(x)) => v[row] = Some(x),
             (ColumnBuf::Float(v), Value::Int(x)) => v[row] = Some(x as f64),
@@ -293,12 +386,11 @@ impl BatchBuilder {
     }
 
     /// Adds one event, taking its fields' values (`event.fields` is left for reuse: emptied, or
-    /// with its names and spent values). An event whose field has a different type than the
-    /// same field of earlier events in the batch is refused with the reason (the batch is left
-    /// as it was). `hint` may give the id of the event's key.
-    pub(crate) fn push(&mut self, event: &mut Event, hint: Option<KeyHint>) -> Result<(), String> {
+    /// with its names and spent values). Fields go into columns by the contract's typing rule
+    /// (see [`BatchBuilder::column_for`]). `hint` may give the id of the event's key.
+    pub(crate) fn push(&mut self, event: &mut Event, hint: Option<KeyHint>) {
         if !self.push_same(&mut event.fields) {
-            self.push_fields(event)?;
+            self.push_fields(event);
         }
         let id = match hint.and_then(|h| h.id_of(&event.key)) {
             Some(id) => id,
@@ -306,7 +398,6 @@ impl BatchBuilder {
         };
         self.key.push(id);
         self.ts_ms.push(event.ts_ms);
-        Ok(())
     }
 
     /// Adds `fields` if they are the columns, in order and by the very names the columns were
@@ -335,42 +426,53 @@ impl BatchBuilder {
     }
 
     /// Adds the fields of one event, in any order, making the columns it lacks.
-    fn push_fields(&mut self, event: &mut Event) -> Result<(), String> {
+    fn push_fields(&mut self, event: &mut Event) {
         let row = self.key.len();
         for col in self.columns.iter_mut() {
             col.1.push_none();
         }
-        let mut failed = None;
         for (nth, (name, value)) in event.fields.drain(..).enumerate() {
-            let at = match self.find(nth, &name) {
-                Some(at) => at,
-                None => {
-                    let column = ColumnBuf::new(&value, row + 1, self.capacity);
-                    self.columns.push((name.clone(), column));
-                    self.columns.len() - 1
-                }
-            };
-            let column = &mut self.columns[at].1;
-            if let Err(value) = column.put(row, value) {
-                failed = Some(format!(
-                    "field {name:?} is {} here but {} in other events of the batch",
-                    value.kind(),
-                    column.kind()
-                ));
-                break;
+            let at = self.column_for(nth, &name, &value, row);
+            // `column_for` found a column that takes the value.
+            self.columns[at].1.put(row, value).ok();
+        }
+    }
+
+    /// The column for a value of field `name` (the event's `nth`), made if there is none, with
+    /// `row` rows without a value before this one's. The contract's typing rule: ints and floats
+    /// of a field share a column (float once one value is a float); the kind a field shows first
+    /// keeps its plain name; another kind goes into a column `name#kind`.
+    #[inline]
+    fn column_for(&mut self, nth: usize, name: &Str, value: &Value, row: usize) -> usize {
+        match self.find(nth, name) {
+            Some(at) if self.columns[at].1.takes(value) => return at,
+            Some(_) => {}
+            None => {
+                let column = ColumnBuf::new(value, row + 1, self.capacity);
+                self.columns.push((name.clone(), column));
+                return self.columns.len() - 1;
             }
         }
-        if let Some(reason) = failed {
-            for col in self.columns.iter_mut() {
-                col.1.pop();
-            }
-            return Err(reason);
+        self.other_kind(name, value, row)
+    }
+
+    /// The column `name#kind` for `value`, which column `name` does not take.
+    #[cold]
+    fn other_kind(&mut self, name: &Str, value: &Value, row: usize) -> usize {
+        let found = self.columns.iter().position(|(n, c)| {
+            c.takes(value) && split_kind(n).is_some_and(|(base, _)| base == &**name)
+        });
+        if let Some(at) = found {
+            return at;
         }
-        Ok(())
+        let column = ColumnBuf::new(value, row + 1, self.capacity);
+        let named = Str::from(format!("{name}#{}", value.kind()));
+        self.columns.push((named, column));
+        self.columns.len() - 1
     }
 
     pub(crate) fn finish(mut self) -> Batch {
-        // A column added by a refused event may be shorter than the batch; pad it.
+        // A column made for a later event is as long as the rows before it; pad the others.
         let rows = self.key.len();
         for (_, col) in self.columns.iter_mut() {
             while col.len() < rows {
@@ -386,9 +488,16 @@ impl BatchBuilder {
             columns: self
                 .columns
                 .into_iter()
-                .map(|(name, values)| Column {
-                    name: name.to_string(),
-                    values: values.into_values(),
+                .map(|(name, values)| {
+                    // A number column `name#int` that took a float is `name#float`.
+                    let name = match split_kind(&name) {
+                        Some((base, "int")) if values.kind() == "float" => format!("{base}#float"),
+                        _ => name.to_string(),
+                    };
+                    Column {
+                        name,
+                        values: values.into_values(),
+                    }
                 })
                 .collect(),
         }
@@ -430,21 +539,11 @@ impl Emitted {
         if emitted.len() == 1
             && let Some(mut event) = emitted.pop()
         {
-            if let Err(reason) = self.builder.push(&mut event, hint) {
-                self.rejected.push(Rejected {
-                    index: index as u32,
-                    reason,
-                });
-            }
+            self.builder.push(&mut event, hint);
             return event.fields;
         }
         for mut event in emitted.drain(..) {
-            if let Err(reason) = self.builder.push(&mut event, hint) {
-                self.rejected.push(Rejected {
-                    index: index as u32,
-                    reason,
-                });
-            }
+            self.builder.push(&mut event, hint);
             spare = event.fields;
         }
         spare
@@ -455,15 +554,24 @@ impl Emitted {
 mod tests {
     use super::*;
 
-    fn round_trip(events: Vec<Event>) -> (Vec<Event>, Vec<String>) {
+    fn round_trip(events: Vec<Event>) -> (Batch, Vec<Event>) {
         let mut builder = BatchBuilder::with_capacity(events.len());
-        let mut refused = Vec::new();
         for mut e in events {
-            if let Err(reason) = builder.push(&mut e, None) {
-                refused.push(reason);
-            }
+            builder.push(&mut e, None);
         }
-        (to_events(builder.finish()).unwrap(), refused)
+        let batch = builder.finish();
+        (batch.clone(), to_events(batch).unwrap())
+    }
+
+    /// Asserts the batch's columns (the generated `Values` has no `PartialEq`).
+    fn assert_columns(batch: &Batch, expected: &[(&str, Values)]) {
+        let got: Vec<_> = batch
+            .columns
+            .iter()
+            .map(|c| (c.name.as_str(), &c.values))
+            .collect();
+        let expected: Vec<_> = expected.iter().map(|(n, v)| (*n, v)).collect();
+        assert_eq!(format!("{got:?}"), format!("{expected:?}"));
     }
 
     #[test]
@@ -473,29 +581,91 @@ mod tests {
             Event::new("b", 2).with("note", "dusty"),
             Event::new("a", 3).with("temp", 21.0).with("count", 4_i64),
         ];
-        let (back, refused) = round_trip(events.clone());
-        assert!(refused.is_empty());
+        let (_, back) = round_trip(events.clone());
+        assert_eq!(back, events);
+    }
+
+    /// The typing rule's examples, as the WIT states them (the host's tests check the same).
+    #[test]
+    fn the_typing_rule_keeps_every_value_and_reads_back_under_the_field_name() {
+        let e = |i: i64, v: Value| Event::new("s1", i).with("rh", v);
+        let (batch, back) = round_trip(vec![e(0, Value::Int(60)), e(1, Value::Float(60.5))]);
+        assert_columns(
+            &batch,
+            &[("rh", Values::Float(vec![Some(60.0), Some(60.5)]))],
+        );
+        assert_eq!(back[0].get("rh"), Some(&Value::Float(60.0)));
+
+        let text = || Value::Text("n/a".into());
+        let events = vec![e(0, Value::Int(60)), e(1, text()), e(2, Value::Int(61))];
+        let (batch, back) = round_trip(events.clone());
+        assert_columns(
+            &batch,
+            &[
+                ("rh", Values::Int(vec![Some(60), None, Some(61)])),
+                (
+                    "rh#text",
+                    Values::Text(vec![None, Some("n/a".into()), None]),
+                ),
+            ],
+        );
+        assert_eq!(back, events, "each event reads back as it was");
+
+        let (batch, back) = round_trip(vec![
+            e(0, text()),
+            e(1, Value::Int(60)),
+            e(2, Value::Float(60.5)),
+        ]);
+        assert_columns(
+            &batch,
+            &[
+                ("rh", Values::Text(vec![Some("n/a".into()), None, None])),
+                (
+                    "rh#float",
+                    Values::Float(vec![None, Some(60.0), Some(60.5)]),
+                ),
+            ],
+        );
+        assert_eq!(back[1].get("rh"), Some(&Value::Float(60.0)));
+
+        let events = vec![
+            Event::new("s1", 0).with("ok", true),
+            Event::new("s1", 1).with("ok", 1_i64),
+        ];
+        let (batch, back) = round_trip(events.clone());
+        assert_columns(
+            &batch,
+            &[
+                ("ok", Values::Flag(vec![Some(true), None])),
+                ("ok#int", Values::Int(vec![None, Some(1)])),
+            ],
+        );
         assert_eq!(back, events);
     }
 
     #[test]
-    fn a_field_of_another_type_refuses_that_event_only() {
-        let (back, refused) = round_trip(vec![
-            Event::new("a", 1).with("temp", 20.5),
-            Event::new("a", 2).with("temp", "hot").with("new", 1_i64),
-            Event::new("a", 3).with("temp", 7_i64),
-        ]);
-        assert_eq!(
-            refused,
-            ["field \"temp\" is text here but float in other events of the batch"]
-        );
-        assert_eq!(back.len(), 2);
-        assert_eq!(
-            back[1].get("temp"),
-            Some(&Value::Float(7.0)),
-            "ints widen into a float column"
-        );
-        assert_eq!(back[1].get("new"), None);
+    fn a_suffixed_value_beside_its_plain_field_keeps_its_suffix() {
+        // Only a hand-built batch has both for one event; nothing is merged or lost.
+        let id = crate::keys::id(&Str::from("s1"));
+        let batch = Batch {
+            key: vec![id, id],
+            ts_ms: vec![1, 2],
+            columns: vec![
+                Column {
+                    name: "temp".into(),
+                    values: Values::Float(vec![Some(1.0), None]),
+                },
+                Column {
+                    name: "temp#text".into(),
+                    values: Values::Text(vec![Some("hot".into()), Some("cold".into())]),
+                },
+            ],
+        };
+        let events = to_events(batch).unwrap();
+        assert_eq!(events[0].get("temp"), Some(&Value::Float(1.0)));
+        assert_eq!(events[0].get("temp#text"), Some(&Value::Text("hot".into())));
+        assert_eq!(events[1].fields.len(), 1);
+        assert_eq!(events[1].get("temp"), Some(&Value::Text("cold".into())));
     }
 
     #[test]
@@ -557,7 +727,7 @@ mod each_event_tests {
         ];
         let mut builder = super::BatchBuilder::with_capacity(events.len());
         for mut e in events.clone() {
-            builder.push(&mut e, None).unwrap();
+            builder.push(&mut e, None);
         }
         let mut ctx = Context::new(StateStore::Memory(Default::default()));
         let out = rt::each_event(&mut Pass {}, builder.finish(), &mut ctx).unwrap();
@@ -596,7 +766,7 @@ mod each_event_type_tests {
     }
 
     #[test]
-    fn a_field_that_changes_type_refuses_that_event_and_keeps_the_others_whole() {
+    fn a_field_that_changes_type_keeps_every_event_whole() {
         let events: Vec<Event> = [("a", 20.0), ("b", 120.0), ("c", 30.0)]
             .into_iter()
             .enumerate()
@@ -608,18 +778,17 @@ mod each_event_type_tests {
             .collect();
         let mut builder = super::BatchBuilder::with_capacity(events.len());
         for mut e in events.clone() {
-            builder.push(&mut e, None).unwrap();
+            builder.push(&mut e, None);
         }
         let mut ctx = Context::new(StateStore::Memory(Default::default()));
         let out = rt::each_event(&mut Hot {}, builder.finish(), &mut ctx).unwrap();
+        assert!(ctx.rejected.is_empty());
+        let names: Vec<&str> = out.columns.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["note", "temp", "temp#text"]);
         let back = super::to_events(out).unwrap();
-        assert_eq!(back, vec![events[0].clone(), events[2].clone()]);
-        assert_eq!(ctx.rejected.len(), 1);
-        assert_eq!(ctx.rejected[0].index, 1);
-        assert_eq!(
-            ctx.rejected[0].reason,
-            "field \"temp\" is text here but float in other events of the batch"
-        );
-        assert_eq!(back[1].get("note"), Some(&Value::Text("c".into())));
+        let mut hot = events[1].clone();
+        hot.set("temp", "hot");
+        assert_eq!(back, vec![events[0].clone(), hot, events[2].clone()]);
+        assert_eq!(back[1].get("temp"), Some(&Value::Text("hot".into())));
     }
 }

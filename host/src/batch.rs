@@ -101,9 +101,8 @@ impl Batch {
             .collect()
     }
 
-    /// Appends `other`'s events. A column missing on one side is filled with `None`. Ints and
-    /// floats in one column become floats; a column with other different types on the two sides
-    /// is kept apart under a `name#type` suffix rather than mixed (nothing is dropped).
+    /// Appends `other`'s events. A column missing on one side is filled with `None`; columns of
+    /// the two sides join by the typing rule (see [`Batch::column_for`]), so nothing is dropped.
     pub fn append(&mut self, other: Batch) {
         if other.is_empty() {
             return;
@@ -117,28 +116,80 @@ impl Batch {
         self.ts_ms.extend_from_slice(&other.ts_ms);
         let added = other.len();
         for col in other.columns {
-            let mut name = col.name;
-            let at = match self.columns.iter().position(|c| c.name == name) {
-                Some(at) if self.columns[at].values.accept(col.values.kind()) => Some(at),
-                Some(_) => {
-                    name = format!("{name}#{}", col.values.kind());
-                    self.columns.iter().position(|c| c.name == name)
-                }
-                None => None,
+            // A suffixed column of `other` joins by its field's plain name.
+            let name = match split_kind(&col.name) {
+                Some((base, kind)) if kind == col.values.kind() => base.to_owned(),
+                _ => col.name,
             };
-            match at {
-                Some(at) => self.columns[at].values.extend(col.values),
-                None => {
-                    let mut values = col.values.nones(before);
-                    values.extend(col.values);
-                    self.columns.push(Column { name, values });
-                }
-            }
+            let at = self.column_for(&name, col.values.kind(), before);
+            self.columns[at].values.extend(col.values);
         }
         let total = before + added;
         for c in &mut self.columns {
             c.values.pad_to(total);
         }
+    }
+
+    /// The column that values of `kind` for field `name` go into, made (with `rows` missing
+    /// entries) if there is none. This is the one typing rule of the contract (WIT `column`):
+    /// ints and floats of a field share a column, which is float once one of its values is; the
+    /// kind a field shows first keeps its plain name; values of another kind go into a column
+    /// `name#kind` (`rh#text`; a number column named by its own type, `#int` or `#float`).
+    fn column_for(&mut self, name: &str, kind: &str, rows: usize) -> usize {
+        let columns = &mut self.columns;
+        match columns.iter().position(|c| c.name == name) {
+            None => {
+                columns.push(Column {
+                    name: name.to_owned(),
+                    values: Values::empty_of(kind, rows),
+                });
+                return columns.len() - 1;
+            }
+            Some(at) if columns[at].values.accept(kind) => return at,
+            Some(_) => {}
+        }
+        let number = matches!(kind, "int" | "float");
+        let secondary = columns.iter().position(|c| {
+            split_kind(&c.name).is_some_and(|(base, k)| {
+                base == name && (k == kind || number && matches!(k, "int" | "float"))
+            })
+        });
+        match secondary {
+            Some(at) => {
+                let c = &mut columns[at];
+                c.values.accept(kind);
+                if c.values.kind() == "float" && c.name.ends_with("#int") {
+                    c.name = format!("{name}#float");
+                }
+                at
+            }
+            None => {
+                columns.push(Column {
+                    name: format!("{name}#{kind}"),
+                    values: Values::empty_of(kind, rows),
+                });
+                columns.len() - 1
+            }
+        }
+    }
+
+    /// The fields of event `i`, as an event sees them: a value of a column `name#kind` appears
+    /// under `name` (unless the event also has a value in column `name` itself, which only a
+    /// hand-built batch can give it: then it keeps the suffixed name).
+    pub fn fields(&self, i: usize) -> impl Iterator<Item = (&str, Value)> + '_ {
+        self.columns.iter().filter_map(move |c| {
+            let value = c.values.get(i)?;
+            let name = match split_kind(&c.name) {
+                Some((base, kind))
+                    if kind == c.values.kind()
+                        && self.column(base).is_none_or(|v| v.get(i).is_none()) =>
+                {
+                    base
+                }
+                _ => c.name.as_str(),
+            };
+            Some((name, value))
+        })
     }
 
     /// Rough size in bytes, as the output limit counts it.
@@ -150,6 +201,14 @@ impl Batch {
             .sum();
         self.len() * 12 + cols
     }
+}
+
+/// `rh#text` → `("rh", "text")`: a column holding the values of field `rh` whose kind differs
+/// from the kind of its column `rh`. The endings `#float`, `#int`, `#text` and `#flag` are
+/// reserved for this.
+pub fn split_kind(name: &str) -> Option<(&str, &str)> {
+    let (base, kind) = name.rsplit_once('#')?;
+    matches!(kind, "float" | "int" | "text" | "flag").then_some((base, kind))
 }
 
 impl Values {
@@ -295,9 +354,9 @@ impl Builder {
         Builder::default()
     }
 
-    /// Adds an event. Ints and floats in one field become floats; a field of another type than
-    /// the same field in earlier events is stored under `name#type` (see [`Batch::append`]), so
-    /// nothing is lost.
+    /// Adds an event. Its fields go into columns by the typing rule (see [`Batch::append`]):
+    /// ints and floats of a field share a column; a field of another kind than the same field
+    /// in earlier events goes into `name#kind`, so nothing is lost.
     pub fn push<'a>(
         &mut self,
         key: &str,
@@ -309,28 +368,7 @@ impl Builder {
         self.batch.key.push(id);
         self.batch.ts_ms.push(ts_ms);
         for (name, value) in fields {
-            let kind = value.kind();
-            let columns = &mut self.batch.columns;
-            let accepted = match columns.iter_mut().find(|c| c.name == name) {
-                Some(c) => c.values.accept(kind),
-                None => true,
-            };
-            let target = if accepted {
-                name.to_owned()
-            } else {
-                format!("{name}#{kind}")
-            };
-            let at = match columns.iter().position(|c| c.name == target) {
-                Some(at) => at,
-                None => {
-                    let values = Values::empty_of(kind, row + 1);
-                    columns.push(Column {
-                        name: target,
-                        values,
-                    });
-                    columns.len() - 1
-                }
-            };
+            let at = self.batch.column_for(name, value.kind(), row + 1);
             let values = &mut self.batch.columns[at].values;
             values.pad_to(row + 1);
             values.set(row, value);
@@ -393,9 +431,8 @@ impl Batch {
     /// Event `i` as a JSON object: `{"key", "ts_ms", "fields": {...}}`.
     pub fn event_json(&self, i: usize) -> serde_json::Value {
         let fields: serde_json::Map<String, serde_json::Value> = self
-            .columns
-            .iter()
-            .filter_map(|c| Some((c.name.clone(), c.values.get(i)?.to_json())))
+            .fields(i)
+            .map(|(name, value)| (name.to_owned(), value.to_json()))
             .collect();
         serde_json::json!({ "key": &*self.key_of(i), "ts_ms": self.ts_ms[i], "fields": fields })
     }
@@ -443,7 +480,106 @@ mod tests {
         assert_eq!(batch.column("rh").unwrap().get(0), None);
         assert_eq!(
             batch.event_json(1),
-            serde_json::json!({"key": "s2", "ts_ms": 2, "fields": {"temp#text": "n/a", "rh": 40}})
+            serde_json::json!({"key": "s2", "ts_ms": 2, "fields": {"temp": "n/a", "rh": 40}})
+        );
+    }
+
+    /// Builds a batch of events of `(field, value)`s, then reads it back as events.
+    fn by_the_rule(events: &[&[(&str, Value)]]) -> (Batch, Vec<Vec<(String, Value)>>) {
+        let mut b = Builder::new();
+        for (i, fields) in events.iter().enumerate() {
+            b.push("s1", i as i64, fields.iter().cloned());
+        }
+        let batch = b.finish();
+        batch.validate().unwrap();
+        let back = (0..batch.len())
+            .map(|i| batch.fields(i).map(|(n, v)| (n.to_owned(), v)).collect())
+            .collect();
+        (batch, back)
+    }
+
+    fn columns(batch: &Batch) -> Vec<(&str, &Values)> {
+        batch
+            .columns
+            .iter()
+            .map(|c| (c.name.as_str(), &c.values))
+            .collect()
+    }
+
+    /// The typing rule's examples, as the WIT states them (the SDKs' tests check the same).
+    #[test]
+    fn the_typing_rule_keeps_every_value_and_reads_back_under_the_field_name() {
+        use Value::{Flag, Float, Int, Text};
+        let (batch, back) = by_the_rule(&[&[("rh", Int(60))], &[("rh", Float(60.5))]]);
+        assert_eq!(
+            columns(&batch),
+            [("rh", &Values::Float(vec![Some(60.0), Some(60.5)]))]
+        );
+        assert_eq!(back[0], [("rh".to_owned(), Float(60.0))]);
+
+        let text = || Text("n/a".into());
+        let (batch, back) =
+            by_the_rule(&[&[("rh", Int(60))], &[("rh", text())], &[("rh", Int(61))]]);
+        assert_eq!(
+            columns(&batch),
+            [
+                ("rh", &Values::Int(vec![Some(60), None, Some(61)])),
+                (
+                    "rh#text",
+                    &Values::Text(vec![None, Some("n/a".into()), None])
+                ),
+            ]
+        );
+        assert_eq!(back[1], [("rh".to_owned(), text())]);
+        assert_eq!(back[2], [("rh".to_owned(), Int(61))]);
+
+        let (batch, back) = by_the_rule(&[
+            &[("rh", text())],
+            &[("rh", Int(60))],
+            &[("rh", Float(60.5))],
+        ]);
+        assert_eq!(
+            columns(&batch),
+            [
+                ("rh", &Values::Text(vec![Some("n/a".into()), None, None])),
+                (
+                    "rh#float",
+                    &Values::Float(vec![None, Some(60.0), Some(60.5)])
+                ),
+            ]
+        );
+        assert_eq!(back[1], [("rh".to_owned(), Float(60.0))]);
+
+        let (batch, back) = by_the_rule(&[&[("ok", Flag(true))], &[("ok", Int(1))]]);
+        assert_eq!(
+            columns(&batch),
+            [
+                ("ok", &Values::Flag(vec![Some(true), None])),
+                ("ok#int", &Values::Int(vec![None, Some(1)])),
+            ]
+        );
+        assert_eq!(back[1], [("ok".to_owned(), Int(1))]);
+    }
+
+    #[test]
+    fn a_suffixed_value_beside_its_plain_field_keeps_its_suffix() {
+        // Only a hand-built batch has both for one event; nothing is merged or lost.
+        let mut b = batch(&["a", "b"], &[Some(1.0), None]);
+        b.columns.push(Column {
+            name: "temp#text".into(),
+            values: Values::Text(vec![Some("hot".into()), Some("cold".into())]),
+        });
+        let fields: Vec<_> = b.fields(0).collect();
+        assert_eq!(
+            fields,
+            [
+                ("temp", Value::Float(1.0)),
+                ("temp#text", Value::Text("hot".into()))
+            ]
+        );
+        assert_eq!(
+            b.fields(1).collect::<Vec<_>>(),
+            [("temp", Value::Text("cold".into()))]
         );
     }
 
@@ -513,6 +649,39 @@ mod tests {
             a.column("temp#text").unwrap().get(1),
             Some(Value::Text("hot".into()))
         );
+        // A suffixed column joins its kind's column; a widened `#int` becomes `#float`.
+        let mut c = batch(&["c"], &[None]);
+        c.columns[0].values = Values::Int(vec![Some(3)]);
+        a.append(c);
+        let mut d = batch(&["d"], &[None]);
+        d.columns[0].name = "temp#text".into();
+        d.columns[0].values = Values::Text(vec![Some("warm".into())]);
+        a.append(d);
+        a.validate().unwrap();
+        assert_eq!(a.columns.len(), 2);
+        assert_eq!(a.column("temp").unwrap().get(2), Some(Value::Float(3.0)));
+        assert_eq!(
+            a.column("temp#text"),
+            Some(&Values::Text(vec![
+                None,
+                Some("hot".into()),
+                None,
+                Some("warm".into())
+            ]))
+        );
+        let mut e = Batch::empty();
+        e.append(batch(&["e"], &[None]));
+        e.columns[0].values = Values::Text(vec![Some("x".into())]);
+        for v in [Values::Int(vec![Some(1)]), Values::Float(vec![Some(1.5)])] {
+            let mut f = batch(&["f"], &[None]);
+            f.columns[0].values = v;
+            e.append(f);
+        }
+        assert_eq!(
+            e.column("temp#float"),
+            Some(&Values::Float(vec![None, Some(1.0), Some(1.5)]))
+        );
+        assert!(e.column("temp#int").is_none());
     }
 
     #[test]

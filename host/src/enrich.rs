@@ -147,11 +147,7 @@ impl Enricher {
                 unmatched.push(i);
                 continue;
             }
-            let mut fields: Vec<(&str, Value)> = batch
-                .columns
-                .iter()
-                .filter_map(|c| Some((c.name.as_str(), c.values.get(i)?)))
-                .collect();
+            let mut fields: Vec<(&str, Value)> = batch.fields(i).collect();
             if let Some(row) = row {
                 for (name, v) in self.fields.iter().zip(row) {
                     if let Some(v) = v {

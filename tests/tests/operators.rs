@@ -48,6 +48,75 @@ fn unit_converter_converts_fahrenheit_to_celsius_into_a_new_field() {
     assert!((c[0].unwrap() - 100.0).abs() < 1e-9 && c[1].unwrap().abs() < 1e-9 && c[2].is_none());
 }
 
+/// The typing rule (WIT `column`) is the same on both sides of the boundary: a field whose kind
+/// changes within a batch crosses into a Rust plugin and back with every value under its name.
+#[test]
+fn fields_of_changing_kind_cross_the_boundary_whole() {
+    let mut op = operator(
+        "unit_converter",
+        r#"{ field = "temp", from = "f", to = "c", into = "temp_c" }"#,
+    );
+    let input = batch([
+        ("s1", 1, vec![("temp", f(212.0)), ("rh", Value::Int(60))]),
+        (
+            "s1",
+            2,
+            vec![("temp", f(32.0)), ("rh", Value::Text("n/a".into()))],
+        ),
+        (
+            "s2",
+            3,
+            vec![("rh", Value::Float(60.5)), ("ok", Value::Flag(true))],
+        ),
+        ("s2", 4, vec![("ok", Value::Int(1))]),
+    ]);
+    let kinds = |b: &weir::batch::Batch| -> Vec<String> {
+        let mut k: Vec<_> = b
+            .columns
+            .iter()
+            .map(|c| format!("{}:{}", c.name, c.values.kind()))
+            .collect();
+        k.sort();
+        k
+    };
+    assert_eq!(
+        kinds(&input),
+        [
+            "ok#int:int",
+            "ok:flag",
+            "rh#text:text",
+            "rh:float",
+            "temp:float"
+        ]
+    );
+    let out = op.transform(input.clone());
+    assert!(
+        out.dead_letters.is_empty(),
+        "no event is refused for a type"
+    );
+    assert_eq!(
+        kinds(&out.events),
+        [
+            "ok#int:int",
+            "ok:flag",
+            "rh#text:text",
+            "rh:float",
+            "temp:float",
+            "temp_c:float"
+        ]
+    );
+    for i in 0..input.len() {
+        let mut expected = input.event_json(i);
+        let got = out.events.event_json(i);
+        if let Some(c) = got["fields"].get("temp_c") {
+            expected["fields"]["temp_c"] = c.clone();
+        }
+        assert_eq!(got, expected, "event {i} reads back as it went in");
+    }
+    assert_eq!(out.events.event_json(1)["fields"]["rh"], "n/a");
+    assert_eq!(out.events.event_json(3)["fields"]["ok"], 1);
+}
+
 /// The example frame from plugins/sensor-frame-decoder/README.md.
 const FRAME_HEX: &str = "574601 67120000 ffff 7b68e5cf8b010000 03 bbfe 2e22 230c 6844";
 
