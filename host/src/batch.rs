@@ -258,11 +258,6 @@ impl Values {
         }
     }
 
-    /// A column of the same type with `n` missing entries.
-    fn nones(&self, n: usize) -> Values {
-        Values::empty_of(self.kind(), n)
-    }
-
     /// A column of type `kind` with `n` missing entries.
     fn empty_of(kind: &str, n: usize) -> Values {
         match kind {
