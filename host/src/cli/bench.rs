@@ -34,6 +34,14 @@ pub(super) struct BenchArgs {
     /// Runs per figure; the median is reported.
     #[arg(long, default_value_t = 5)]
     runs: usize,
+    /// The same operator in Python and in JavaScript, written event by event on the helper
+    /// packages (`guest-sdk/python`, `guest-sdk/js`): measured over a tenth of the events when
+    /// built.
+    #[arg(long, default_values = [
+        "plugins/target/wasm/bench_filter_map_py.wasm",
+        "plugins/target/wasm/bench_filter_map_js.wasm",
+    ])]
+    other: Vec<PathBuf>,
     /// Other components whose load time to measure (cold compile vs from the cache).
     #[arg(long = "load")]
     load: Vec<PathBuf>,
@@ -173,6 +181,7 @@ pub(super) fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let without_budget = runtime(false, None)?;
     const BY_COLUMN: &str = r#"{"columnar": true}"#;
     const BY_EVENT: &str = r#"{"columnar": false}"#;
+    let mut other_rows = Vec::new();
     for batch in [1usize, 100, 1000] {
         let n = if batch == 1 {
             args.events / 10
@@ -183,13 +192,20 @@ pub(super) fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             .into_iter()
             .flat_map(|b| b.split(batch))
             .collect();
+        let mut others = Vec::new();
+        for other in args.other.iter().filter(|p| p.exists()) {
+            others.push(operator(with_budget.clone(), other, batch, "{}")?);
+        }
         let mut columns = operator(with_budget.clone(), path, batch, BY_COLUMN)?;
         let mut events = operator(with_budget.clone(), path, batch, BY_EVENT)?;
         let mut unbudgeted = operator(without_budget.clone(), path, batch, BY_COLUMN)?;
         // Check once that every path agrees with the native operator, then warm up.
         for b in batches.iter().take(50) {
             let native = native_filter_map(b);
-            for op in [&mut columns, &mut events, &mut unbudgeted] {
+            for op in [&mut columns, &mut events, &mut unbudgeted]
+                .into_iter()
+                .chain(others.iter_mut())
+            {
                 let out = op.transform(b.clone());
                 anyhow::ensure!(
                     out.dead_letters.is_empty(),
@@ -214,6 +230,27 @@ pub(super) fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
                 unbudgeted.transform(b).events.len()
             }));
         }
+        // The interpreted languages are slower by far: a tenth of the events is enough.
+        let fewer: Vec<Batch> = batches[..batches.len().div_ceil(10)].to_vec();
+        let mut native_fewer = Vec::new();
+        let mut other_times = vec![Vec::new(); others.len()];
+        for _ in 0..runs {
+            native_fewer.push(time_per_event(&fewer, |b| native_filter_map(&b).len()));
+            for (op, times) in others.iter_mut().zip(&mut other_times) {
+                times.push(time_per_event(&fewer, |b| op.transform(b).events.len()));
+            }
+        }
+        if !others.is_empty() {
+            let native = median(native_fewer);
+            let cells: Vec<String> = other_times
+                .into_iter()
+                .map(|t| {
+                    let t = median(t);
+                    format!("{t:>9.1} {:>8.1}", t - native)
+                })
+                .collect();
+            other_rows.push(format!("{batch:>6} {native:>8.1} | {}", cells.join(" | ")));
+        }
         let [native, columns, events, unbudgeted] = t.map(median);
         println!(
             "{batch:>6} {native:>8.1} | {columns:>9.1} {:>7.1} {:>12.0} | {events:>9.1} {:>7.1} | {:>10.1}%",
@@ -227,6 +264,34 @@ pub(super) fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     println!("ns per event; `added` is the cost over native; `budget cost` is the time-budget");
     println!("mechanism (epoch interruption) on the by-column path.");
     println!();
+    let built: Vec<String> = args
+        .other
+        .iter()
+        .filter(|p| p.exists())
+        .map(|p| p.file_name().unwrap_or_default().to_string_lossy().into_owned())
+        .collect();
+    if !other_rows.is_empty() {
+        print!("{:>6} {:>8}", "batch", "native");
+        for name in &built {
+            print!(" | {:>18}", name.trim_end_matches(".wasm"));
+        }
+        println!();
+        print!("{:>15}", "");
+        for _ in &built {
+            print!(" | {:>9} {:>8}", "by event", "added");
+        }
+        println!();
+        for row in &other_rows {
+            println!("{row}");
+        }
+        println!();
+        println!("the same operator event by event on the Python and JavaScript helpers, over a");
+        println!("tenth of the events (native measured over the same tenth).");
+        println!();
+    }
+    for missing in args.other.iter().filter(|p| !p.exists()) {
+        println!("{} is not built (bash plugins/build)", missing.display());
+    }
     let mut components = vec![path.clone()];
     components.extend(args.load.iter().cloned());
     for component in &components {
