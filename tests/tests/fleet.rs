@@ -38,7 +38,13 @@ fn endpoint(port: u16) -> weir::mqtt::Endpoint {
     weir::mqtt::Endpoint {
         host: "127.0.0.1".into(),
         port,
-        client_id: format!("fleet-test-{}", std::process::id()),
+        // One id per connection: the tests of this file run at once, and a broker drops a
+        // connection when another takes its client id.
+        client_id: {
+            static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+            let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            format!("fleet-test-{}-{n}", std::process::id())
+        },
         protocol: weir::mqtt::Protocol::V5,
         keep_alive: Duration::from_secs(30),
         clean_session: true,

@@ -119,10 +119,13 @@ pub async fn watch(
     )?;
     let (tx, mut rx) = mpsc::channel(256);
     let address = endpoint.address();
+    let backoff = endpoint.reconnect.initial;
     let poller = tokio::spawn(async move {
+        let mut connected = false;
         loop {
             match eventloop.poll().await {
                 Ok(Event::ConnAck { .. }) => {
+                    connected = true;
                     if client.try_subscribe(&filters).is_err() {
                         let _ = tx.send(Err("cannot subscribe".to_owned())).await;
                         return;
@@ -134,12 +137,16 @@ pub async fn watch(
                     }
                 }
                 Ok(_) => {}
-                Err(e) => {
+                // A broker that never answered is likely the wrong one: say so at once.
+                Err(e) if !connected => {
                     let _ = tx
                         .send(Err(format!("cannot reach broker {address}: {e}")))
                         .await;
                     return;
                 }
+                // A connection that dropped is made again (the next poll reconnects), and the
+                // retained statuses arrive again on the new subscription.
+                Err(_) => tokio::time::sleep(backoff).await,
             }
         }
     });
