@@ -160,3 +160,109 @@ fn each_kind_of_new_rust_plugin_builds_passes_its_test_and_runs_through_the_host
         p.stderr()
     );
 }
+
+/// Runs a generated project's script (`./test`, `./build`) in `dir`; panics with its output on
+/// failure.
+fn script(dir: &Path, name: &str) {
+    let out = Command::new("bash")
+        .arg(dir.join(name))
+        .current_dir(dir)
+        // The component builder comes from the venv plugins/build made (the same pinned
+        // componentize-py), not from the user's cache.
+        .env(
+            "WEIR_COMPONENTIZE_PY_VENV",
+            weir_tests::repo().join("plugins/target/py"),
+        )
+        .output()
+        .expect("bash runs");
+    assert!(
+        out.status.success(),
+        "./{name} in {}:\n{}{}",
+        dir.display(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn each_kind_of_new_python_plugin_passes_its_test_builds_and_runs_through_the_host() {
+    weir_tests::plugins(); // installs componentize-py into plugins/target/py
+    let dir = TempDir::new("weir-plugin-new-py");
+    let cases = [
+        (
+            "frost-scale",
+            "transform",
+            "{ field = \"temp\", factor = 2.0 }",
+            "{\"key\":\"s1\",\"ts_ms\":1,\"fields\":{\"temp\":1.5}}\n\
+             {\"key\":\"s1\",\"ts_ms\":2,\"fields\":{\"humidity\":80}}\n\
+             {\"key\":\"s1\",\"ts_ms\":3,\"fields\":{\"temp\":2.5}}\n",
+            vec![
+                ("main", "scaled", Json::from(3.0)),
+                ("main", "count", Json::from(2)),
+                ("dead-letter", "", Json::Null),
+            ],
+        ),
+        (
+            "csv-reader",
+            "decode",
+            "{ field = \"temp\" }",
+            "{\"topic\":\"sensors/s1\",\"payload_base64\":\"czEsMTcwMDAwMDAwMDAwMCwyMS41\"}\n\
+             {\"topic\":\"sensors/s1\",\"payload_base64\":\"Z2FyYmFnZQ==\"}\n",
+            vec![
+                ("main", "temp", Json::from(21.5)),
+                ("dead-letter", "", Json::Null),
+            ],
+        ),
+        (
+            "window-mean",
+            "aggregate",
+            "{ field = \"temp\" }",
+            "{\"key\":\"s1\",\"ts_ms\":1,\"fields\":{\"temp\":1.0}}\n\
+             {\"key\":\"s1\",\"ts_ms\":2,\"fields\":{\"temp\":3.0}}\n",
+            vec![("main", "mean", Json::from(2.0))],
+        ),
+    ];
+    for (name, kind, config, input, want) in cases {
+        let mut p = WeirProcess::spawn(
+            &[
+                "plugin",
+                "new",
+                name,
+                "--lang",
+                "python",
+                "--kind",
+                kind,
+                "--dir",
+                dir.path().to_str().unwrap(),
+            ],
+            &[],
+        );
+        assert!(p.wait(Duration::from_secs(60)).success(), "{}", p.stderr());
+        let project = dir.path().join(name);
+        for file in ["logic.py", "app.py", "test_logic.py", "README.md"] {
+            assert!(project.join(file).is_file(), "{name}: {file} made");
+        }
+        let glue = std::fs::read_to_string(project.join("app.py")).unwrap();
+        assert!(glue.lines().count() <= 10, "{name}: glue is short:\n{glue}");
+        script(&project, "test");
+        script(&project, "build");
+        let component = project.join(format!("target/{}.wasm", name.replace('-', "_")));
+        let out = weir_with_input(
+            &[
+                "plugin",
+                "run",
+                component.to_str().unwrap(),
+                "--config",
+                config,
+            ],
+            input,
+        );
+        assert_eq!(out.len(), want.len(), "{name}: {out:?}");
+        for (got, (output, field, value)) in out.iter().zip(&want) {
+            assert_eq!(got["output"], *output, "{name}: {got}");
+            if !field.is_empty() {
+                assert_eq!(got["fields"][field], *value, "{name}: {got}");
+            }
+        }
+    }
+}

@@ -8,6 +8,7 @@ use anyhow::Context;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub(super) enum Lang {
     Rust,
+    Python,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -95,7 +96,6 @@ fn sdk_dir(given: Option<&Path>) -> anyhow::Result<PathBuf> {
 }
 
 pub(super) fn new(args: NewArgs) -> anyhow::Result<ExitCode> {
-    let Lang::Rust = args.lang;
     anyhow::ensure!(
         valid_name(&args.name),
         "{:?} cannot name a plugin: use lowercase letters, digits and '-', starting with a letter, \
@@ -109,6 +109,10 @@ pub(super) fn new(args: NewArgs) -> anyhow::Result<ExitCode> {
         "{} already exists; choose another name or --dir",
         project.display()
     );
+    match args.lang {
+        Lang::Rust => {}
+        Lang::Python => return new_python(&args, &sdk, &project),
+    }
     let crate_name = args.name.replace('-', "_");
     let (kind, source, run, pipeline) = match args.kind {
         Kind::Transform => (
@@ -170,6 +174,125 @@ pub(super) fn new(args: NewArgs) -> anyhow::Result<ExitCode> {
     println!("{}", project.display());
     eprintln!(
         "weir plugin new: a {kind} in Rust in {}; next: cd {} && cargo test && cargo build --release --target wasm32-wasip2 (see its README.md)",
+        project.display(),
+        project.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+mod python {
+    pub(super) const APP: &str = include_str!("templates/python/app.py.tmpl");
+    pub(super) const BUILD: &str = include_str!("templates/python/build.tmpl");
+    pub(super) const TEST: &str = include_str!("templates/python/test.tmpl");
+    pub(super) const README: &str = include_str!("templates/python/README.md.tmpl");
+    pub(super) const GITIGNORE: &str = include_str!("templates/python/gitignore.tmpl");
+    pub(super) const TRANSFORM: &str = include_str!("templates/python/transform.py.tmpl");
+    pub(super) const DECODE: &str = include_str!("templates/python/decode.py.tmpl");
+    pub(super) const AGGREGATE: &str = include_str!("templates/python/aggregate.py.tmpl");
+    pub(super) const TEST_TRANSFORM: &str = include_str!("templates/python/test_transform.py.tmpl");
+    pub(super) const TEST_DECODE: &str = include_str!("templates/python/test_decode.py.tmpl");
+    pub(super) const TEST_AGGREGATE: &str = include_str!("templates/python/test_aggregate.py.tmpl");
+    /// The contract, copied into the project: componentize-py reads it at build time.
+    pub(super) const WIT: &str = include_str!("../../../wit/weir-operator.wit");
+}
+
+/// Lets a generated script run as `./build`.
+fn make_executable(path: &Path) -> anyhow::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))
+            .with_context(|| format!("cannot make {} executable", path.display()))?;
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+    Ok(())
+}
+
+/// A Python project on the `weir_guest` helper (`SDK/python`): logic, glue, test, build script.
+fn new_python(args: &NewArgs, sdk: &Path, project: &Path) -> anyhow::Result<ExitCode> {
+    let helper = sdk.join("python");
+    anyhow::ensure!(
+        helper.join("weir_guest/__init__.py").is_file(),
+        "{} has no Python helper (python/weir_guest): name weir's guest-sdk with --sdk DIR",
+        sdk.display()
+    );
+    let module = args.name.replace('-', "_");
+    let wasm = format!("target/{module}.wasm");
+    let (kind, export, class, logic, test, run, pipeline) = match args.kind {
+        Kind::Transform => (
+            "transformer",
+            "export_transform",
+            "Transform",
+            python::TRANSFORM,
+            python::TEST_TRANSFORM,
+            format!(
+                "echo '{{\"key\":\"s1\",\"ts_ms\":1700000000000,\"fields\":{{\"temp\":21.5}}}}' | \\\n  weir plugin run {wasm} --config '{{ field = \"temp\", factor = 1.8 }}'"
+            ),
+            format!(
+                "[[pipeline.transform]]\nplugin = \"path/to/{module}.wasm\"\nconfig = {{ field = \"temp\", factor = 1.8 }}"
+            ),
+        ),
+        Kind::Decode => (
+            "decoder",
+            "export_decode",
+            "Decode",
+            python::DECODE,
+            python::TEST_DECODE,
+            format!(
+                "echo '{{\"topic\":\"sensors/s1\",\"payload_base64\":\"czEsMTcwMDAwMDAwMDAwMCwyMS41\"}}' | \\\n  weir plugin run {wasm} --config '{{ field = \"temp\" }}'   # s1,1700000000000,21.5"
+            ),
+            format!(
+                "[pipeline.decode]\nplugin = \"path/to/{module}.wasm\"\nconfig = {{ field = \"temp\" }}"
+            ),
+        ),
+        Kind::Aggregate => (
+            "aggregator",
+            "export_aggregate",
+            "Aggregate",
+            python::AGGREGATE,
+            python::TEST_AGGREGATE,
+            format!(
+                "printf '%s\\n' '{{\"key\":\"s1\",\"ts_ms\":1,\"fields\":{{\"temp\":1.0}}}}' '{{\"key\":\"s1\",\"ts_ms\":2,\"fields\":{{\"temp\":3.0}}}}' | \\\n  weir plugin run {wasm} --config '{{ field = \"temp\" }}'"
+            ),
+            format!(
+                "[pipeline.window]\ntumbling = \"1m\"\n\n[[pipeline.aggregate]]\nplugin = \"path/to/{module}.wasm\"\nconfig = {{ field = \"temp\" }}"
+            ),
+        ),
+    };
+    let fill = |template: &str| {
+        template
+            .replace("{{name}}", &args.name)
+            .replace("{{crate}}", &module)
+            .replace("{{Struct}}", &struct_name(&args.name))
+            .replace("{{kind}}", kind)
+            .replace("{{export}}", export)
+            .replace("{{Export}}", class)
+            .replace("{{helper}}", &helper.display().to_string())
+            .replace("{{run}}", &run)
+            .replace("{{pipeline}}", &pipeline)
+    };
+    std::fs::create_dir_all(project.join("wit"))
+        .with_context(|| format!("cannot create {}", project.display()))?;
+    for (file, text, executable) in [
+        ("logic.py", fill(logic), false),
+        ("app.py", fill(python::APP), false),
+        ("test_logic.py", fill(test), false),
+        ("build", fill(python::BUILD), true),
+        ("test", fill(python::TEST), true),
+        ("README.md", fill(python::README), false),
+        (".gitignore", python::GITIGNORE.to_owned(), false),
+        ("wit/weir-operator.wit", python::WIT.to_owned(), false),
+    ] {
+        let path = project.join(file);
+        std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
+        if executable {
+            make_executable(&path)?;
+        }
+    }
+    println!("{}", project.display());
+    eprintln!(
+        "weir plugin new: a {kind} in Python in {}; next: cd {} && ./test && ./build (see its README.md)",
         project.display(),
         project.display()
     );
