@@ -64,7 +64,8 @@ try {
     disableFeatures: ['http', 'fetch-event'],
   });
   process.chdir(pluginDir);
-  await writeFile(resolve(pluginDir, args.out), component);
+  await mkdir(dirname(resolve(args.out)), { recursive: true });
+  await writeFile(resolve(args.out), component);
 } finally {
   process.chdir(pluginDir);
   await rm(stage, { recursive: true, force: true });

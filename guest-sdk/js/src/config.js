@@ -63,7 +63,7 @@ export function parseConfig(schema, text) {
     const type = declared ? spec.type : typeOf(spec);
     if (!Object.hasOwn(table, name)) {
       if (declared && spec.required) fail(`missing config key "${name}" (${article(type)})`);
-      config[name] = declared ? undefined : structuredClone(spec);
+      config[name] = declared ? undefined : JSON.parse(JSON.stringify(spec));
       continue;
     }
     const value = table[name];
