@@ -1,4 +1,4 @@
-// Native tests of the delta logic on weir-guest's Harness: `node --test tests/` here (or ./test).
+// Native tests of the delta logic on weir-guest's Harness: `node --test tests/*.test.js` here (or ./test).
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 
