@@ -42,7 +42,7 @@ export function checkField(name, value) {
   if (kind === 'int' && (value < MIN_S64 || value > MAX_S64)) {
     throw new TypeError(`field "${name}" is ${value}, outside the 64-bit range of an int`);
   }
-  const reserved = SUFFIX.exec(name);
+  const reserved = name.includes('#') && SUFFIX.exec(name);
   if (reserved && familyOf(reserved[2]) !== familyOf(kind)) {
     throw new TypeError(`field "${name}" holds a ${kind}: names ending in #${reserved[2]} are reserved for ${reserved[2]} values`);
   }
@@ -90,59 +90,89 @@ export function batchToEvents(batch, keyName) {
  * values (`rh: "x"` where rh is a number, beside `"rh#text": "y"`) is.
  */
 export function eventsToColumns(events) {
+  const n = events.length;
   const first = new Map(); // plain field name -> the family it showed first
-  const slotted = []; // per kept event: [slot, base, suffixed, kind, value] for each value
+  const columns = new Map(); // slot ("rh", "rh#text", "rh#number") -> column
   const kept = [];
   const refused = [];
-  for (let i = 0; i < events.length; i++) {
-    const slots = [];
-    const firstHere = [];
-    let clash;
-    for (const [name, value] of Object.entries(events[i].fields)) {
-      const kind = kindOf(value);
-      if (kind === undefined) continue;
-      const family = familyOf(kind);
-      const reserved = SUFFIX.exec(name);
-      let entry;
-      if (reserved) {
-        entry = [`${reserved[1]}#${family}`, reserved[1], true, kind, value];
-      } else {
-        if (!first.has(name)) {
-          first.set(name, family);
-          firstHere.push(name);
-        }
-        entry = first.get(name) === family ? [name, name, false, kind, value] : [`${name}#${family}`, name, true, kind, value];
-      }
-      if (slots.some((s) => s[0] === entry[0])) clash = `field "${name}" gives column "${entry[0]}" a second value`;
-      slots.push(entry);
-    }
-    if (clash === undefined) {
-      kept.push(events[i]);
-      slotted.push(slots);
-    } else {
-      for (const name of firstHere) first.delete(name);
-      refused.push([i, clash]);
-    }
-  }
-  const n = kept.length;
-  const columns = new Map(); // slot ("rh", "rh#text", "rh#number") -> column
   for (let i = 0; i < n; i++) {
-    for (const [slot, base, suffixed, kind, value] of slotted[i]) {
-      let c = columns.get(slot);
-      if (c === undefined) {
-        c = { base, suffixed, kind, val: new Array(n).fill(undefined) };
-        columns.set(slot, c);
+    const fields = events[i].fields;
+    let plain = true;
+    for (const name in fields) {
+      if (name.includes('#')) {
+        plain = false;
+        break;
       }
-      if (c.kind === 'int' && kind === 'float') {
-        c.kind = 'float';
-        for (let k = 0; k < i; k++) if (c.val[k] !== undefined) c.val[k] = Number(c.val[k]);
-      }
-      c.val[i] = c.kind === 'float' ? Number(value) : value;
     }
+    const at = kept.length;
+    if (plain) {
+      // No reserved names: no two fields can share a column.
+      for (const name in fields) {
+        const value = fields[name];
+        const kind = kindOf(value);
+        if (kind === undefined) continue;
+        const family = familyOf(kind);
+        let known = first.get(name);
+        if (known === undefined) first.set(name, (known = family));
+        if (known === family) put(columns, name, name, false, kind, value, at, n);
+        else put(columns, `${name}#${family}`, name, true, kind, value, at, n);
+      }
+    } else {
+      const slots = slotsOf(fields, first);
+      if (typeof slots === 'string') {
+        refused.push([i, slots]);
+        continue;
+      }
+      for (const [slot, base, suffixed, kind, value] of slots) put(columns, slot, base, suffixed, kind, value, at, n);
+    }
+    kept.push(events[i]);
   }
-  const out = [...columns.values()].map((c) => ({
-    name: c.suffixed ? `${c.base}#${c.kind}` : c.base,
-    values: { tag: c.kind, val: c.val },
-  }));
+  const out = [];
+  for (const c of columns.values()) {
+    c.val.length = kept.length;
+    out.push({ name: c.suffixed ? `${c.base}#${c.kind}` : c.base, values: { tag: c.kind, val: c.val } });
+  }
   return { events: kept, columns: out, refused };
+}
+
+/** The columns an event with reserved names goes to, or why it cannot (`first` left as it was). */
+function slotsOf(fields, first) {
+  const slots = [];
+  const firstHere = [];
+  for (const name in fields) {
+    const value = fields[name];
+    const kind = kindOf(value);
+    if (kind === undefined) continue;
+    const family = familyOf(kind);
+    const reserved = SUFFIX.exec(name);
+    let entry;
+    if (reserved) {
+      entry = [`${reserved[1]}#${family}`, reserved[1], true, kind, value];
+    } else {
+      if (!first.has(name)) {
+        first.set(name, family);
+        firstHere.push(name);
+      }
+      entry = first.get(name) === family ? [name, name, false, kind, value] : [`${name}#${family}`, name, true, kind, value];
+    }
+    if (slots.some((s) => s[0] === entry[0])) {
+      for (const added of firstHere) first.delete(added);
+      return `field "${name}" gives column "${entry[0]}" a second value`;
+    }
+    slots.push(entry);
+  }
+  return slots;
+}
+
+function put(columns, slot, base, suffixed, kind, value, at, n) {
+  let c = columns.get(slot);
+  if (c === undefined) {
+    c = { base, suffixed, kind, val: new Array(n).fill(undefined) };
+    columns.set(slot, c);
+  }
+  if (c.kind === 'int' && kind === 'float') {
+    c.kind = 'float';
+    for (let k = 0; k < at; k++) if (c.val[k] !== undefined) c.val[k] = Number(c.val[k]);
+  }
+  c.val[at] = c.kind === 'float' ? Number(value) : value;
 }

@@ -95,7 +95,7 @@ export class Context {
     if (typeof event?.key !== 'string') throw new TypeError(`an event's key is a string, not ${typeof event?.key}`);
     if (!Number.isSafeInteger(event.tsMs)) throw new TypeError(`an event's tsMs is an integer number of milliseconds, not ${event.tsMs}`);
     const fields = event.fields ?? {};
-    for (const [name, value] of Object.entries(fields)) checkField(name, value);
+    for (const name in fields) checkField(name, fields[name]);
     this._emitted.push({ key: event.key, tsMs: event.tsMs, fields });
     this._origin.push(this._index);
   }
