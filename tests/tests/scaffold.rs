@@ -266,3 +266,118 @@ fn each_kind_of_new_python_plugin_passes_its_test_builds_and_runs_through_the_ho
         }
     }
 }
+
+/// Runs `npm ARGS` in `dir`; panics with its output on failure. npm's cache is the user's, shared
+/// with the repository's JavaScript plugins, so installs after the first come from it.
+fn npm(dir: &Path, args: &[&str]) {
+    let out = Command::new("npm")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("npm runs (node 20 or later and npm are needed for JavaScript plugins)");
+    assert!(
+        out.status.success(),
+        "npm {args:?} in {}:\n{}{}",
+        dir.display(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn each_kind_of_new_js_plugin_builds_passes_its_test_and_runs_through_the_host() {
+    let dir = TempDir::new("weir-plugin-new-js");
+    let cases = [
+        (
+            "scale-js",
+            "transform",
+            "{ field = \"temp\", factor = 2.0 }",
+            "{\"key\":\"s1\",\"ts_ms\":1,\"fields\":{\"temp\":1.5}}\n\
+             {\"key\":\"s1\",\"ts_ms\":2,\"fields\":{\"humidity\":80}}\n\
+             {\"key\":\"s1\",\"ts_ms\":3,\"fields\":{\"temp\":2.5}}\n",
+            // A batch's events come out before its dead letters; the count is keyed state.
+            vec![
+                ("main", "scaled", Json::from(3.0)),
+                ("main", "count", Json::from(2)),
+                ("dead-letter", "", Json::Null),
+            ],
+        ),
+        (
+            "csv-js",
+            "decode",
+            "{ field = \"temp\" }",
+            // "s1,1700000000000,21.5", then "garbage".
+            "{\"topic\":\"sensors/s1\",\"payload_base64\":\"czEsMTcwMDAwMDAwMDAwMCwyMS41\"}\n\
+             {\"topic\":\"sensors/s1\",\"payload_base64\":\"Z2FyYmFnZQ==\"}\n",
+            vec![
+                ("main", "temp", Json::from(21.5)),
+                ("dead-letter", "", Json::Null),
+            ],
+        ),
+        (
+            "mean-js",
+            "aggregate",
+            "{ field = \"temp\" }",
+            "{\"key\":\"s1\",\"ts_ms\":1,\"fields\":{\"temp\":1.0}}\n\
+             {\"key\":\"s1\",\"ts_ms\":2,\"fields\":{\"temp\":3.0}}\n",
+            vec![("main", "mean", Json::from(2.0))],
+        ),
+    ];
+    for (name, kind, config, input, want) in cases {
+        let mut p = WeirProcess::spawn(
+            &[
+                "plugin",
+                "new",
+                name,
+                "--lang",
+                "js",
+                "--kind",
+                kind,
+                "--dir",
+                dir.path().to_str().unwrap(),
+            ],
+            &[],
+        );
+        assert!(p.wait(Duration::from_secs(60)).success(), "{}", p.stderr());
+        let project = dir.path().join(name);
+        for file in [
+            "package.json",
+            "README.md",
+            "src/operator.js",
+            "src/app.js",
+            "tests/operator.test.js",
+        ] {
+            assert!(project.join(file).is_file(), "{name}: {file} made");
+        }
+        npm(
+            &project,
+            &[
+                "install",
+                "--prefer-offline",
+                "--no-audit",
+                "--no-fund",
+                "--loglevel=error",
+            ],
+        );
+        npm(&project, &["test"]);
+        npm(&project, &["run", "build"]);
+        let component = project.join(format!("dist/{}.wasm", name.replace('-', "_")));
+        let out = weir_with_input(
+            &[
+                "plugin",
+                "run",
+                component.to_str().unwrap(),
+                "--config",
+                config,
+            ],
+            input,
+        );
+        assert_eq!(out.len(), want.len(), "{name}: {out:?}");
+        for (got, (output, field, value)) in out.iter().zip(&want) {
+            assert_eq!(got["output"], *output, "{name}: {got}");
+            if !field.is_empty() {
+                assert_eq!(got["fields"][field], *value, "{name}: {got}");
+            }
+        }
+    }
+}

@@ -9,6 +9,7 @@ use anyhow::Context;
 pub(super) enum Lang {
     Rust,
     Python,
+    Js,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -102,6 +103,10 @@ pub(super) fn new(args: NewArgs) -> anyhow::Result<ExitCode> {
          e.g. frost-alarm",
         args.name
     );
+    // A JavaScript project finds its helper package itself; the others use the guest SDK's dir.
+    if args.lang == Lang::Js {
+        return new_js(&args);
+    }
     let sdk = sdk_dir(args.sdk.as_deref())?;
     let project = args.dir.join(&args.name);
     anyhow::ensure!(
@@ -109,9 +114,8 @@ pub(super) fn new(args: NewArgs) -> anyhow::Result<ExitCode> {
         "{} already exists; choose another name or --dir",
         project.display()
     );
-    match args.lang {
-        Lang::Rust => {}
-        Lang::Python => return new_python(&args, &sdk, &project),
+    if args.lang == Lang::Python {
+        return new_python(&args, &sdk, &project);
     }
     let crate_name = args.name.replace('-', "_");
     let (kind, source, run, pipeline) = match args.kind {
@@ -293,6 +297,122 @@ fn new_python(args: &NewArgs, sdk: &Path, project: &Path) -> anyhow::Result<Exit
     println!("{}", project.display());
     eprintln!(
         "weir plugin new: a {kind} in Python in {}; next: cd {} && ./test && ./build (see its README.md)",
+        project.display(),
+        project.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `--lang js`: a JavaScript project on the helper package `weir-guest` (`guest-sdk/js`, or
+/// `--sdk` naming it or the guest-sdk directory holding it), built with componentize-js.
+fn new_js(args: &NewArgs) -> anyhow::Result<ExitCode> {
+    const PACKAGE: &str = include_str!("templates/js/package.json.tmpl");
+    const README: &str = include_str!("templates/js/README.md.tmpl");
+    const GITIGNORE: &str = include_str!("templates/js/gitignore.tmpl");
+    const APP: &str = include_str!("templates/js/app.js.tmpl");
+    let helper = match args.sdk.as_deref() {
+        Some(dir) if dir.join("js/package.json").is_file() => dir.join("js"),
+        Some(dir) => dir.to_owned(),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../guest-sdk/js"),
+    };
+    let helper = helper.canonicalize().with_context(|| {
+        format!(
+            "no weir-guest at {}: name the JavaScript helper with --sdk DIR (guest-sdk/js in \
+             weir's repository)",
+            helper.display()
+        )
+    })?;
+    let manifest = std::fs::read_to_string(helper.join("package.json")).unwrap_or_default();
+    anyhow::ensure!(
+        manifest.contains("\"name\": \"weir-guest\""),
+        "{} is not the JavaScript helper (its package.json does not name weir-guest)",
+        helper.display()
+    );
+    let project = args.dir.join(&args.name);
+    anyhow::ensure!(
+        !project.exists(),
+        "{} already exists; choose another name or --dir",
+        project.display()
+    );
+    let crate_name = args.name.replace('-', "_");
+    let wasm = format!("dist/{crate_name}.wasm");
+    let (world, module, bridge, export, logic, test, run, pipeline) = match args.kind {
+        Kind::Transform => (
+            "transformer",
+            "component",
+            "exportTransform",
+            "transform",
+            include_str!("templates/js/transform.js.tmpl"),
+            include_str!("templates/js/transform.test.js.tmpl"),
+            format!(
+                "echo '{{\"key\":\"s1\",\"ts_ms\":1700000000000,\"fields\":{{\"temp\":21.5}}}}' | \\\n  weir plugin run {wasm} --config '{{ field = \"temp\", factor = 1.8 }}'"
+            ),
+            format!(
+                "[[pipeline.transform]]\nplugin = \"path/to/{crate_name}.wasm\"\nconfig = {{ field = \"temp\", factor = 1.8 }}"
+            ),
+        ),
+        Kind::Decode => (
+            "decoder",
+            "component",
+            "exportDecode",
+            "decode",
+            include_str!("templates/js/decode.js.tmpl"),
+            include_str!("templates/js/decode.test.js.tmpl"),
+            format!(
+                "echo '{{\"topic\":\"sensors/s1\",\"payload_base64\":\"czEsMTcwMDAwMDAwMDAwMCwyMS41\"}}' | \\\n  weir plugin run {wasm} --config '{{ field = \"temp\" }}'   # s1,1700000000000,21.5"
+            ),
+            format!(
+                "[pipeline.decode]\nplugin = \"path/to/{crate_name}.wasm\"\nconfig = {{ field = \"temp\" }}"
+            ),
+        ),
+        Kind::Aggregate => (
+            "aggregator",
+            "aggregate",
+            "exportAggregate",
+            "aggregate",
+            include_str!("templates/js/aggregate.js.tmpl"),
+            include_str!("templates/js/aggregate.test.js.tmpl"),
+            format!(
+                "printf '%s\\n' '{{\"key\":\"s1\",\"ts_ms\":1,\"fields\":{{\"temp\":1.0}}}}' '{{\"key\":\"s1\",\"ts_ms\":2,\"fields\":{{\"temp\":3.0}}}}' | \\\n  weir plugin run {wasm} --config '{{ field = \"temp\" }}'"
+            ),
+            format!(
+                "[pipeline.window]\ntumbling = \"1m\"\n\n[[pipeline.aggregate]]\nplugin = \"path/to/{crate_name}.wasm\"\nconfig = {{ field = \"temp\" }}"
+            ),
+        ),
+    };
+    // The helper's path goes into JSON (package.json) and Markdown: as a JSON string's inside.
+    let helper_text = serde_json::to_string(&helper.display().to_string())?;
+    let fill = |template: &str| {
+        template
+            .replace("{{name}}", &args.name)
+            .replace("{{crate}}", &crate_name)
+            .replace("{{world}}", world)
+            .replace("{{module}}", module)
+            .replace("{{bridge}}", bridge)
+            .replace("{{export}}", export)
+            .replace("{{helper}}", &helper_text[1..helper_text.len() - 1])
+            .replace("{{run}}", &run)
+            .replace("{{pipeline}}", &pipeline)
+    };
+    for sub in ["src", "tests"] {
+        let dir = project.join(sub);
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    for (file, text) in [
+        ("package.json", fill(PACKAGE)),
+        ("README.md", fill(README)),
+        (".gitignore", GITIGNORE.to_owned()),
+        ("src/operator.js", fill(logic)),
+        ("src/app.js", fill(APP)),
+        ("tests/operator.test.js", fill(test)),
+    ] {
+        let path = project.join(file);
+        std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    println!("{}", project.display());
+    eprintln!(
+        "weir plugin new: a {world} in JavaScript in {}; next: cd {} && npm install && npm test && npm run build (see its README.md)",
         project.display(),
         project.display()
     );
