@@ -8,6 +8,7 @@ use anyhow::Context;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub(super) enum Lang {
     Rust,
+    C,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -95,7 +96,10 @@ fn sdk_dir(given: Option<&Path>) -> anyhow::Result<PathBuf> {
 }
 
 pub(super) fn new(args: NewArgs) -> anyhow::Result<ExitCode> {
-    let Lang::Rust = args.lang;
+    match args.lang {
+        Lang::Rust => {}
+        Lang::C => return new_c(&args),
+    }
     anyhow::ensure!(
         valid_name(&args.name),
         "{:?} cannot name a plugin: use lowercase letters, digits and '-', starting with a letter, \
@@ -170,6 +174,99 @@ pub(super) fn new(args: NewArgs) -> anyhow::Result<ExitCode> {
     println!("{}", project.display());
     eprintln!(
         "weir plugin new: a {kind} in Rust in {}; next: cd {} && cargo test && cargo build --release --target wasm32-wasip2 (see its README.md)",
+        project.display(),
+        project.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+const C_BUILD: &str = include_str!("templates/c/build.tmpl");
+const C_README: &str = include_str!("templates/c/README.md.tmpl");
+const C_GITIGNORE: &str = include_str!("templates/c/gitignore.tmpl");
+const C_TRANSFORM: [&str; 4] = [
+    include_str!("templates/c/transform_logic.h.tmpl"),
+    include_str!("templates/c/transform_logic.c.tmpl"),
+    include_str!("templates/c/transform_test.c.tmpl"),
+    include_str!("templates/c/transform_plugin.c.tmpl"),
+];
+/// The config reader of the example C plugin, and the contract, copied into C projects.
+const C_CONFIG_H: &str = include_str!("../../../plugins/c/range-filter/config.h");
+const C_CONFIG_C: &str = include_str!("../../../plugins/c/range-filter/config.c");
+const WIT: &str = include_str!("../../../wit/weir-operator.wit");
+
+/// A C project: the logic with a native test, the glue to the bindings, and `build`, which makes
+/// the component with Debian's clang and wasi-libc and `wasm-c` (tools/wasm-c).
+fn new_c(args: &NewArgs) -> anyhow::Result<ExitCode> {
+    anyhow::ensure!(
+        valid_name(&args.name),
+        "{:?} cannot name a plugin: use lowercase letters, digits and '-', starting with a letter, \
+         e.g. frost-alarm",
+        args.name
+    );
+    let project = args.dir.join(&args.name);
+    anyhow::ensure!(
+        !project.exists(),
+        "{} already exists; choose another name or --dir",
+        project.display()
+    );
+    let crate_name = args.name.replace('-', "_");
+    let (world, [logic_h, logic_c, test_c, plugin_c], run, pipeline) = match args.kind {
+        Kind::Transform => (
+            "transformer",
+            C_TRANSFORM,
+            format!(
+                "echo '{{\"key\":\"s1\",\"ts_ms\":1700000000000,\"fields\":{{\"temp\":21.5}}}}' | \\\n  weir plugin run target/{crate_name}.wasm --config '{{ field = \"temp\", factor = 1.8 }}'"
+            ),
+            format!(
+                "[[pipeline.transform]]\nplugin = \"path/to/{crate_name}.wasm\"\nconfig = {{ field = \"temp\", factor = 1.8 }}"
+            ),
+        ),
+        Kind::Decode | Kind::Aggregate => {
+            anyhow::bail!("--lang c makes transformers only for now (--kind transform)")
+        }
+    };
+    // The weir source tree this weir was built from, where `build` finds tools/wasm-c.
+    let weir_repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let weir_repo = weir_repo.canonicalize().unwrap_or(weir_repo);
+    let fill = |template: &str| {
+        template
+            .replace("{{name}}", &args.name)
+            .replace("{{crate}}", &crate_name)
+            .replace("{{world}}", world)
+            .replace(
+                "{{weir_repo}}",
+                &format!("{:?}", weir_repo.display().to_string()),
+            )
+            .replace("{{run}}", &run)
+            .replace("{{pipeline}}", &pipeline)
+    };
+    for dir in ["src", "wit"] {
+        std::fs::create_dir_all(project.join(dir))
+            .with_context(|| format!("cannot create {}", project.join(dir).display()))?;
+    }
+    for (file, text) in [
+        ("build", fill(C_BUILD)),
+        ("README.md", fill(C_README)),
+        (".gitignore", C_GITIGNORE.to_owned()),
+        ("wit/weir-operator.wit", WIT.to_owned()),
+        ("src/config.h", C_CONFIG_H.to_owned()),
+        ("src/config.c", C_CONFIG_C.to_owned()),
+        ("src/logic.h", fill(logic_h)),
+        ("src/logic.c", fill(logic_c)),
+        ("src/test_logic.c", fill(test_c)),
+        ("src/plugin.c", fill(plugin_c)),
+    ] {
+        let path = project.join(file);
+        std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    let build = project.join("build");
+    let mut perms = std::fs::metadata(&build)?.permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
+    std::fs::set_permissions(&build, perms)
+        .with_context(|| format!("cannot make {} executable", build.display()))?;
+    println!("{}", project.display());
+    eprintln!(
+        "weir plugin new: a {world} in C in {}; next: cd {} && ./build test && ./build (see its README.md)",
         project.display(),
         project.display()
     );
