@@ -185,19 +185,42 @@ fn c_build(project: &Path, args: &[&str]) -> String {
 #[test]
 fn each_kind_of_new_c_plugin_builds_passes_its_test_and_runs_through_the_host() {
     let dir = TempDir::new("weir-plugin-new-c");
-    let cases = [(
-        "frost-scale-c",
-        "transform",
-        "{ field = \"temp\", factor = 2.0 }",
-        "{\"key\":\"s1\",\"ts_ms\":1,\"fields\":{\"temp\":1.5}}\n\
-         {\"key\":\"s1\",\"ts_ms\":2,\"fields\":{\"humidity\":80}}\n\
-         {\"key\":\"s1\",\"ts_ms\":3,\"fields\":{\"temp\":2}}\n",
-        vec![
-            ("main", "scaled", Json::from(3.0)),
-            ("main", "scaled", Json::from(4.0)),
-            ("dead-letter", "", Json::Null),
-        ],
-    )];
+    let cases = [
+        (
+            "frost-scale-c",
+            "transform",
+            "{ field = \"temp\", factor = 2.0 }",
+            "{\"key\":\"s1\",\"ts_ms\":1,\"fields\":{\"temp\":1.5}}\n\
+             {\"key\":\"s1\",\"ts_ms\":2,\"fields\":{\"humidity\":80}}\n\
+             {\"key\":\"s1\",\"ts_ms\":3,\"fields\":{\"temp\":2}}\n",
+            // A batch's events come out before its dead letters.
+            vec![
+                ("main", "scaled", Json::from(3.0)),
+                ("main", "scaled", Json::from(4.0)),
+                ("dead-letter", "", Json::Null),
+            ],
+        ),
+        (
+            "csv-reader-c",
+            "decode",
+            "{ field = \"temp\" }",
+            // "s1,1700000000000,21.5", then "garbage".
+            "{\"topic\":\"sensors/s1\",\"payload_base64\":\"czEsMTcwMDAwMDAwMDAwMCwyMS41\"}\n\
+             {\"topic\":\"sensors/s1\",\"payload_base64\":\"Z2FyYmFnZQ==\"}\n",
+            vec![
+                ("main", "temp", Json::from(21.5)),
+                ("dead-letter", "", Json::Null),
+            ],
+        ),
+        (
+            "window-mean-c",
+            "aggregate",
+            "{ field = \"temp\" }",
+            "{\"key\":\"s1\",\"ts_ms\":1,\"fields\":{\"temp\":1.0}}\n\
+             {\"key\":\"s1\",\"ts_ms\":2,\"fields\":{\"temp\":3}}\n",
+            vec![("main", "mean", Json::from(2.0))],
+        ),
+    ];
     for (name, kind, config, input, want) in cases {
         let mut p = WeirProcess::spawn(
             &[

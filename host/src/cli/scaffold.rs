@@ -189,6 +189,18 @@ const C_TRANSFORM: [&str; 4] = [
     include_str!("templates/c/transform_test.c.tmpl"),
     include_str!("templates/c/transform_plugin.c.tmpl"),
 ];
+const C_DECODE: [&str; 4] = [
+    include_str!("templates/c/decode_logic.h.tmpl"),
+    include_str!("templates/c/decode_logic.c.tmpl"),
+    include_str!("templates/c/decode_test.c.tmpl"),
+    include_str!("templates/c/decode_plugin.c.tmpl"),
+];
+const C_AGGREGATE: [&str; 4] = [
+    include_str!("templates/c/aggregate_logic.h.tmpl"),
+    include_str!("templates/c/aggregate_logic.c.tmpl"),
+    include_str!("templates/c/aggregate_test.c.tmpl"),
+    include_str!("templates/c/aggregate_plugin.c.tmpl"),
+];
 /// The config reader of the example C plugin, and the contract, copied into C projects.
 const C_CONFIG_H: &str = include_str!("../../../plugins/c/range-filter/config.h");
 const C_CONFIG_C: &str = include_str!("../../../plugins/c/range-filter/config.c");
@@ -221,9 +233,26 @@ fn new_c(args: &NewArgs) -> anyhow::Result<ExitCode> {
                 "[[pipeline.transform]]\nplugin = \"path/to/{crate_name}.wasm\"\nconfig = {{ field = \"temp\", factor = 1.8 }}"
             ),
         ),
-        Kind::Decode | Kind::Aggregate => {
-            anyhow::bail!("--lang c makes transformers only for now (--kind transform)")
-        }
+        Kind::Decode => (
+            "decoder",
+            C_DECODE,
+            format!(
+                "echo '{{\"topic\":\"sensors/s1\",\"payload_base64\":\"czEsMTcwMDAwMDAwMDAwMCwyMS41\"}}' | \\\n  weir plugin run target/{crate_name}.wasm --config '{{ field = \"temp\" }}'   # s1,1700000000000,21.5"
+            ),
+            format!(
+                "[pipeline.decode]\nplugin = \"path/to/{crate_name}.wasm\"\nconfig = {{ field = \"temp\" }}"
+            ),
+        ),
+        Kind::Aggregate => (
+            "aggregator",
+            C_AGGREGATE,
+            format!(
+                "printf '%s\\n' '{{\"key\":\"s1\",\"ts_ms\":1,\"fields\":{{\"temp\":1.0}}}}' '{{\"key\":\"s1\",\"ts_ms\":2,\"fields\":{{\"temp\":3.0}}}}' | \\\n  weir plugin run target/{crate_name}.wasm --config '{{ field = \"temp\" }}'"
+            ),
+            format!(
+                "[pipeline.window]\ntumbling = \"1m\"\n\n[[pipeline.aggregate]]\nplugin = \"path/to/{crate_name}.wasm\"\nconfig = {{ field = \"temp\" }}"
+            ),
+        ),
     };
     // The weir source tree this weir was built from, where `build` finds tools/wasm-c.
     let weir_repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
