@@ -1,4 +1,4 @@
-//! The example plugins, in Rust, Python and JavaScript, run by the host through the contract.
+//! The example plugins, in Rust, Python, JavaScript and C, run by the host through the contract.
 
 use weir::batch::Value;
 use weir::runtime::{DeadInput, Reason, bindings::Message};
@@ -301,6 +301,71 @@ fn javascript_delta_uses_host_state_across_batches() {
                 .any(|(k, v)| k == "tank1" && String::from_utf8_lossy(v).trim() == "12"),
         "{stored:?}"
     );
+}
+
+#[test]
+fn c_range_filter_keeps_what_the_rust_one_keeps_and_rejects_text() {
+    let config = r#"{ field = "humidity", min = 0.0, max = 100.0 }"#;
+    let readings = || {
+        batch([
+            ("s1", 1, vec![("humidity", f(55.0))]),
+            ("s2", 2, vec![("humidity", f(-4.0))]),
+            ("s1", 3, vec![("humidity", Value::Int(100))]),
+            ("s3", 4, vec![("humidity", f(250.0))]),
+            ("s3", 5, vec![("temp", f(12.0))]),
+            ("s3", 6, vec![("humidity", f(f64::NAN))]),
+        ])
+    };
+    let rust = operator("range_filter", config).transform(readings());
+    let mut c = operator("range_filter_c", config);
+    let out = c.transform(readings());
+    assert!(out.dead_letters.is_empty(), "{:?}", out.dead_letters);
+    assert_eq!(out.events, rust.events);
+    assert_eq!(out.events.ts_ms, vec![1, 3, 5]);
+
+    // A text reading arrives in its own column (`humidity#text`): the C plugin rejects that
+    // event alone, with its reason.
+    let out = c.transform(batch([
+        ("s1", 7, vec![("humidity", f(40.0))]),
+        ("s2", 8, vec![("humidity", Value::Text("n/a".into()))]),
+        ("s1", 9, vec![("humidity", f(140.0))]),
+    ]));
+    assert_eq!(out.events.ts_ms, vec![7]);
+    assert_eq!(floats(&out.events, "humidity"), [Some(40.0)]);
+    assert_eq!(out.dead_letters.len(), 1);
+    let dead = &out.dead_letters[0];
+    assert_eq!(dead.reason, Reason::Rejected);
+    assert_eq!(dead.detail, r#"field "humidity" is text, not a number"#);
+    let DeadInput::Events(input) = &dead.input else {
+        panic!("a transformer's dead letter holds events: {dead:?}")
+    };
+    assert_eq!(input.ts_ms, vec![8]);
+}
+
+#[test]
+fn c_config_errors_are_reported_at_load_time() {
+    let plugin = weir_tests::load("range_filter_c");
+    for (config, error) in [
+        (
+            r#"{ field = "h", min = 5.0, max = 1.0 }"#,
+            "min (5) is above max (1)",
+        ),
+        (r#"{ field = "h", min = 5.0 }"#, "missing key `max`"),
+        (
+            r#"{ field = "h", min = 0.0, max = 1.0, mx = 2.0 }"#,
+            "unknown key `mx` (this plugin takes field, min and max)",
+        ),
+    ] {
+        let spec = weir_tests::spec("range", &plugin, Default::default());
+        let err =
+            weir::runtime::Operator::start(spec, plugin.clone(), &weir_tests::json_config(config))
+                .unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("rejected its config") && text.ends_with(error),
+            "{config}: {text}"
+        );
+    }
 }
 
 #[test]

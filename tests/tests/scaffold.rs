@@ -381,3 +381,113 @@ fn each_kind_of_new_js_plugin_builds_passes_its_test_and_runs_through_the_host()
         }
     }
 }
+
+/// Runs a generated C project's `build` with `args` (apt-get installs the toolchain when
+/// missing; wasm-c comes from this source tree); panics with its output on failure.
+fn c_build(project: &Path, args: &[&str]) -> String {
+    let out = Command::new("bash")
+        .arg(project.join("build"))
+        .args(args)
+        .current_dir(project)
+        .env_remove("RUSTUP_TOOLCHAIN")
+        .env_remove("CARGO")
+        .output()
+        .expect("bash runs");
+    assert!(
+        out.status.success(),
+        "build {args:?} in {}:\n{}{}",
+        project.display(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn each_kind_of_new_c_plugin_builds_passes_its_test_and_runs_through_the_host() {
+    let dir = TempDir::new("weir-plugin-new-c");
+    let cases = [
+        (
+            "frost-scale-c",
+            "transform",
+            "{ field = \"temp\", factor = 2.0 }",
+            "{\"key\":\"s1\",\"ts_ms\":1,\"fields\":{\"temp\":1.5}}\n\
+             {\"key\":\"s1\",\"ts_ms\":2,\"fields\":{\"humidity\":80}}\n\
+             {\"key\":\"s1\",\"ts_ms\":3,\"fields\":{\"temp\":2}}\n",
+            // A batch's events come out before its dead letters.
+            vec![
+                ("main", "scaled", Json::from(3.0)),
+                ("main", "scaled", Json::from(4.0)),
+                ("dead-letter", "", Json::Null),
+            ],
+        ),
+        (
+            "csv-reader-c",
+            "decode",
+            "{ field = \"temp\" }",
+            // "s1,1700000000000,21.5", then "garbage".
+            "{\"topic\":\"sensors/s1\",\"payload_base64\":\"czEsMTcwMDAwMDAwMDAwMCwyMS41\"}\n\
+             {\"topic\":\"sensors/s1\",\"payload_base64\":\"Z2FyYmFnZQ==\"}\n",
+            vec![
+                ("main", "temp", Json::from(21.5)),
+                ("dead-letter", "", Json::Null),
+            ],
+        ),
+        (
+            "window-mean-c",
+            "aggregate",
+            "{ field = \"temp\" }",
+            "{\"key\":\"s1\",\"ts_ms\":1,\"fields\":{\"temp\":1.0}}\n\
+             {\"key\":\"s1\",\"ts_ms\":2,\"fields\":{\"temp\":3}}\n",
+            vec![("main", "mean", Json::from(2.0))],
+        ),
+    ];
+    for (name, kind, config, input, want) in cases {
+        let mut p = WeirProcess::spawn(
+            &[
+                "plugin",
+                "new",
+                name,
+                "--lang",
+                "c",
+                "--kind",
+                kind,
+                "--dir",
+                dir.path().to_str().unwrap(),
+            ],
+            &[],
+        );
+        assert!(p.wait(Duration::from_secs(60)).success(), "{}", p.stderr());
+        let project = dir.path().join(name);
+        for file in [
+            "README.md",
+            "build",
+            "src/logic.c",
+            "src/plugin.c",
+            "wit/weir-operator.wit",
+        ] {
+            assert!(project.join(file).is_file(), "{name}: {file} made");
+        }
+        let tested = c_build(&project, &["test"]);
+        assert!(tested.contains("all checks passed"), "{name}: {tested}");
+        c_build(&project, &[]);
+        let component = project.join(format!("target/{}.wasm", name.replace('-', "_")));
+        let out = weir_with_input(
+            &[
+                "plugin",
+                "run",
+                component.to_str().unwrap(),
+                "--config",
+                config,
+            ],
+            input,
+        );
+        assert_eq!(out.len(), want.len(), "{name}: {out:?}");
+        for (got, (output, field, value)) in out.iter().zip(&want) {
+            assert_eq!(got["output"], *output, "{name}: {got}");
+            if !field.is_empty() {
+                assert_eq!(got["fields"][field], *value, "{name}: {got}");
+            }
+        }
+    }
+}

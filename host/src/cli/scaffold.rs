@@ -10,6 +10,7 @@ pub(super) enum Lang {
     Rust,
     Python,
     Js,
+    C,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -103,9 +104,12 @@ pub(super) fn new(args: NewArgs) -> anyhow::Result<ExitCode> {
          e.g. frost-alarm",
         args.name
     );
-    // A JavaScript project finds its helper package itself; the others use the guest SDK's dir.
-    if args.lang == Lang::Js {
-        return new_js(&args);
+    // JavaScript and C projects find what they build with themselves; the others use the guest
+    // SDK's directory.
+    match args.lang {
+        Lang::Js => return new_js(&args),
+        Lang::C => return new_c(&args),
+        Lang::Rust | Lang::Python => {}
     }
     let sdk = sdk_dir(args.sdk.as_deref())?;
     let project = args.dir.join(&args.name);
@@ -196,8 +200,6 @@ mod python {
     pub(super) const TEST_TRANSFORM: &str = include_str!("templates/python/test_transform.py.tmpl");
     pub(super) const TEST_DECODE: &str = include_str!("templates/python/test_decode.py.tmpl");
     pub(super) const TEST_AGGREGATE: &str = include_str!("templates/python/test_aggregate.py.tmpl");
-    /// The contract, copied into the project: componentize-py reads it at build time.
-    pub(super) const WIT: &str = include_str!("../../../wit/weir-operator.wit");
 }
 
 /// Lets a generated script run as `./build`.
@@ -286,7 +288,7 @@ fn new_python(args: &NewArgs, sdk: &Path, project: &Path) -> anyhow::Result<Exit
         ("test", fill(python::TEST), true),
         ("README.md", fill(python::README), false),
         (".gitignore", python::GITIGNORE.to_owned(), false),
-        ("wit/weir-operator.wit", python::WIT.to_owned(), false),
+        ("wit/weir-operator.wit", WIT.to_owned(), false),
     ] {
         let path = project.join(file);
         std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
@@ -413,6 +415,128 @@ fn new_js(args: &NewArgs) -> anyhow::Result<ExitCode> {
     println!("{}", project.display());
     eprintln!(
         "weir plugin new: a {world} in JavaScript in {}; next: cd {} && npm install && npm test && npm run build (see its README.md)",
+        project.display(),
+        project.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+const C_BUILD: &str = include_str!("templates/c/build.tmpl");
+const C_README: &str = include_str!("templates/c/README.md.tmpl");
+const C_GITIGNORE: &str = include_str!("templates/c/gitignore.tmpl");
+const C_TRANSFORM: [&str; 4] = [
+    include_str!("templates/c/transform_logic.h.tmpl"),
+    include_str!("templates/c/transform_logic.c.tmpl"),
+    include_str!("templates/c/transform_test.c.tmpl"),
+    include_str!("templates/c/transform_plugin.c.tmpl"),
+];
+const C_DECODE: [&str; 4] = [
+    include_str!("templates/c/decode_logic.h.tmpl"),
+    include_str!("templates/c/decode_logic.c.tmpl"),
+    include_str!("templates/c/decode_test.c.tmpl"),
+    include_str!("templates/c/decode_plugin.c.tmpl"),
+];
+const C_AGGREGATE: [&str; 4] = [
+    include_str!("templates/c/aggregate_logic.h.tmpl"),
+    include_str!("templates/c/aggregate_logic.c.tmpl"),
+    include_str!("templates/c/aggregate_test.c.tmpl"),
+    include_str!("templates/c/aggregate_plugin.c.tmpl"),
+];
+/// The config reader of the example C plugin, and the contract, copied into C projects.
+const C_CONFIG_H: &str = include_str!("../../../plugins/c/range-filter/config.h");
+const C_CONFIG_C: &str = include_str!("../../../plugins/c/range-filter/config.c");
+const WIT: &str = include_str!("../../../wit/weir-operator.wit");
+
+/// A C project: the logic with a native test, the glue to the bindings, and `build`, which makes
+/// the component with Debian's clang and wasi-libc and `wasm-c` (tools/wasm-c).
+fn new_c(args: &NewArgs) -> anyhow::Result<ExitCode> {
+    anyhow::ensure!(
+        valid_name(&args.name),
+        "{:?} cannot name a plugin: use lowercase letters, digits and '-', starting with a letter, \
+         e.g. frost-alarm",
+        args.name
+    );
+    let project = args.dir.join(&args.name);
+    anyhow::ensure!(
+        !project.exists(),
+        "{} already exists; choose another name or --dir",
+        project.display()
+    );
+    let crate_name = args.name.replace('-', "_");
+    let (world, [logic_h, logic_c, test_c, plugin_c], run, pipeline) = match args.kind {
+        Kind::Transform => (
+            "transformer",
+            C_TRANSFORM,
+            format!(
+                "echo '{{\"key\":\"s1\",\"ts_ms\":1700000000000,\"fields\":{{\"temp\":21.5}}}}' | \\\n  weir plugin run target/{crate_name}.wasm --config '{{ field = \"temp\", factor = 1.8 }}'"
+            ),
+            format!(
+                "[[pipeline.transform]]\nplugin = \"path/to/{crate_name}.wasm\"\nconfig = {{ field = \"temp\", factor = 1.8 }}"
+            ),
+        ),
+        Kind::Decode => (
+            "decoder",
+            C_DECODE,
+            format!(
+                "echo '{{\"topic\":\"sensors/s1\",\"payload_base64\":\"czEsMTcwMDAwMDAwMDAwMCwyMS41\"}}' | \\\n  weir plugin run target/{crate_name}.wasm --config '{{ field = \"temp\" }}'   # s1,1700000000000,21.5"
+            ),
+            format!(
+                "[pipeline.decode]\nplugin = \"path/to/{crate_name}.wasm\"\nconfig = {{ field = \"temp\" }}"
+            ),
+        ),
+        Kind::Aggregate => (
+            "aggregator",
+            C_AGGREGATE,
+            format!(
+                "printf '%s\\n' '{{\"key\":\"s1\",\"ts_ms\":1,\"fields\":{{\"temp\":1.0}}}}' '{{\"key\":\"s1\",\"ts_ms\":2,\"fields\":{{\"temp\":3.0}}}}' | \\\n  weir plugin run target/{crate_name}.wasm --config '{{ field = \"temp\" }}'"
+            ),
+            format!(
+                "[pipeline.window]\ntumbling = \"1m\"\n\n[[pipeline.aggregate]]\nplugin = \"path/to/{crate_name}.wasm\"\nconfig = {{ field = \"temp\" }}"
+            ),
+        ),
+    };
+    // The weir source tree this weir was built from, where `build` finds tools/wasm-c.
+    let weir_repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let weir_repo = weir_repo.canonicalize().unwrap_or(weir_repo);
+    let fill = |template: &str| {
+        template
+            .replace("{{name}}", &args.name)
+            .replace("{{crate}}", &crate_name)
+            .replace("{{world}}", world)
+            .replace(
+                "{{weir_repo}}",
+                &format!("{:?}", weir_repo.display().to_string()),
+            )
+            .replace("{{run}}", &run)
+            .replace("{{pipeline}}", &pipeline)
+    };
+    for dir in ["src", "wit"] {
+        std::fs::create_dir_all(project.join(dir))
+            .with_context(|| format!("cannot create {}", project.join(dir).display()))?;
+    }
+    for (file, text) in [
+        ("build", fill(C_BUILD)),
+        ("README.md", fill(C_README)),
+        (".gitignore", C_GITIGNORE.to_owned()),
+        ("wit/weir-operator.wit", WIT.to_owned()),
+        ("src/config.h", C_CONFIG_H.to_owned()),
+        ("src/config.c", C_CONFIG_C.to_owned()),
+        ("src/logic.h", fill(logic_h)),
+        ("src/logic.c", fill(logic_c)),
+        ("src/test_logic.c", fill(test_c)),
+        ("src/plugin.c", fill(plugin_c)),
+    ] {
+        let path = project.join(file);
+        std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    let build = project.join("build");
+    let mut perms = std::fs::metadata(&build)?.permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
+    std::fs::set_permissions(&build, perms)
+        .with_context(|| format!("cannot make {} executable", build.display()))?;
+    println!("{}", project.display());
+    eprintln!(
+        "weir plugin new: a {world} in C in {}; next: cd {} && ./build test && ./build (see its README.md)",
         project.display(),
         project.display()
     );
