@@ -268,7 +268,12 @@ pub(super) fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         .other
         .iter()
         .filter(|p| p.exists())
-        .map(|p| p.file_name().unwrap_or_default().to_string_lossy().into_owned())
+        .map(|p| {
+            p.file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned()
+        })
         .collect();
     if !other_rows.is_empty() {
         print!("{:>6} {:>8}", "batch", "native");
