@@ -388,6 +388,7 @@ impl BatchBuilder {
     /// Adds one event, taking its fields' values (`event.fields` is left for reuse: emptied, or
     /// with its names and spent values). Fields go into columns by the contract's typing rule
     /// (see [`BatchBuilder::column_for`]). `hint` may give the id of the event's key.
+    #[inline(always)]
     pub(crate) fn push(&mut self, event: &mut Event, hint: Option<KeyHint>) {
         if !self.push_same(&mut event.fields) {
             self.push_fields(event);
@@ -520,6 +521,7 @@ impl Emitted {
 
     /// Adds what input `index` produced (taken from `emitted`, which is left empty); a failure
     /// rejects the input with the reason. Returns an emptied field list to reuse.
+    #[inline]
     pub(crate) fn add(
         &mut self,
         index: usize,

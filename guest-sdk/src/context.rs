@@ -81,6 +81,7 @@ impl Context {
 
     /// Sends `event` on to the next step. Call it once to pass an event through (map), not at all
     /// to drop it (filter), or several times (flat-map, or a detector's alerts).
+    #[inline]
     pub fn emit(&mut self, event: Event) {
         self.emitted.push(event);
     }

@@ -138,6 +138,7 @@ impl Event {
 
     /// Sets field `name`, replacing any value it had. Replacing a field's value allocates
     /// nothing; a new field's name is allocated once unless it is passed as a [`Str`].
+    #[inline]
     pub fn set(&mut self, name: impl AsRef<str> + Into<Str>, value: impl Into<Value>) {
         let value = value.into();
         match self
@@ -166,7 +167,22 @@ impl Event {
 /// needs no comparison of the bytes.
 #[inline]
 fn same_name(a: &str, b: &str) -> bool {
-    a.len() == b.len() && (std::ptr::eq(a.as_ptr(), b.as_ptr()) || a.as_bytes() == b.as_bytes())
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    a.len() == b.len() && (std::ptr::eq(a.as_ptr(), b.as_ptr()) || same_short(a, b))
+}
+
+/// Whether two byte strings of one length are equal. Field names are short: a loop in place
+/// costs less than a call to `memcmp`, which is what `==` on slices becomes.
+#[inline]
+fn same_short(a: &[u8], b: &[u8]) -> bool {
+    if a.len() > 16 {
+        return a == b;
+    }
+    let mut same = true;
+    for (x, y) in a.iter().zip(b) {
+        same &= x == y;
+    }
+    same
 }
 
 /// A raw message, as it reached weir (input of a decoder).
