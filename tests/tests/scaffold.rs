@@ -1,7 +1,7 @@
 //! `weir plugin new`: each kind of project it makes builds, passes its own test, and runs through
 //! the host as its README says.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
@@ -47,12 +47,15 @@ fn weir_with_input(args: &[&str], input: &str) -> Vec<Json> {
         .collect()
 }
 
-fn new_project(dir: &Path, name: &str, kind: &str) -> std::path::PathBuf {
+/// `weir plugin new NAME --lang LANG --kind KIND` in `dir`; checks that it made `files`.
+fn new_project(dir: &Path, name: &str, lang: &str, kind: &str, files: &[&str]) -> PathBuf {
     let mut p = WeirProcess::spawn(
         &[
             "plugin",
             "new",
             name,
+            "--lang",
+            lang,
             "--kind",
             kind,
             "--dir",
@@ -62,15 +65,38 @@ fn new_project(dir: &Path, name: &str, kind: &str) -> std::path::PathBuf {
     );
     assert!(p.wait(Duration::from_secs(60)).success(), "{}", p.stderr());
     let project = dir.join(name);
-    for file in [
-        "Cargo.toml",
-        "README.md",
-        "src/lib.rs",
-        "rust-toolchain.toml",
-    ] {
-        assert!(project.join(file).is_file(), "{file} made");
+    for file in files {
+        assert!(project.join(file).is_file(), "{name}: {file} made");
     }
     project
+}
+
+/// Runs `component` through the host (`weir plugin run`) on `input` and checks each output
+/// record's output and, where named, one field: `want` is (output, field, value) per record.
+fn runs_through_the_host(
+    name: &str,
+    component: &Path,
+    config: &str,
+    input: &str,
+    want: &[(&str, &str, Json)],
+) {
+    let out = weir_with_input(
+        &[
+            "plugin",
+            "run",
+            component.to_str().unwrap(),
+            "--config",
+            config,
+        ],
+        input,
+    );
+    assert_eq!(out.len(), want.len(), "{name}: {out:?}");
+    for (got, (output, field, value)) in out.iter().zip(want) {
+        assert_eq!(got["output"], *output, "{name}: {got}");
+        if !field.is_empty() {
+            assert_eq!(got["fields"][field], *value, "{name}: {got}");
+        }
+    }
 }
 
 #[test]
@@ -114,30 +140,25 @@ fn each_kind_of_new_rust_plugin_builds_passes_its_test_and_runs_through_the_host
         ),
     ];
     for (name, kind, config, input, want) in cases {
-        let project = new_project(dir.path(), name, kind);
+        let project = new_project(
+            dir.path(),
+            name,
+            "rust",
+            kind,
+            &[
+                "Cargo.toml",
+                "README.md",
+                "src/lib.rs",
+                "rust-toolchain.toml",
+            ],
+        );
         cargo(&project, &["test", "--quiet"]);
         cargo(
             &project,
             &["build", "--quiet", "--release", "--target", "wasm32-wasip2"],
         );
         let component = wasm.join(format!("{}.wasm", name.replace('-', "_")));
-        let out = weir_with_input(
-            &[
-                "plugin",
-                "run",
-                component.to_str().unwrap(),
-                "--config",
-                config,
-            ],
-            input,
-        );
-        assert_eq!(out.len(), want.len(), "{name}: {out:?}");
-        for (got, (output, field, value)) in out.iter().zip(&want) {
-            assert_eq!(got["output"], *output, "{name}: {got}");
-            if !field.is_empty() {
-                assert_eq!(got["fields"][field], *value, "{name}: {got}");
-            }
-        }
+        runs_through_the_host(name, &component, config, input, &want);
     }
     // An existing directory is never overwritten, and a name must suit a crate.
     let mut p = WeirProcess::spawn(
@@ -223,47 +244,19 @@ fn each_kind_of_new_python_plugin_passes_its_test_builds_and_runs_through_the_ho
         ),
     ];
     for (name, kind, config, input, want) in cases {
-        let mut p = WeirProcess::spawn(
-            &[
-                "plugin",
-                "new",
-                name,
-                "--lang",
-                "python",
-                "--kind",
-                kind,
-                "--dir",
-                dir.path().to_str().unwrap(),
-            ],
-            &[],
+        let project = new_project(
+            dir.path(),
+            name,
+            "python",
+            kind,
+            &["logic.py", "app.py", "test_logic.py", "README.md"],
         );
-        assert!(p.wait(Duration::from_secs(60)).success(), "{}", p.stderr());
-        let project = dir.path().join(name);
-        for file in ["logic.py", "app.py", "test_logic.py", "README.md"] {
-            assert!(project.join(file).is_file(), "{name}: {file} made");
-        }
         let glue = std::fs::read_to_string(project.join("app.py")).unwrap();
         assert!(glue.lines().count() <= 10, "{name}: glue is short:\n{glue}");
         script(&project, "test");
         script(&project, "build");
         let component = project.join(format!("target/{}.wasm", name.replace('-', "_")));
-        let out = weir_with_input(
-            &[
-                "plugin",
-                "run",
-                component.to_str().unwrap(),
-                "--config",
-                config,
-            ],
-            input,
-        );
-        assert_eq!(out.len(), want.len(), "{name}: {out:?}");
-        for (got, (output, field, value)) in out.iter().zip(&want) {
-            assert_eq!(got["output"], *output, "{name}: {got}");
-            if !field.is_empty() {
-                assert_eq!(got["fields"][field], *value, "{name}: {got}");
-            }
-        }
+        runs_through_the_host(name, &component, config, input, &want);
     }
 }
 
@@ -324,31 +317,19 @@ fn each_kind_of_new_js_plugin_builds_passes_its_test_and_runs_through_the_host()
         ),
     ];
     for (name, kind, config, input, want) in cases {
-        let mut p = WeirProcess::spawn(
+        let project = new_project(
+            dir.path(),
+            name,
+            "js",
+            kind,
             &[
-                "plugin",
-                "new",
-                name,
-                "--lang",
-                "js",
-                "--kind",
-                kind,
-                "--dir",
-                dir.path().to_str().unwrap(),
+                "package.json",
+                "README.md",
+                "src/operator.js",
+                "src/app.js",
+                "tests/operator.test.js",
             ],
-            &[],
         );
-        assert!(p.wait(Duration::from_secs(60)).success(), "{}", p.stderr());
-        let project = dir.path().join(name);
-        for file in [
-            "package.json",
-            "README.md",
-            "src/operator.js",
-            "src/app.js",
-            "tests/operator.test.js",
-        ] {
-            assert!(project.join(file).is_file(), "{name}: {file} made");
-        }
         npm(
             &project,
             &[
@@ -362,23 +343,7 @@ fn each_kind_of_new_js_plugin_builds_passes_its_test_and_runs_through_the_host()
         npm(&project, &["test"]);
         npm(&project, &["run", "build"]);
         let component = project.join(format!("dist/{}.wasm", name.replace('-', "_")));
-        let out = weir_with_input(
-            &[
-                "plugin",
-                "run",
-                component.to_str().unwrap(),
-                "--config",
-                config,
-            ],
-            input,
-        );
-        assert_eq!(out.len(), want.len(), "{name}: {out:?}");
-        for (got, (output, field, value)) in out.iter().zip(&want) {
-            assert_eq!(got["output"], *output, "{name}: {got}");
-            if !field.is_empty() {
-                assert_eq!(got["fields"][field], *value, "{name}: {got}");
-            }
-        }
+        runs_through_the_host(name, &component, config, input, &want);
     }
 }
 
@@ -443,51 +408,23 @@ fn each_kind_of_new_c_plugin_builds_passes_its_test_and_runs_through_the_host() 
         ),
     ];
     for (name, kind, config, input, want) in cases {
-        let mut p = WeirProcess::spawn(
+        let project = new_project(
+            dir.path(),
+            name,
+            "c",
+            kind,
             &[
-                "plugin",
-                "new",
-                name,
-                "--lang",
-                "c",
-                "--kind",
-                kind,
-                "--dir",
-                dir.path().to_str().unwrap(),
+                "README.md",
+                "build",
+                "src/logic.c",
+                "src/plugin.c",
+                "wit/weir-operator.wit",
             ],
-            &[],
         );
-        assert!(p.wait(Duration::from_secs(60)).success(), "{}", p.stderr());
-        let project = dir.path().join(name);
-        for file in [
-            "README.md",
-            "build",
-            "src/logic.c",
-            "src/plugin.c",
-            "wit/weir-operator.wit",
-        ] {
-            assert!(project.join(file).is_file(), "{name}: {file} made");
-        }
         let tested = c_build(&project, &["test"]);
         assert!(tested.contains("all checks passed"), "{name}: {tested}");
         c_build(&project, &[]);
         let component = project.join(format!("target/{}.wasm", name.replace('-', "_")));
-        let out = weir_with_input(
-            &[
-                "plugin",
-                "run",
-                component.to_str().unwrap(),
-                "--config",
-                config,
-            ],
-            input,
-        );
-        assert_eq!(out.len(), want.len(), "{name}: {out:?}");
-        for (got, (output, field, value)) in out.iter().zip(&want) {
-            assert_eq!(got["output"], *output, "{name}: {got}");
-            if !field.is_empty() {
-                assert_eq!(got["fields"][field], *value, "{name}: {got}");
-            }
-        }
+        runs_through_the_host(name, &component, config, input, &want);
     }
 }
