@@ -269,16 +269,18 @@ pub(super) fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         .iter()
         .filter(|p| p.exists())
         .map(|p| {
-            p.file_name()
-                .unwrap_or_default()
-                .to_string_lossy()
-                .into_owned()
+            let stem = p.file_stem().unwrap_or_default().to_string_lossy();
+            match stem.rsplit_once('_').map(|(_, lang)| lang) {
+                Some("py") => "Python".to_owned(),
+                Some("js") => "JavaScript".to_owned(),
+                _ => stem.into_owned(),
+            }
         })
         .collect();
     if !other_rows.is_empty() {
         print!("{:>6} {:>8}", "batch", "native");
         for name in &built {
-            print!(" | {:>18}", name.trim_end_matches(".wasm"));
+            print!(" | {name:>18}");
         }
         println!();
         print!("{:>15}", "");
