@@ -49,13 +49,10 @@ fn unit_converter_converts_fahrenheit_to_celsius_into_a_new_field() {
 }
 
 /// The typing rule (WIT `column`) is the same on both sides of the boundary: a field whose kind
-/// changes within a batch crosses into a Rust plugin and back with every value under its name.
+/// changes within a batch crosses into a plugin of each language and back with every value under
+/// its name and no event refused (the plugins here pass these events on, one adding a field).
 #[test]
-fn fields_of_changing_kind_cross_the_boundary_whole() {
-    let mut op = operator(
-        "unit_converter",
-        r#"{ field = "temp", from = "f", to = "c", into = "temp_c" }"#,
-    );
+fn fields_of_changing_kind_cross_the_boundary_whole_in_every_language() {
     let input = batch([
         ("s1", 1, vec![("temp", f(212.0)), ("rh", Value::Int(60))]),
         (
@@ -79,42 +76,58 @@ fn fields_of_changing_kind_cross_the_boundary_whole() {
         k.sort();
         k
     };
-    assert_eq!(
-        kinds(&input),
-        [
-            "ok#int:int",
-            "ok:flag",
-            "rh#text:text",
-            "rh:float",
-            "temp:float"
-        ]
-    );
-    let out = op.transform(input.clone());
-    assert!(
-        out.dead_letters.is_empty(),
-        "no event is refused for a type"
-    );
-    assert_eq!(
-        kinds(&out.events),
-        [
-            "ok#int:int",
-            "ok:flag",
-            "rh#text:text",
-            "rh:float",
-            "temp:float",
-            "temp_c:float"
-        ]
-    );
-    for i in 0..input.len() {
-        let mut expected = input.event_json(i);
-        let got = out.events.event_json(i);
-        if let Some(c) = got["fields"].get("temp_c") {
-            expected["fields"]["temp_c"] = c.clone();
+    let expected_kinds = [
+        "ok#int:int",
+        "ok:flag",
+        "rh#text:text",
+        "rh:float",
+        "temp:float",
+    ];
+    assert_eq!(kinds(&input), expected_kinds);
+    let plugins = [
+        (
+            "unit_converter",
+            r#"{ field = "temp", from = "f", to = "c", into = "temp_c" }"#,
+            Some("temp_c"),
+        ),
+        ("dew_point_py", "{}", None),
+        ("delta_js", r#"{ field = "level" }"#, None),
+        (
+            "range_filter_c",
+            r#"{ field = "humidity", min = 0.0, max = 100.0 }"#,
+            None,
+        ),
+    ];
+    for (plugin, config, added) in plugins {
+        let mut op = operator(plugin, config);
+        let out = op.transform(input.clone());
+        assert!(
+            out.dead_letters.is_empty(),
+            "{plugin}: no event is refused for a type: {:?}",
+            out.dead_letters
+        );
+        let mut want: Vec<String> = expected_kinds.iter().map(|k| k.to_string()).collect();
+        if let Some(added) = added {
+            want.push(format!("{added}:float"));
         }
-        assert_eq!(got, expected, "event {i} reads back as it went in");
+        assert_eq!(kinds(&out.events), want, "{plugin}");
+        assert_eq!(out.events.len(), input.len(), "{plugin}");
+        for i in 0..input.len() {
+            let mut expected = input.event_json(i);
+            let got = out.events.event_json(i);
+            if let Some(added) = added
+                && let Some(value) = got["fields"].get(added)
+            {
+                expected["fields"][added] = value.clone();
+            }
+            assert_eq!(
+                got, expected,
+                "{plugin}: event {i} reads back as it went in"
+            );
+        }
+        assert_eq!(out.events.event_json(1)["fields"]["rh"], "n/a", "{plugin}");
+        assert_eq!(out.events.event_json(3)["fields"]["ok"], 1, "{plugin}");
     }
-    assert_eq!(out.events.event_json(1)["fields"]["rh"], "n/a");
-    assert_eq!(out.events.event_json(3)["fields"]["ok"], 1);
 }
 
 /// The example frame from plugins/sensor-frame-decoder/README.md.
