@@ -50,6 +50,37 @@ const AGGREGATE: &str = include_str!("templates/rust/aggregate.rs.tmpl");
 /// The toolchain weir itself is built with: the generated project builds with the same.
 const TOOLCHAIN: &str = include_str!("../../../rust-toolchain.toml");
 
+/// How a project's README runs its component through the host (`weir plugin run` on a sample
+/// input) and names it in a pipeline, for a component at `wasm` called `module`.
+fn usage(kind: Kind, wasm: &str, module: &str) -> (String, String) {
+    match kind {
+        Kind::Transform => (
+            format!(
+                "echo '{{\"key\":\"s1\",\"ts_ms\":1700000000000,\"fields\":{{\"temp\":21.5}}}}' | \\\n  weir plugin run {wasm} --config '{{ field = \"temp\", factor = 1.8 }}'"
+            ),
+            format!(
+                "[[pipeline.transform]]\nplugin = \"path/to/{module}.wasm\"\nconfig = {{ field = \"temp\", factor = 1.8 }}"
+            ),
+        ),
+        Kind::Decode => (
+            format!(
+                "echo '{{\"topic\":\"sensors/s1\",\"payload_base64\":\"czEsMTcwMDAwMDAwMDAwMCwyMS41\"}}' | \\\n  weir plugin run {wasm} --config '{{ field = \"temp\" }}'   # s1,1700000000000,21.5"
+            ),
+            format!(
+                "[pipeline.decode]\nplugin = \"path/to/{module}.wasm\"\nconfig = {{ field = \"temp\" }}"
+            ),
+        ),
+        Kind::Aggregate => (
+            format!(
+                "printf '%s\\n' '{{\"key\":\"s1\",\"ts_ms\":1,\"fields\":{{\"temp\":1.0}}}}' '{{\"key\":\"s1\",\"ts_ms\":2,\"fields\":{{\"temp\":3.0}}}}' | \\\n  weir plugin run {wasm} --config '{{ field = \"temp\" }}'"
+            ),
+            format!(
+                "[pipeline.window]\ntumbling = \"1m\"\n\n[[pipeline.aggregate]]\nplugin = \"path/to/{module}.wasm\"\nconfig = {{ field = \"temp\" }}"
+            ),
+        ),
+    }
+}
+
 /// Whether `name` can name a plugin (and its crate): `[a-z][a-z0-9-]*`, at most 64 bytes.
 fn valid_name(name: &str) -> bool {
     let mut chars = name.chars();
@@ -122,38 +153,16 @@ pub(super) fn new(args: NewArgs) -> anyhow::Result<ExitCode> {
         return new_python(&args, &sdk, &project);
     }
     let crate_name = args.name.replace('-', "_");
-    let (kind, source, run, pipeline) = match args.kind {
-        Kind::Transform => (
-            "transformer",
-            TRANSFORM,
-            format!(
-                "echo '{{\"key\":\"s1\",\"ts_ms\":1700000000000,\"fields\":{{\"temp\":21.5}}}}' | \\\n  weir plugin run target/wasm32-wasip2/release/{crate_name}.wasm --config '{{ field = \"temp\", factor = 1.8 }}'"
-            ),
-            format!(
-                "[[pipeline.transform]]\nplugin = \"path/to/{crate_name}.wasm\"\nconfig = {{ field = \"temp\", factor = 1.8 }}"
-            ),
-        ),
-        Kind::Decode => (
-            "decoder",
-            DECODE,
-            format!(
-                "echo '{{\"topic\":\"sensors/s1\",\"payload_base64\":\"czEsMTcwMDAwMDAwMDAwMCwyMS41\"}}' | \\\n  weir plugin run target/wasm32-wasip2/release/{crate_name}.wasm --config '{{ field = \"temp\" }}'   # s1,1700000000000,21.5"
-            ),
-            format!(
-                "[pipeline.decode]\nplugin = \"path/to/{crate_name}.wasm\"\nconfig = {{ field = \"temp\" }}"
-            ),
-        ),
-        Kind::Aggregate => (
-            "aggregator",
-            AGGREGATE,
-            format!(
-                "printf '%s\\n' '{{\"key\":\"s1\",\"ts_ms\":1,\"fields\":{{\"temp\":1.0}}}}' '{{\"key\":\"s1\",\"ts_ms\":2,\"fields\":{{\"temp\":3.0}}}}' | \\\n  weir plugin run target/wasm32-wasip2/release/{crate_name}.wasm --config '{{ field = \"temp\" }}'"
-            ),
-            format!(
-                "[pipeline.window]\ntumbling = \"1m\"\n\n[[pipeline.aggregate]]\nplugin = \"path/to/{crate_name}.wasm\"\nconfig = {{ field = \"temp\" }}"
-            ),
-        ),
+    let (kind, source) = match args.kind {
+        Kind::Transform => ("transformer", TRANSFORM),
+        Kind::Decode => ("decoder", DECODE),
+        Kind::Aggregate => ("aggregator", AGGREGATE),
     };
+    let (run, pipeline) = usage(
+        args.kind,
+        &format!("target/wasm32-wasip2/release/{crate_name}.wasm"),
+        &crate_name,
+    );
     let fill = |template: &str| {
         template
             .replace("{{name}}", &args.name)
@@ -225,19 +234,13 @@ fn new_python(args: &NewArgs, sdk: &Path, project: &Path) -> anyhow::Result<Exit
     );
     let module = args.name.replace('-', "_");
     let wasm = format!("target/{module}.wasm");
-    let (kind, export, class, logic, test, run, pipeline) = match args.kind {
+    let (kind, export, class, logic, test) = match args.kind {
         Kind::Transform => (
             "transformer",
             "export_transform",
             "Transform",
             python::TRANSFORM,
             python::TEST_TRANSFORM,
-            format!(
-                "echo '{{\"key\":\"s1\",\"ts_ms\":1700000000000,\"fields\":{{\"temp\":21.5}}}}' | \\\n  weir plugin run {wasm} --config '{{ field = \"temp\", factor = 1.8 }}'"
-            ),
-            format!(
-                "[[pipeline.transform]]\nplugin = \"path/to/{module}.wasm\"\nconfig = {{ field = \"temp\", factor = 1.8 }}"
-            ),
         ),
         Kind::Decode => (
             "decoder",
@@ -245,12 +248,6 @@ fn new_python(args: &NewArgs, sdk: &Path, project: &Path) -> anyhow::Result<Exit
             "Decode",
             python::DECODE,
             python::TEST_DECODE,
-            format!(
-                "echo '{{\"topic\":\"sensors/s1\",\"payload_base64\":\"czEsMTcwMDAwMDAwMDAwMCwyMS41\"}}' | \\\n  weir plugin run {wasm} --config '{{ field = \"temp\" }}'   # s1,1700000000000,21.5"
-            ),
-            format!(
-                "[pipeline.decode]\nplugin = \"path/to/{module}.wasm\"\nconfig = {{ field = \"temp\" }}"
-            ),
         ),
         Kind::Aggregate => (
             "aggregator",
@@ -258,14 +255,9 @@ fn new_python(args: &NewArgs, sdk: &Path, project: &Path) -> anyhow::Result<Exit
             "Aggregate",
             python::AGGREGATE,
             python::TEST_AGGREGATE,
-            format!(
-                "printf '%s\\n' '{{\"key\":\"s1\",\"ts_ms\":1,\"fields\":{{\"temp\":1.0}}}}' '{{\"key\":\"s1\",\"ts_ms\":2,\"fields\":{{\"temp\":3.0}}}}' | \\\n  weir plugin run {wasm} --config '{{ field = \"temp\" }}'"
-            ),
-            format!(
-                "[pipeline.window]\ntumbling = \"1m\"\n\n[[pipeline.aggregate]]\nplugin = \"path/to/{module}.wasm\"\nconfig = {{ field = \"temp\" }}"
-            ),
         ),
     };
+    let (run, pipeline) = usage(args.kind, &wasm, &module);
     let fill = |template: &str| {
         template
             .replace("{{name}}", &args.name)
@@ -338,7 +330,7 @@ fn new_js(args: &NewArgs) -> anyhow::Result<ExitCode> {
     );
     let crate_name = args.name.replace('-', "_");
     let wasm = format!("dist/{crate_name}.wasm");
-    let (world, module, bridge, export, logic, test, run, pipeline) = match args.kind {
+    let (world, module, bridge, export, logic, test) = match args.kind {
         Kind::Transform => (
             "transformer",
             "component",
@@ -346,12 +338,6 @@ fn new_js(args: &NewArgs) -> anyhow::Result<ExitCode> {
             "transform",
             include_str!("templates/js/transform.js.tmpl"),
             include_str!("templates/js/transform.test.js.tmpl"),
-            format!(
-                "echo '{{\"key\":\"s1\",\"ts_ms\":1700000000000,\"fields\":{{\"temp\":21.5}}}}' | \\\n  weir plugin run {wasm} --config '{{ field = \"temp\", factor = 1.8 }}'"
-            ),
-            format!(
-                "[[pipeline.transform]]\nplugin = \"path/to/{crate_name}.wasm\"\nconfig = {{ field = \"temp\", factor = 1.8 }}"
-            ),
         ),
         Kind::Decode => (
             "decoder",
@@ -360,12 +346,6 @@ fn new_js(args: &NewArgs) -> anyhow::Result<ExitCode> {
             "decode",
             include_str!("templates/js/decode.js.tmpl"),
             include_str!("templates/js/decode.test.js.tmpl"),
-            format!(
-                "echo '{{\"topic\":\"sensors/s1\",\"payload_base64\":\"czEsMTcwMDAwMDAwMDAwMCwyMS41\"}}' | \\\n  weir plugin run {wasm} --config '{{ field = \"temp\" }}'   # s1,1700000000000,21.5"
-            ),
-            format!(
-                "[pipeline.decode]\nplugin = \"path/to/{crate_name}.wasm\"\nconfig = {{ field = \"temp\" }}"
-            ),
         ),
         Kind::Aggregate => (
             "aggregator",
@@ -374,14 +354,9 @@ fn new_js(args: &NewArgs) -> anyhow::Result<ExitCode> {
             "aggregate",
             include_str!("templates/js/aggregate.js.tmpl"),
             include_str!("templates/js/aggregate.test.js.tmpl"),
-            format!(
-                "printf '%s\\n' '{{\"key\":\"s1\",\"ts_ms\":1,\"fields\":{{\"temp\":1.0}}}}' '{{\"key\":\"s1\",\"ts_ms\":2,\"fields\":{{\"temp\":3.0}}}}' | \\\n  weir plugin run {wasm} --config '{{ field = \"temp\" }}'"
-            ),
-            format!(
-                "[pipeline.window]\ntumbling = \"1m\"\n\n[[pipeline.aggregate]]\nplugin = \"path/to/{crate_name}.wasm\"\nconfig = {{ field = \"temp\" }}"
-            ),
         ),
     };
+    let (run, pipeline) = usage(args.kind, &wasm, &crate_name);
     // The helper's path goes into JSON (package.json) and Markdown: as a JSON string's inside.
     let helper_text = serde_json::to_string(&helper.display().to_string())?;
     let fill = |template: &str| {
@@ -463,38 +438,12 @@ fn new_c(args: &NewArgs) -> anyhow::Result<ExitCode> {
         project.display()
     );
     let crate_name = args.name.replace('-', "_");
-    let (world, [logic_h, logic_c, test_c, plugin_c], run, pipeline) = match args.kind {
-        Kind::Transform => (
-            "transformer",
-            C_TRANSFORM,
-            format!(
-                "echo '{{\"key\":\"s1\",\"ts_ms\":1700000000000,\"fields\":{{\"temp\":21.5}}}}' | \\\n  weir plugin run target/{crate_name}.wasm --config '{{ field = \"temp\", factor = 1.8 }}'"
-            ),
-            format!(
-                "[[pipeline.transform]]\nplugin = \"path/to/{crate_name}.wasm\"\nconfig = {{ field = \"temp\", factor = 1.8 }}"
-            ),
-        ),
-        Kind::Decode => (
-            "decoder",
-            C_DECODE,
-            format!(
-                "echo '{{\"topic\":\"sensors/s1\",\"payload_base64\":\"czEsMTcwMDAwMDAwMDAwMCwyMS41\"}}' | \\\n  weir plugin run target/{crate_name}.wasm --config '{{ field = \"temp\" }}'   # s1,1700000000000,21.5"
-            ),
-            format!(
-                "[pipeline.decode]\nplugin = \"path/to/{crate_name}.wasm\"\nconfig = {{ field = \"temp\" }}"
-            ),
-        ),
-        Kind::Aggregate => (
-            "aggregator",
-            C_AGGREGATE,
-            format!(
-                "printf '%s\\n' '{{\"key\":\"s1\",\"ts_ms\":1,\"fields\":{{\"temp\":1.0}}}}' '{{\"key\":\"s1\",\"ts_ms\":2,\"fields\":{{\"temp\":3.0}}}}' | \\\n  weir plugin run target/{crate_name}.wasm --config '{{ field = \"temp\" }}'"
-            ),
-            format!(
-                "[pipeline.window]\ntumbling = \"1m\"\n\n[[pipeline.aggregate]]\nplugin = \"path/to/{crate_name}.wasm\"\nconfig = {{ field = \"temp\" }}"
-            ),
-        ),
+    let (world, [logic_h, logic_c, test_c, plugin_c]) = match args.kind {
+        Kind::Transform => ("transformer", C_TRANSFORM),
+        Kind::Decode => ("decoder", C_DECODE),
+        Kind::Aggregate => ("aggregator", C_AGGREGATE),
     };
+    let (run, pipeline) = usage(args.kind, &format!("target/{crate_name}.wasm"), &crate_name);
     // The weir source tree this weir was built from, where `build` finds tools/wasm-c.
     let weir_repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let weir_repo = weir_repo.canonicalize().unwrap_or(weir_repo);
