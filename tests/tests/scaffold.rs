@@ -40,7 +40,9 @@ fn weir_with_input(args: &[&str], input: &str) -> Vec<Json> {
     let mut all = args.to_vec();
     all.extend_from_slice(&["--input", file.to_str().unwrap()]);
     let mut p = WeirProcess::spawn(&all, &[]);
-    assert!(p.wait(Duration::from_secs(120)).success(), "{}", p.stderr());
+    // A guard, not a wait: compiling a Python or JavaScript component (12–18 MB, an interpreter
+    // inside) takes seconds, and minutes on a busy 2-core machine.
+    assert!(p.wait(Duration::from_secs(600)).success(), "{}", p.stderr());
     p.stdout()
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
