@@ -135,20 +135,20 @@ pub(super) fn new(args: NewArgs) -> anyhow::Result<ExitCode> {
          e.g. frost-alarm",
         args.name
     );
-    // JavaScript and C projects find what they build with themselves; the others use the guest
-    // SDK's directory.
-    match args.lang {
-        Lang::Js => return new_js(&args),
-        Lang::C => return new_c(&args),
-        Lang::Rust | Lang::Python => {}
-    }
-    let sdk = sdk_dir(args.sdk.as_deref())?;
     let project = args.dir.join(&args.name);
     anyhow::ensure!(
         !project.exists(),
         "{} already exists; choose another name or --dir",
         project.display()
     );
+    // JavaScript and C projects find what they build with themselves; the others use the guest
+    // SDK's directory.
+    match args.lang {
+        Lang::Js => return new_js(&args, &project),
+        Lang::C => return new_c(&args, &project),
+        Lang::Rust | Lang::Python => {}
+    }
+    let sdk = sdk_dir(args.sdk.as_deref())?;
     if args.lang == Lang::Python {
         return new_python(&args, &sdk, &project);
     }
@@ -176,21 +176,44 @@ pub(super) fn new(args: NewArgs) -> anyhow::Result<ExitCode> {
             .replace("{{run}}", &run)
             .replace("{{pipeline}}", &pipeline)
     };
-    std::fs::create_dir_all(project.join("src"))
-        .with_context(|| format!("cannot create {}", project.display()))?;
-    for (file, text) in [
-        ("Cargo.toml", fill(CARGO)),
-        ("README.md", fill(README)),
-        (".gitignore", GITIGNORE.to_owned()),
-        ("rust-toolchain.toml", TOOLCHAIN.to_owned()),
-        ("src/lib.rs", fill(source)),
-    ] {
+    write_project(
+        &project,
+        [
+            ("Cargo.toml", fill(CARGO)),
+            ("README.md", fill(README)),
+            (".gitignore", GITIGNORE.to_owned()),
+            ("rust-toolchain.toml", TOOLCHAIN.to_owned()),
+            ("src/lib.rs", fill(source)),
+        ],
+        &[],
+        &format!("a {kind} in Rust"),
+        "cargo test && cargo build --release --target wasm32-wasip2",
+    )
+}
+
+/// Writes a project's files (making their directories; `executable` ones get mode 755) and says
+/// what was made and what to run next in it.
+fn write_project<const N: usize>(
+    project: &Path,
+    files: [(&str, String); N],
+    executable: &[&str],
+    made: &str,
+    next: &str,
+) -> anyhow::Result<ExitCode> {
+    for (file, text) in files {
         let path = project.join(file);
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+        }
         std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
+        if executable.contains(&file) {
+            make_executable(&path)?;
+        }
     }
     println!("{}", project.display());
     eprintln!(
-        "weir plugin new: a {kind} in Rust in {}; next: cd {} && cargo test && cargo build --release --target wasm32-wasip2 (see its README.md)",
+        "weir plugin new: {made} in {}; next: cd {} && {next} (see its README.md)",
         project.display(),
         project.display()
     );
@@ -270,36 +293,27 @@ fn new_python(args: &NewArgs, sdk: &Path, project: &Path) -> anyhow::Result<Exit
             .replace("{{run}}", &run)
             .replace("{{pipeline}}", &pipeline)
     };
-    std::fs::create_dir_all(project.join("wit"))
-        .with_context(|| format!("cannot create {}", project.display()))?;
-    for (file, text, executable) in [
-        ("logic.py", fill(logic), false),
-        ("app.py", fill(python::APP), false),
-        ("test_logic.py", fill(test), false),
-        ("build", fill(python::BUILD), true),
-        ("test", fill(python::TEST), true),
-        ("README.md", fill(python::README), false),
-        (".gitignore", python::GITIGNORE.to_owned(), false),
-        ("wit/weir-operator.wit", WIT.to_owned(), false),
-    ] {
-        let path = project.join(file);
-        std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
-        if executable {
-            make_executable(&path)?;
-        }
-    }
-    println!("{}", project.display());
-    eprintln!(
-        "weir plugin new: a {kind} in Python in {}; next: cd {} && ./test && ./build (see its README.md)",
-        project.display(),
-        project.display()
-    );
-    Ok(ExitCode::SUCCESS)
+    write_project(
+        project,
+        [
+            ("logic.py", fill(logic)),
+            ("app.py", fill(python::APP)),
+            ("test_logic.py", fill(test)),
+            ("build", fill(python::BUILD)),
+            ("test", fill(python::TEST)),
+            ("README.md", fill(python::README)),
+            (".gitignore", python::GITIGNORE.to_owned()),
+            ("wit/weir-operator.wit", WIT.to_owned()),
+        ],
+        &["build", "test"],
+        &format!("a {kind} in Python"),
+        "./test && ./build",
+    )
 }
 
 /// `--lang js`: a JavaScript project on the helper package `weir-guest` (`guest-sdk/js`, or
 /// `--sdk` naming it or the guest-sdk directory holding it), built with componentize-js.
-fn new_js(args: &NewArgs) -> anyhow::Result<ExitCode> {
+fn new_js(args: &NewArgs, project: &Path) -> anyhow::Result<ExitCode> {
     const PACKAGE: &str = include_str!("templates/js/package.json.tmpl");
     const README: &str = include_str!("templates/js/README.md.tmpl");
     const GITIGNORE: &str = include_str!("templates/js/gitignore.tmpl");
@@ -321,12 +335,6 @@ fn new_js(args: &NewArgs) -> anyhow::Result<ExitCode> {
         manifest.contains("\"name\": \"weir-guest\""),
         "{} is not the JavaScript helper (its package.json does not name weir-guest)",
         helper.display()
-    );
-    let project = args.dir.join(&args.name);
-    anyhow::ensure!(
-        !project.exists(),
-        "{} already exists; choose another name or --dir",
-        project.display()
     );
     let crate_name = args.name.replace('-', "_");
     let wasm = format!("dist/{crate_name}.wasm");
@@ -371,29 +379,20 @@ fn new_js(args: &NewArgs) -> anyhow::Result<ExitCode> {
             .replace("{{run}}", &run)
             .replace("{{pipeline}}", &pipeline)
     };
-    for sub in ["src", "tests"] {
-        let dir = project.join(sub);
-        std::fs::create_dir_all(&dir)
-            .with_context(|| format!("cannot create {}", dir.display()))?;
-    }
-    for (file, text) in [
-        ("package.json", fill(PACKAGE)),
-        ("README.md", fill(README)),
-        (".gitignore", GITIGNORE.to_owned()),
-        ("src/operator.js", fill(logic)),
-        ("src/app.js", fill(APP)),
-        ("tests/operator.test.js", fill(test)),
-    ] {
-        let path = project.join(file);
-        std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
-    }
-    println!("{}", project.display());
-    eprintln!(
-        "weir plugin new: a {world} in JavaScript in {}; next: cd {} && npm install && npm test && npm run build (see its README.md)",
-        project.display(),
-        project.display()
-    );
-    Ok(ExitCode::SUCCESS)
+    write_project(
+        project,
+        [
+            ("package.json", fill(PACKAGE)),
+            ("README.md", fill(README)),
+            (".gitignore", GITIGNORE.to_owned()),
+            ("src/operator.js", fill(logic)),
+            ("src/app.js", fill(APP)),
+            ("tests/operator.test.js", fill(test)),
+        ],
+        &[],
+        &format!("a {world} in JavaScript"),
+        "npm install && npm test && npm run build",
+    )
 }
 
 const C_BUILD: &str = include_str!("templates/c/build.tmpl");
@@ -424,19 +423,7 @@ const WIT: &str = include_str!("../../../wit/weir-operator.wit");
 
 /// A C project: the logic with a native test, the glue to the bindings, and `build`, which makes
 /// the component with Debian's clang and wasi-libc and `wasm-c` (tools/wasm-c).
-fn new_c(args: &NewArgs) -> anyhow::Result<ExitCode> {
-    anyhow::ensure!(
-        valid_name(&args.name),
-        "{:?} cannot name a plugin: use lowercase letters, digits and '-', starting with a letter, \
-         e.g. frost-alarm",
-        args.name
-    );
-    let project = args.dir.join(&args.name);
-    anyhow::ensure!(
-        !project.exists(),
-        "{} already exists; choose another name or --dir",
-        project.display()
-    );
+fn new_c(args: &NewArgs, project: &Path) -> anyhow::Result<ExitCode> {
     let crate_name = args.name.replace('-', "_");
     let (world, [logic_h, logic_c, test_c, plugin_c]) = match args.kind {
         Kind::Transform => ("transformer", C_TRANSFORM),
@@ -459,37 +446,24 @@ fn new_c(args: &NewArgs) -> anyhow::Result<ExitCode> {
             .replace("{{run}}", &run)
             .replace("{{pipeline}}", &pipeline)
     };
-    for dir in ["src", "wit"] {
-        std::fs::create_dir_all(project.join(dir))
-            .with_context(|| format!("cannot create {}", project.join(dir).display()))?;
-    }
-    for (file, text) in [
-        ("build", fill(C_BUILD)),
-        ("README.md", fill(C_README)),
-        (".gitignore", C_GITIGNORE.to_owned()),
-        ("wit/weir-operator.wit", WIT.to_owned()),
-        ("src/config.h", C_CONFIG_H.to_owned()),
-        ("src/config.c", C_CONFIG_C.to_owned()),
-        ("src/logic.h", fill(logic_h)),
-        ("src/logic.c", fill(logic_c)),
-        ("src/test_logic.c", fill(test_c)),
-        ("src/plugin.c", fill(plugin_c)),
-    ] {
-        let path = project.join(file);
-        std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
-    }
-    let build = project.join("build");
-    let mut perms = std::fs::metadata(&build)?.permissions();
-    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
-    std::fs::set_permissions(&build, perms)
-        .with_context(|| format!("cannot make {} executable", build.display()))?;
-    println!("{}", project.display());
-    eprintln!(
-        "weir plugin new: a {world} in C in {}; next: cd {} && ./build test && ./build (see its README.md)",
-        project.display(),
-        project.display()
-    );
-    Ok(ExitCode::SUCCESS)
+    write_project(
+        project,
+        [
+            ("build", fill(C_BUILD)),
+            ("README.md", fill(C_README)),
+            (".gitignore", C_GITIGNORE.to_owned()),
+            ("wit/weir-operator.wit", WIT.to_owned()),
+            ("src/config.h", C_CONFIG_H.to_owned()),
+            ("src/config.c", C_CONFIG_C.to_owned()),
+            ("src/logic.h", fill(logic_h)),
+            ("src/logic.c", fill(logic_c)),
+            ("src/test_logic.c", fill(test_c)),
+            ("src/plugin.c", fill(plugin_c)),
+        ],
+        &["build"],
+        &format!("a {world} in C"),
+        "./build test && ./build",
+    )
 }
 
 #[cfg(test)]
